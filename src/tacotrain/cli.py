@@ -1,0 +1,243 @@
+"""The one entry point: ``tacotrain COMMAND ...``. ``tacotrain COMMAND --help`` explains each."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _settings_from(args: argparse.Namespace):
+    from tacotrain.config import Settings, build, load_yaml
+
+    base = load_yaml(args.config) if args.config else {}
+    source = str(args.config) if args.config else "defaults"
+    if args.lang:
+        args.set = [f"text.language={args.lang}", *args.set]
+    return build(Settings, base, args.set, source)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from tacotrain.data.prepare import format_summary, prepare
+
+    settings = _settings_from(args)
+    result = prepare(args.corpus, args.out, settings, fmt=args.format, workers=args.workers,
+                     progress=not args.quiet)
+    print(format_summary(result.report))
+    print(f"report: {Path(args.out) / 'report.json'}")
+    if args.strict and result.rejected:
+        print(f"--strict: {result.rejected} item(s) rejected", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def cmd_corpus_mini(args: argparse.Namespace) -> int:
+    from tacotrain.data.mini import make_mini_corpus
+
+    meta = make_mini_corpus(args.out, args.lang, args.size, args.seed, workers=args.workers,
+                            progress=not args.quiet)
+    print(f"mini corpus: {args.size} clips ({args.lang}) in {meta.parent}")
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tacotrain.config import load_config
+    from tacotrain.train.trainer import Trainer
+
+    cfg = load_config(args.config, args.set)
+    trainer = Trainer(cfg, args.data, args.out, resume=args.resume, progress=not args.quiet)
+    result = trainer.fit(max_steps=args.max_steps)
+    v = result.last_val
+    print(f"stopped at step {result.step} ({result.stop_reason}) after "
+          f"{result.wall_seconds / 60:.1f} min; aligned: {str(result.aligned).lower()}")
+    if v:
+        print(f"validation: mel {v.get('val/mel_post', float('nan')):.4f}, free-running "
+              f"diagonality {v.get('free/diagonality', float('nan')):.2f}, "
+              f"focus {v.get('free/focus', float('nan')):.2f}, "
+              f"coverage {v.get('free/coverage', float('nan')):.2f}, "
+              f"stopped by gate {100 * v.get('free/stopped_by_gate', 0):.0f}%")
+    print(f"checkpoint: {result.last_checkpoint}")
+    return EXIT_OK
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from tacotrain.synth import Synthesizer
+
+    if (args.text is None) == (args.text_file is None):
+        print("error: give exactly one of --text or --text-file", file=sys.stderr)
+        return EXIT_USAGE
+    synth = Synthesizer.from_checkpoint(args.checkpoint, device=args.device, vocoder=args.vocoder)
+    if args.text is not None:
+        jobs = [(args.text, args.out)]
+    else:
+        lines = [ln.strip() for ln in args.text_file.read_text(encoding="utf-8").splitlines()]
+        lines = [ln for ln in lines if ln]
+        jobs = [(ln, args.out / f"{k:04d}.wav") for k, ln in enumerate(lines, start=1)]
+    for text, path in jobs:
+        info = synth.save(synth.synthesize(text, seed=args.seed), path)
+        print(f"{path}: {info['seconds']:.2f} s, stopped by gate: "
+              f"{str(info['stopped_by_gate']).lower()}, diagonality {info['diagonality']:.2f}, "
+              f"focus {info['focus']:.2f}, coverage {info['coverage']:.2f}, rtf {info['rtf']}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tacotrain.config import load_config
+    from tacotrain.demo import run_demo
+
+    cfg = load_config(args.config, args.set)
+    s = run_demo(args.out, cfg, progress=not args.quiet)
+    print(f"aligned: {str(s['aligned']).lower()} after {s['steps']} steps, "
+          f"{s['wall_seconds'] / 60:.1f} min of training ({s['stop_reason']})")
+    print(f"free-running validation: diagonality {s['val_diagonality']:.2f}, "
+          f"focus {s['val_focus']:.2f}, coverage {s['val_coverage']:.2f}")
+    for smp in s["samples"]:
+        print(f"sample: {smp['wav']} ({smp['seconds']:.2f} s, stopped by gate: "
+              f"{str(smp['stopped_by_gate']).lower()}) <- {smp['input']!r}")
+    print(f"plots: {s['plots']['training_curves']}, {s['plots']['free_run_alignment']}")
+    print(f"summary: {Path(args.out) / 'summary.json'}")
+    return EXIT_OK if s["aligned"] else EXIT_ERROR
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="tacotrain", formatter_class=fmt,
+        description="Train Tacotron 2 voices and keep the training honest.\n\n"
+                    "Typical flow: corpus mini (or your own corpus) -> prepare -> train -> synth.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    sp = sub.add_parser(
+        "prepare", formatter_class=fmt,
+        help="validate a corpus, normalise text, cache mels, split, write report.json",
+        description="Validate every clip and transcript of CORPUS, normalise the text, extract "
+                    "and cache log-mels, write a deterministic train/validation split and "
+                    "DATA/report.json (kept items, rejected items with reason codes, summary).\n"
+                    "Bad items never stop the run (exit 0) unless --strict is given.\n"
+                    "Re-running with the same settings reuses the cached mels.",
+    )
+    sp.add_argument("corpus", type=Path,
+                    help="corpus directory or metadata file (LJSpeech metadata.csv, "
+                         "RUSLAN metadata_RUSLAN_22200.csv, or a path|text filelist)")
+    sp.add_argument("--out", type=Path, required=True, help="output data directory (DATA)")
+    sp.add_argument("--format", default="auto", choices=["auto", "ljspeech", "ruslan", "filelist"],
+                    help="corpus format (default: detected)")
+    sp.add_argument("--lang", choices=["auto", "en", "ru"], default=None,
+                    help="text language (default: text.language from config, auto = detected "
+                         "from the script of the transcripts)")
+    sp.add_argument("--config", type=Path, default=None,
+                    help="YAML with audio/text/prepare sections (default: built-in defaults)")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a setting, e.g. --set prepare.max_seconds=10 (repeatable)")
+    sp.add_argument("--workers", type=int, default=None,
+                    help="parallel mel extraction processes (default: CPU count)")
+    sp.add_argument("--strict", action="store_true", help="exit 1 if any item is rejected")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_prepare)
+
+    cp = sub.add_parser("corpus", help="built-in corpora (the espeak-ng mini corpus)",
+                        description="Built-in corpora.")
+    csub = cp.add_subparsers(dest="corpus_command", metavar="KIND", required=True)
+    mp = csub.add_parser(
+        "mini", formatter_class=fmt, help="write the espeak-ng mini corpus (LJSpeech format)",
+        description="Write an LJSpeech-format corpus (wavs/*.wav 22050 Hz mono 16-bit, "
+                    "metadata.csv id|text|normalized) spoken by espeak-ng from a deterministic "
+                    "sentence generator: varied lengths (about 1-8 s), numbers, abbreviations, "
+                    "punctuation. Same seed, same corpus.",
+    )
+    mp.add_argument("--lang", choices=["en", "ru"], default="en", help="language (default en)")
+    mp.add_argument("--size", type=int, default=200, help="number of clips (default 200)")
+    mp.add_argument("--seed", type=int, default=0, help="sentence generator seed (default 0)")
+    mp.add_argument("--out", type=Path, required=True, help="output corpus directory")
+    mp.add_argument("--workers", type=int, default=2, help="parallel espeak-ng processes")
+    mp.add_argument("--quiet", action="store_true", help="no progress bar")
+    mp.set_defaults(func=cmd_corpus_mini)
+
+    tp = sub.add_parser(
+        "train", formatter_class=fmt, help="train a Tacotron 2 on prepared data",
+        description="Train a Tacotron 2 on DATA (from `tacotrain prepare`), writing checkpoints, "
+                    "TensorBoard logs (RUN/tb), events.jsonl and plots to RUN.\n"
+                    "Validation (every train.val_interval steps) reports teacher-forced losses "
+                    "and the alignment of free-running synthesis of a few validation sentences.",
+    )
+    tp.add_argument("--config", default="small",
+                    help="preset name (default, small, tiny) or a YAML file (default: small)")
+    tp.add_argument("--data", type=Path, required=True, help="prepared data directory")
+    tp.add_argument("--out", type=Path, required=True, help="run directory (RUN)")
+    tp.add_argument("--resume", action="store_true",
+                    help="continue the run in RUN exactly from its latest checkpoint")
+    tp.add_argument("--max-steps", type=int, default=None,
+                    help="stop after this many steps in total (default: train.max_steps)")
+    tp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override any config key, e.g. --set optim.lr=5e-4 (repeatable)")
+    tp.add_argument("--quiet", action="store_true", help="no progress bar")
+    tp.set_defaults(func=cmd_train)
+
+    yp = sub.add_parser(
+        "synth", formatter_class=fmt, help="synthesise speech from a checkpoint",
+        description="Synthesise TEXT with a trained checkpoint (Griffin-Lim vocoder built in). "
+                    "Next to each wav: x.json (frames, seconds, stopped_by_gate, diagonality, "
+                    "focus, coverage, monotonicity, synthesis_seconds, rtf) and x.png "
+                    "(the alignment). The decoder step limit scales with the text length.",
+    )
+    yp.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.pt)")
+    yp.add_argument("--text", default=None, help="the sentence to speak")
+    yp.add_argument("--text-file", type=Path, default=None,
+                    help="one sentence per line; --out is then a directory (0001.wav, ...)")
+    yp.add_argument("--out", type=Path, required=True, help="output wav (or directory)")
+    yp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    yp.add_argument("--vocoder", default=None, help="griffin_lim (default)")
+    yp.add_argument("--seed", type=int, default=0, help="seed for the prenet's dropout")
+    yp.set_defaults(func=cmd_synth)
+
+    dp = sub.add_parser(
+        "demo", formatter_class=fmt, help="the whole job on the built-in mini corpus",
+        description="Build the espeak-ng mini corpus, prepare it, train the small preset on "
+                    "this machine until free-running validation synthesis is aligned (or the "
+                    "demo.time_budget_minutes budget runs out), synthesise two held-out "
+                    "sentences, and write OUT/summary.json and plots. Exit 0 when aligned.",
+    )
+    dp.add_argument("--out", type=Path, default=Path("demo"), help="output directory")
+    dp.add_argument("--config", default="small", help="preset or YAML (default: small)")
+    dp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key, e.g. --set demo.time_budget_minutes=20")
+    dp.add_argument("--quiet", action="store_true", help="no progress bars")
+    dp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from tacotrain.config import ConfigError
+    from tacotrain.data.corpus import CorpusError
+    from tacotrain.data.loader import DataError
+    from tacotrain.data.mini import MiniCorpusError
+    from tacotrain.data.prepare import PrepareError
+    from tacotrain.synth import SynthesisError
+    from tacotrain.train.checkpoint import CheckpointError
+    from tacotrain.train.trainer import TrainError
+
+    known = (ConfigError, CorpusError, PrepareError, MiniCorpusError, DataError, TrainError,
+             CheckpointError, SynthesisError)
+    try:
+        return args.func(args)
+    except known as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

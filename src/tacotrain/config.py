@@ -1,0 +1,328 @@
+"""Typed, validated configuration.
+
+Every threshold used anywhere in tacotrain lives here with a default and a comment. Models reject
+unknown keys and check ranges, so a typo in a YAML file or a ``--set`` override names the key
+instead of silently doing nothing. Secrets are never part of a config: they come from
+environment variables at the place they are used.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file, preset or override is invalid; the message names the key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class AudioConfig(Strict):
+    """Audio loading and the log-mel used at training *and* synthesis time (one function)."""
+
+    sample_rate: int = Field(22050, ge=8000, le=96000)  # every clip is resampled to this
+    n_fft: int = Field(1024, ge=64)
+    hop_length: int = Field(256, ge=16)  # samples between mel frames
+    win_length: int = Field(1024, ge=64)
+    n_mels: int = Field(80, ge=8, le=512)
+    fmin: float = Field(0.0, ge=0.0)
+    fmax: float = Field(8000.0, gt=0.0)
+    log_clamp: float = Field(1e-5, gt=0.0)  # magnitude floor before the log
+    trim_silence: bool = True  # cut leading/trailing silence when preparing
+    trim_top_db: float = Field(40.0, gt=0.0)  # frames this many dB below the peak count as silence
+    griffin_lim_iters: int = Field(60, ge=1)
+    griffin_lim_power: float = Field(1.5, gt=0.0)  # magnitude sharpening before Griffin-Lim
+
+    @model_validator(mode="after")
+    def _check(self) -> AudioConfig:
+        if self.win_length > self.n_fft:
+            raise ValueError(
+                f"audio.win_length ({self.win_length}) must be <= audio.n_fft ({self.n_fft})"
+            )
+        if self.fmax > self.sample_rate / 2:
+            raise ValueError(
+                f"audio.fmax ({self.fmax}) must be <= sample_rate/2 ({self.sample_rate / 2})"
+            )
+        if self.fmin >= self.fmax:
+            raise ValueError(f"audio.fmin ({self.fmin}) must be < audio.fmax ({self.fmax})")
+        return self
+
+
+class TextConfig(Strict):
+    # auto: chosen from the script (Latin or Cyrillic) of the corpus text
+    language: Literal["auto", "en", "ru"] = "auto"
+
+
+class PrepareConfig(Strict):
+    """Corpus validation thresholds used by ``tacotrain prepare``."""
+
+    min_seconds: float = Field(0.5, ge=0.0)  # shorter clips (after trimming): too_short
+    max_seconds: float = Field(12.0, gt=0.0)  # longer clips (after trimming) are rejected: too_long
+    silent_peak_dbfs: float = Field(-50.0, le=0.0)  # clips peaking below this: silent_audio
+    val_fraction: float = Field(0.05, ge=0.0, lt=1.0)  # share of kept items held out for validation
+    val_min_items: int = Field(2, ge=0)  # at least this many validation items when possible
+    val_max_items: int = Field(100, ge=0)  # and at most this many
+    seed: int = 1234  # seed of the deterministic train/validation split
+
+    @model_validator(mode="after")
+    def _check(self) -> PrepareConfig:
+        if self.min_seconds >= self.max_seconds:
+            raise ValueError("prepare.min_seconds must be < prepare.max_seconds")
+        return self
+
+
+class Settings(Strict):
+    """The part of the config that ``prepare`` uses (and stores with the prepared data)."""
+
+    audio: AudioConfig = AudioConfig()
+    text: TextConfig = TextConfig()
+    prepare: PrepareConfig = PrepareConfig()
+
+
+class ModelConfig(Strict):
+    """Tacotron 2 sizes. Defaults are NVIDIA's reference sizes (Shen et al. 2018)."""
+
+    symbols_embedding_dim: int = Field(512, ge=8)
+    encoder_embedding_dim: int = Field(512, ge=8)  # BiLSTM output: 2 x encoder_embedding_dim/2
+    encoder_n_convolutions: int = Field(3, ge=0)
+    encoder_kernel_size: int = Field(5, ge=1)
+    encoder_dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    attention_rnn_dim: int = Field(1024, ge=8)
+    attention_dim: int = Field(128, ge=8)
+    attention_location_n_filters: int = Field(32, ge=1)
+    attention_location_kernel_size: int = Field(31, ge=1)
+    attention_dropout: float = Field(0.1, ge=0.0, lt=1.0)  # dropout on the attention LSTM output
+    prenet_dim: int = Field(256, ge=8)
+    prenet_n_layers: int = Field(2, ge=1)
+    prenet_dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    prenet_dropout_at_inference: bool = True  # the paper keeps prenet dropout on when synthesising
+    decoder_rnn_dim: int = Field(1024, ge=8)
+    decoder_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    n_frames_per_step: int = Field(1, ge=1, le=8)  # reduction factor r
+    postnet_embedding_dim: int = Field(512, ge=8)
+    postnet_kernel_size: int = Field(5, ge=1)
+    postnet_n_convolutions: int = Field(5, ge=1)
+    postnet_dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    gate_threshold: float = Field(0.5, gt=0.0, lt=1.0)  # stop when sigmoid(gate) exceeds this
+    max_decoder_steps: int = Field(2000, ge=1)  # absolute cap on decoder steps at inference
+    max_decoder_steps_per_token: float = Field(12.0, gt=0.0)  # cap that scales with text length
+
+
+class GuidedAttentionConfig(Strict):
+    """Guided attention loss (Tachibana et al. 2017) with a bounded schedule.
+
+    weight(step) = initial for step < decay_start, then exponential decay by ``decay_rate`` per
+    ``decay_steps`` steps, never below ``floor``. Nothing changes it at run time.
+    """
+
+    enabled: bool = True
+    sigma: float = Field(0.2, gt=0.0, le=1.0)  # g in W[t,n] = 1 - exp(-(n/N - t/T)^2 / (2 g^2))
+    initial_weight: float = Field(10.0, ge=0.0)
+    decay_start: int = Field(2000, ge=0)
+    decay_steps: int = Field(2000, ge=1)
+    decay_rate: float = Field(0.5, gt=0.0, le=1.0)
+    floor: float = Field(0.0, ge=0.0)
+    max_weight: float = Field(50.0, gt=0.0)  # hard upper bound; configs above it are rejected
+
+    @model_validator(mode="after")
+    def _check(self) -> GuidedAttentionConfig:
+        if self.initial_weight > self.max_weight:
+            raise ValueError(
+                f"loss.guided_attention.initial_weight ({self.initial_weight}) exceeds "
+                f"max_weight ({self.max_weight})"
+            )
+        if self.floor > self.initial_weight:
+            raise ValueError("loss.guided_attention.floor must be <= initial_weight")
+        return self
+
+
+class LossConfig(Strict):
+    mel_loss: Literal["mse", "l1"] = "mse"  # masked; applied to decoder and postnet outputs
+    gate_pos_weight: float = Field(5.0, gt=0.0)  # BCE positive weight for the rare stop frames
+    guided_attention: GuidedAttentionConfig = GuidedAttentionConfig()
+
+
+class OptimConfig(Strict):
+    """Optimiser and learning-rate schedule (a pure function of the step, see train/schedules)."""
+
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(1e-3, gt=0.0, le=1.0)  # peak learning rate, reached after warm-up
+    beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    beta2: float = Field(0.999, ge=0.0, lt=1.0)
+    eps: float = Field(1e-6, gt=0.0)
+    weight_decay: float = Field(1e-6, ge=0.0)
+    warmup_steps: int = Field(200, ge=0)  # linear warm-up from 0 to lr
+    decay: Literal["none", "exponential", "cosine"] = "exponential"
+    decay_start: int = Field(10000, ge=0)  # step at which decay begins (after warm-up)
+    decay_steps: int = Field(20000, ge=1)  # exponential: lr halves (decay_rate) per decay_steps;
+    decay_rate: float = Field(0.5, gt=0.0, le=1.0)  # cosine: reaches min_lr after decay_steps
+    min_lr: float = Field(1e-5, ge=0.0)  # floor of every schedule
+    grad_clip: float = Field(1.0, gt=0.0)  # max global gradient norm (after AMP unscaling)
+
+    @model_validator(mode="after")
+    def _check(self) -> OptimConfig:
+        if self.min_lr > self.lr:
+            raise ValueError(f"optim.min_lr ({self.min_lr}) must be <= optim.lr ({self.lr})")
+        return self
+
+
+class TrainConfig(Strict):
+    batch_size: int = Field(32, ge=1)
+    bucket_batches: int = Field(1, ge=1)  # >1 mixes neighbouring length buckets (more padding)
+    max_steps: int = Field(100000, ge=1)
+    time_budget_minutes: float | None = Field(None, gt=0.0)  # stop (and checkpoint) after this
+    seed: int = 1234
+    device: str = "auto"  # auto (CUDA when available), cpu, cuda, cuda:N
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on CUDA only
+    threads: int | None = Field(None, ge=1)  # torch CPU threads (None: torch's default)
+    num_workers: int = Field(0, ge=0)  # DataLoader worker processes
+    log_interval: int = Field(10, ge=1)  # steps between logged training metrics
+    val_interval: int = Field(500, ge=1)  # steps between validations (and checkpoints)
+    val_free_run_items: int = Field(4, ge=0)  # validation sentences synthesised free-running
+    keep_last: int = Field(3, ge=1)  # checkpoints kept besides the best one
+    stop_when_aligned: bool = False  # stop once free-running validation meets `alignment`
+
+
+class AlignmentConfig(Strict):
+    """When free-running synthesis counts as aligned (demo, early stopping, best checkpoint)."""
+
+    diagonality: float = Field(0.8, ge=0.0, le=1.0)
+    focus: float = Field(0.5, ge=0.0, le=1.0)
+    coverage: float = Field(0.5, ge=0.0, le=1.0)
+    require_gate_stop: bool = True  # every free-running item must be stopped by the gate
+
+
+class DemoConfig(Strict):
+    corpus_size: int = Field(200, ge=10)  # espeak-ng mini corpus clips
+    corpus_seed: int = 0
+    time_budget_minutes: float = Field(28.0, gt=0.0)  # training stops here if not aligned
+    sentences: list[str] = [
+        "The quick brown fox jumps over the lazy dog.",
+        "Dr. Smith found 3 red boats near the river.",
+    ]
+
+
+class Config(Strict):
+    """Everything ``tacotrain train`` needs besides the prepared data (which carries audio/text)."""
+
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    alignment: AlignmentConfig = AlignmentConfig()
+    demo: DemoConfig = DemoConfig()
+
+
+# ---------------------------------------------------------------------------------------------
+# generic helpers: YAML in/out, dotted overrides
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``tree['a']['b'] = value`` for ``dotted == 'a.b'``, creating dicts on the way."""
+    parts = dotted.split(".")
+    if not all(parts):
+        raise ConfigError(f"invalid key path {dotted!r}")
+    node = tree
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted!r}: {p!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'train.lr=3e-4'`` -> ``('train.lr', 0.0003)``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return key.strip(), value
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``over`` into a copy of ``base``."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(root)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see configs/ for every key)"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def validate_as(model: type[BaseModel], data: dict[str, Any], source: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections")
+    return data
+
+
+def to_yaml(model: BaseModel) -> str:
+    return yaml.safe_dump(model.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def build(model: type[BaseModel], base: dict[str, Any], overrides: list[str], source: str) -> Any:
+    """Validate ``base`` with ``--set`` style overrides applied on top."""
+    data = copy.deepcopy(base)
+    for text in overrides:
+        key, value = parse_override(text)
+        set_dotted(data, key, value)
+    return validate_as(model, data, source + (f" with overrides {overrides}" if overrides else ""))
+
+
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def load_config(config_or_preset: str | Path, overrides: list[str] | None = None) -> Config:
+    """A training :class:`Config` from a preset name (``default``, ``small``, ``tiny``) or a
+    YAML path, with ``key.path=value`` overrides applied and everything validated."""
+    name = str(config_or_preset)
+    if name in preset_names():
+        base, source = load_yaml(PRESETS_DIR / f"{name}.yaml"), f"preset {name}"
+    elif Path(name).suffix in (".yaml", ".yml") or Path(name).exists():
+        base, source = load_yaml(name), name
+    else:
+        raise ConfigError(f"{name!r} is neither a preset ({', '.join(preset_names())}) "
+                          "nor a YAML file")
+    return build(Config, base, overrides or [], source)

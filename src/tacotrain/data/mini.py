@@ -1,0 +1,189 @@
+"""The built-in mini corpus: deterministic sentences spoken by espeak-ng, in LJSpeech format.
+
+Used by the demo and the tests. Sentences mix lengths (about 1-8 s of speech), numbers,
+abbreviations and punctuation. espeak-ng speaks the *normalised* text (what the model will
+read), so audio and transcript always match. Same seed, same corpus.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import shutil
+import subprocess
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import soundfile as sf
+
+from tacotrain.audio import load_audio, save_wav
+from tacotrain.fsutil import atomic_write_text
+from tacotrain.text import clean_text
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 22050
+MIN_SECONDS, MAX_SECONDS = 0.9, 8.0
+VOICES = {"en": "en-us", "ru": "ru"}
+
+
+class MiniCorpusError(RuntimeError):
+    pass
+
+
+# --- English -----------------------------------------------------------------------------------
+_EN = {
+    "name": ["Dr. Smith", "Mr. Brown", "Mrs. Green", "the old captain", "my neighbour", "Anna",
+             "the young teacher", "Prof. Miller", "the pilot", "our guide", "Lt. Harris"],
+    "verb": ["found", "painted", "carried", "opened", "repaired", "counted", "sold", "watched",
+             "described", "borrowed", "cleaned", "remembered"],
+    "thing": ["a red boat", "the wooden door", "two heavy boxes", "a small garden", "the map",
+              "an empty bottle", "the silver key", "a long letter", "the kitchen table",
+              "three green apples", "the broken clock"],
+    "place": ["near the river", "on Baker St.", "in the morning", "after the storm",
+              "behind the station", "at the market", "before dinner", "in a quiet village",
+              "under the bridge"],
+    "tail": ["and then went home", "without a single word", "while it was raining",
+             "because nobody else could", "as the sun went down", "for the second time"],
+    "q": ["Did you see", "Who moved", "Where is", "Why did they sell", "Have you ever seen"],
+}
+
+
+def _en_number(rng: random.Random) -> str:
+    kind = rng.randrange(5)
+    if kind == 0:
+        return f"{rng.randint(2, 99)} people"
+    if kind == 1:
+        return f"${rng.randint(1, 500)}"
+    if kind == 2:
+        return f"in {rng.randint(1890, 1999)}"
+    if kind == 3:
+        return f"on the {rng.choice(['1st', '2nd', '3rd', '4th', '12th', '21st'])} of May"
+    return f"{rng.randint(100, 9999)} meters"
+
+
+def _en_sentence(rng: random.Random, words: int) -> str:
+    if rng.random() < 0.15:
+        return f"{rng.choice(_EN['q'])} {rng.choice(_EN['thing'])}?"
+    parts = [rng.choice(_EN["name"]), rng.choice(_EN["verb"]), rng.choice(_EN["thing"])]
+    extras = [lambda: rng.choice(_EN["place"]), lambda: _en_number(rng),
+              lambda: rng.choice(_EN["tail"])]
+    text = " ".join(parts)
+    while len(text.split()) < words:
+        sep = rng.choice([" ", ", ", " ", "; "])
+        text += sep + rng.choice(extras)()
+    end = rng.choice([".", ".", ".", "!"])
+    return text[0].upper() + text[1:] + end
+
+
+# --- Russian -----------------------------------------------------------------------------------
+_RU = {
+    "name": ["Мой сосед", "Стар+ый капитан", "Анна", "Молодой учитель", "Наш гид", "Пилот",
+             "Бабушка", "Инженер Петров", "Ёжик"],
+    "verb": ["нашёл", "покрасил", "открыл", "починил", "посчитал", "продал", "увидел",
+             "описал", "принёс", "запомнил"],
+    "thing": ["красную лодку", "деревянную дверь", "две тяжёлые коробки", "маленький сад",
+              "старую карту", "пустую бутылку", "серебряный ключ", "длинное письмо",
+              "з+амок на горе", "сломанные часы"],
+    "place": ["возле реки", "утром", "после грозы", "за вокзалом", "на рынке", "перед обедом",
+              "в тихой деревне", "под мостом"],
+    "tail": ["и пошёл домой", "не сказав ни слова", "пока шёл дождь", "когда село солнце",
+             "во второй раз"],
+    "q": ["Ты видел", "Кто передвинул", "Где", "Зачем они продали"],
+}
+
+
+def _ru_number(rng: random.Random) -> str:
+    kind = rng.randrange(3)
+    if kind == 0:
+        return f"в {rng.randint(1890, 2030)} году"
+    if kind == 1:
+        return f"за {rng.randint(2, 900)} рублей"
+    return f"{rng.randint(5, 99)} раз"
+
+
+def _ru_sentence(rng: random.Random, words: int) -> str:
+    if rng.random() < 0.15:
+        return f"{rng.choice(_RU['q'])} {rng.choice(_RU['thing'])}?"
+    text = " ".join([rng.choice(_RU["name"]), rng.choice(_RU["verb"]), rng.choice(_RU["thing"])])
+    extras = [lambda: rng.choice(_RU["place"]), lambda: _ru_number(rng),
+              lambda: rng.choice(_RU["tail"])]
+    while len(text.split()) < words:
+        text += rng.choice([" ", ", ", " "]) + rng.choice(extras)()
+    return text + rng.choice([".", ".", "!"])
+
+
+GENERATORS: dict[str, Callable[[random.Random, int], str]] = {
+    "en": _en_sentence, "ru": _ru_sentence}
+
+
+def sentence(lang: str, seed: int, index: int, attempt: int = 0) -> str:
+    """The deterministic sentence number ``index`` of a mini corpus."""
+    rng = random.Random(f"{seed}:{lang}:{index}:{attempt}")
+    return GENERATORS[lang](rng, rng.randint(2, 18))
+
+
+def speak(text: str, lang: str, speed: int = 165) -> tuple[bytes, float]:
+    """Speak ``text`` with espeak-ng; returns WAV bytes at 22050 Hz and the duration."""
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise MiniCorpusError("espeak-ng is not installed: `apt-get install espeak-ng` "
+                              "(make demo / make test install it)")
+    spoken = text.replace("+", "")  # espeak-ng does not read the stress mark
+    proc = subprocess.run([exe, "-v", VOICES[lang], "-s", str(speed), "--stdin", "--stdout"],
+                          input=spoken.encode("utf-8"), capture_output=True, check=False)
+    if proc.returncode != 0 or not proc.stdout:
+        raise MiniCorpusError(f"espeak-ng failed on {spoken!r}: {proc.stderr.decode()[-300:]}")
+    info = sf.info(io.BytesIO(proc.stdout))
+    return proc.stdout, info.frames / info.samplerate
+
+
+def _make_item(lang: str, seed: int, index: int, wav_path: Path) -> tuple[str, str]:
+    for attempt in range(20):
+        raw = sentence(lang, seed, index, attempt)
+        normalized = clean_text(raw, lang)
+        data, seconds = speak(normalized, lang)
+        if MIN_SECONDS <= seconds <= MAX_SECONDS:
+            break
+    tmp = wav_path.with_suffix(".espeak.wav")
+    tmp.write_bytes(data)
+    try:
+        audio = load_audio(tmp, SAMPLE_RATE)
+    finally:
+        tmp.unlink(missing_ok=True)
+    save_wav(wav_path, audio.samples, SAMPLE_RATE)
+    return raw, normalized
+
+
+def make_mini_corpus(out: str | Path, lang: str = "en", size: int = 200, seed: int = 0,
+                     workers: int = 2, progress: bool = True) -> Path:
+    """Write ``out/wavs/*.wav`` and ``out/metadata.csv`` (``id|text|normalized``).
+
+    ``metadata.csv`` is written last and atomically, so an interrupted run does not look like a
+    corpus. Returns the metadata path.
+    """
+    from tqdm import tqdm
+
+    if lang not in GENERATORS:
+        raise MiniCorpusError(f"unknown language {lang!r}; use one of {sorted(GENERATORS)}")
+    if size < 1:
+        raise MiniCorpusError("size must be >= 1")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / "metadata.csv").exists() \
+            and not (out / "wavs").exists():
+        raise MiniCorpusError(f"{out} is not empty and is not a corpus; choose another --out")
+    (out / "wavs").mkdir(parents=True, exist_ok=True)
+    (out / "metadata.csv").unlink(missing_ok=True)
+    ids = [f"{lang}{seed:02d}-{i:04d}" for i in range(size)]
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        futures = [pool.submit(_make_item, lang, seed, i, out / "wavs" / f"{ids[i]}.wav")
+                   for i in range(size)]
+        rows = [f.result() for f in tqdm(futures, desc="speaking", unit="clip",
+                                         disable=not progress)]
+    text = "".join(f"{i}|{raw}|{norm}\n" for i, (raw, norm) in zip(ids, rows, strict=True))
+    meta = out / "metadata.csv"
+    atomic_write_text(meta, text)
+    log.info("mini corpus: %d clips (%s) in %s", size, lang, out)
+    return meta

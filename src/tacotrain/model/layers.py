@@ -1,0 +1,81 @@
+"""Linear and 1-D convolution layers with NVIDIA/tacotron2's Xavier initialisation.
+
+Tacotron 2 is sensitive to initialisation early in training (the attention has to find the
+diagonal before the decoder learns to ignore it), so we keep the reference init: Xavier-uniform
+with the gain of the non-linearity that follows the layer. Attribute names (``linear_layer``,
+``conv``) match NVIDIA's so their checkpoints can warm-start ours.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def frame_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """``[B]`` lengths -> ``[B, max_len]`` bool mask, True at valid positions (< length)."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class LinearNorm(nn.Module):
+    """``nn.Linear`` with Xavier-uniform weights scaled for the following non-linearity."""
+
+    def __init__(
+        self, in_dim: int, out_dim: int, bias: bool = True, w_init_gain: str = "linear"
+    ) -> None:
+        super().__init__()
+        self.linear_layer = nn.Linear(in_dim, out_dim, bias=bias)
+        nn.init.xavier_uniform_(self.linear_layer.weight, gain=nn.init.calculate_gain(w_init_gain))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[..., in_dim]`` -> ``[..., out_dim]``."""
+        return self.linear_layer(x)
+
+
+class ConvNorm(nn.Module):
+    """``nn.Conv1d`` ("same" length output by default) with Xavier-uniform weights.
+
+    Odd kernels are padded symmetrically as in NVIDIA's code; even kernels get (K - 1) // 2
+    zeros on the left and the rest on the right (PyTorch's ``padding="same"`` rule, done with an
+    explicit ``F.pad`` to avoid its extra copy and warning), so any kernel size keeps the length.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        padding: int | None = None,
+        dilation: int = 1,
+        bias: bool = True,
+        w_init_gain: str = "linear",
+    ) -> None:
+        super().__init__()
+        self.extra_pad: tuple[int, int] | None = None
+        if padding is None:
+            total = dilation * (kernel_size - 1)
+            if total % 2 == 0:
+                padding = total // 2
+            else:
+                if stride != 1:
+                    raise ValueError("even kernel sizes need stride 1 for 'same' padding")
+                self.extra_pad = (total // 2, total - total // 2)
+                padding = 0
+        self.conv = nn.Conv1d(
+            in_channels,
+            out_channels,
+            kernel_size=kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            bias=bias,
+        )
+        nn.init.xavier_uniform_(self.conv.weight, gain=nn.init.calculate_gain(w_init_gain))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, in_channels, T]`` -> ``[B, out_channels, T]``."""
+        if self.extra_pad is not None:
+            x = F.pad(x, self.extra_pad)
+        return self.conv(x)

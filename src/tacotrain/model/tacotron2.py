@@ -1,0 +1,476 @@
+"""Tacotron 2 (Shen et al. 2018), structured like NVIDIA/tacotron2 ``model.py``.
+
+One class per block of the paper: ``Encoder``, ``Prenet``, ``Decoder`` (with the attention from
+``attention.py``), ``Postnet``. Differences from the NVIDIA code, all deliberate:
+
+* sizes come from ``ModelConfig``, not from a global hparams bag;
+* the decoder state is a ``DecoderState`` NamedTuple passed in and out of ``Decoder.step`` and
+  never stored on ``self``, so a step is a pure function of its inputs (given the dropout RNG);
+* masking everywhere: padded text positions are zeroed after every encoder conv and excluded
+  from the attention softmax; padded mel frames are zeroed before and inside the postnet, so an
+  item's output never depends on how much padding the other items in its batch carry;
+* any reduction factor r >= 1: each decoder step emits r frames and r stop logits (one per
+  frame), and teacher forcing feeds the *last* frame of each r-group to the prenet;
+* batched free-running inference in which every item stops independently;
+* tensors follow the inputs' device; no ``.cuda()``.
+
+Submodule names match NVIDIA's (``embedding``, ``encoder.convolutions``, ``decoder.prenet``,
+``decoder.attention_layer`` ...), so with r = 1 an NVIDIA checkpoint can warm-start this model.
+
+Known simplification kept from the reference: the BatchNorm layers of the encoder and postnet
+use batch statistics that include (zeroed) padded positions in training mode.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from ..config import ModelConfig
+from .attention import AttentionMechanism, LocationSensitiveAttention
+from .layers import ConvNorm, LinearNorm, frame_mask
+
+
+class Tacotron2Output(NamedTuple):
+    """Teacher-forced outputs. T = padded mel length (a multiple of r), N = padded text length."""
+
+    mel: Tensor  # [B, n_mels, T] decoder output, 0 at frames t >= mel_length
+    mel_post: Tensor  # [B, n_mels, T] decoder output + postnet residual, 0 at t >= mel_length
+    gate: Tensor  # [B, T] raw stop logits, one per frame, NOT masked (the gate loss masks)
+    alignments: Tensor  # [B, T/r, N] float32, 0 at padded decoder steps and padded tokens
+
+
+class InferenceOutput(NamedTuple):
+    """Free-running outputs. T = max(mel_lengths), T_dec = max(dec_lengths)."""
+
+    mel_post: Tensor  # [B, n_mels, T], 0 at frames t >= mel_lengths
+    mel_lengths: Tensor  # [B] long: frames up to and including the one whose gate fired
+    alignments: Tensor  # [B, T_dec, N] float32, 0 at steps >= dec_lengths
+    dec_lengths: Tensor  # [B] long: decoder steps used
+    stopped_by_gate: Tensor  # [B] bool: False when the item hit its step limit instead
+
+
+class DecoderState(NamedTuple):
+    """Everything the decoder carries from one step to the next."""
+
+    attention_hidden: Tensor  # [B, attention_rnn_dim]
+    attention_cell: Tensor  # [B, attention_rnn_dim]
+    decoder_hidden: Tensor  # [B, decoder_rnn_dim]
+    decoder_cell: Tensor  # [B, decoder_rnn_dim]
+    context: Tensor  # [B, E] attention context of the previous step
+    attention: Any  # the mechanism's own state (AttentionState for location-sensitive)
+
+
+class DecoderStep(NamedTuple):
+    """What one call of ``Decoder.step`` returns."""
+
+    frames: Tensor  # [B, r * n_mels]: r frames, frame-major (frame 0's n_mels values first)
+    gate: Tensor  # [B, r] stop logits, one per frame
+    weights: Tensor  # [B, N] float32 attention weights of this step
+    state: DecoderState
+
+
+class Encoder(nn.Module):
+    """Conv stack (conv -> batch norm -> ReLU -> dropout) then a BiLSTM over the real tokens."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        embedding_dim: int,
+        n_convolutions: int,
+        kernel_size: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.dropout = dropout
+        convs = []
+        for i in range(n_convolutions):
+            convs.append(
+                nn.Sequential(
+                    ConvNorm(
+                        in_dim if i == 0 else embedding_dim,
+                        embedding_dim,
+                        kernel_size=kernel_size,
+                        w_init_gain="relu",
+                    ),
+                    nn.BatchNorm1d(embedding_dim),
+                )
+            )
+        self.convolutions = nn.ModuleList(convs)
+        lstm_in = embedding_dim if n_convolutions > 0 else in_dim
+        self.lstm = nn.LSTM(
+            lstm_in, embedding_dim // 2, num_layers=1, batch_first=True, bidirectional=True
+        )
+
+    def forward(self, x: Tensor, lengths: Tensor, mask: Tensor) -> Tensor:
+        """x ``[B, C, N]`` embedded text, lengths ``[B]``, mask ``[B, N]`` -> ``[B, N, E]``.
+
+        Padded positions are zeroed after every conv so they act like the conv's own zero
+        padding; the packed BiLSTM never reads them and returns zeros there.
+        """
+        m = mask.unsqueeze(1)  # [B, 1, N]
+        x = torch.where(m, x, 0.0)
+        for conv in self.convolutions:
+            x = F.dropout(F.relu(conv(x)), self.dropout, self.training)
+            x = torch.where(m, x, 0.0)  # [B, E, N]
+        x = x.transpose(1, 2)  # [B, N, E]
+        lengths_cpu = lengths.cpu()  # the one host sync of a forward pass (packing needs it)
+        if int(lengths_cpu.min()) < 1 or int(lengths_cpu.max()) > x.size(1):
+            raise ValueError(
+                f"text lengths must be in [1, {x.size(1)}], got {lengths_cpu.tolist()}"
+            )
+        packed = pack_padded_sequence(x, lengths_cpu, batch_first=True, enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
+        return out  # [B, N, E]
+
+
+class Prenet(nn.Module):
+    """Linear (no bias) -> ReLU -> dropout layers, the decoder's information bottleneck.
+
+    Dropout is always on in training mode and, in eval mode, iff ``dropout_at_inference``
+    (the paper keeps it on when synthesising, which adds useful variation and robustness).
+    """
+
+    def __init__(
+        self, in_dim: int, sizes: list[int], dropout: float, dropout_at_inference: bool
+    ) -> None:
+        super().__init__()
+        dims = [in_dim, *sizes]
+        self.layers = nn.ModuleList(
+            LinearNorm(i, o, bias=False) for i, o in zip(dims[:-1], dims[1:], strict=True)
+        )
+        self.dropout = dropout
+        self.dropout_at_inference = dropout_at_inference
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[..., in_dim]`` -> ``[..., sizes[-1]]``."""
+        active = self.training or self.dropout_at_inference
+        for linear in self.layers:
+            x = F.dropout(F.relu(linear(x)), p=self.dropout, training=active)
+        return x
+
+
+class Postnet(nn.Module):
+    """Conv stack predicting a residual that sharpens the decoder's mel (tanh on all but last)."""
+
+    def __init__(
+        self,
+        n_mels: int,
+        embedding_dim: int,
+        kernel_size: int,
+        n_convolutions: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.dropout = dropout
+        convs = []
+        for i in range(n_convolutions):
+            last = i == n_convolutions - 1
+            c_in = n_mels if i == 0 else embedding_dim
+            c_out = n_mels if last else embedding_dim
+            convs.append(
+                nn.Sequential(
+                    ConvNorm(
+                        c_in,
+                        c_out,
+                        kernel_size=kernel_size,
+                        w_init_gain="linear" if last else "tanh",
+                    ),
+                    nn.BatchNorm1d(c_out),
+                )
+            )
+        self.convolutions = nn.ModuleList(convs)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x ``[B, n_mels, T]`` (0 at padding), mask ``[B, 1, T]`` -> residual ``[B, n_mels, T]``.
+
+        Re-masking after every layer keeps padded frames at zero, so the receptive field of a
+        real frame near the end sees exactly what it would see without batch padding.
+        """
+        last = len(self.convolutions) - 1
+        for i, conv in enumerate(self.convolutions):
+            x = conv(x)
+            if i < last:
+                x = torch.tanh(x)
+            x = F.dropout(x, self.dropout, self.training)
+            x = torch.where(mask, x, 0.0)
+        return x
+
+
+class Decoder(nn.Module):
+    """Autoregressive decoder: prenet -> attention LSTM -> attention -> decoder LSTM -> frames.
+
+    All recurrent state lives in ``DecoderState``; see ``step`` for one step and ``forward`` /
+    ``infer`` for the teacher-forced and free-running loops.
+    """
+
+    def __init__(self, cfg: ModelConfig, n_mels: int, encoder_dim: int) -> None:
+        super().__init__()
+        self.n_mels = n_mels
+        self.r = cfg.n_frames_per_step
+        self.attention_rnn_dim = cfg.attention_rnn_dim
+        self.decoder_rnn_dim = cfg.decoder_rnn_dim
+        self.attention_dropout = cfg.attention_dropout
+        self.decoder_dropout = cfg.decoder_dropout
+        self.prenet = Prenet(
+            n_mels,
+            [cfg.prenet_dim] * cfg.prenet_n_layers,
+            cfg.prenet_dropout,
+            cfg.prenet_dropout_at_inference,
+        )
+        self.attention_rnn = nn.LSTMCell(cfg.prenet_dim + encoder_dim, cfg.attention_rnn_dim)
+        self.attention_layer: AttentionMechanism = LocationSensitiveAttention(
+            cfg.attention_rnn_dim,
+            encoder_dim,
+            cfg.attention_dim,
+            cfg.attention_location_n_filters,
+            cfg.attention_location_kernel_size,
+        )
+        self.decoder_rnn = nn.LSTMCell(cfg.attention_rnn_dim + encoder_dim, cfg.decoder_rnn_dim)
+        self.linear_projection = LinearNorm(cfg.decoder_rnn_dim + encoder_dim, n_mels * self.r)
+        self.gate_layer = LinearNorm(
+            cfg.decoder_rnn_dim + encoder_dim, self.r, bias=True, w_init_gain="sigmoid"
+        )
+
+    def init_state(self, memory: Tensor, mask: Tensor) -> DecoderState:
+        """Zero LSTM states and context for memory ``[B, N, E]``, mask ``[B, N]``."""
+        b = memory.size(0)
+        dtype = self.attention_rnn.weight_hh.dtype
+        att = torch.zeros(b, self.attention_rnn_dim, dtype=dtype, device=memory.device)
+        dec = torch.zeros(b, self.decoder_rnn_dim, dtype=dtype, device=memory.device)
+        ctx = torch.zeros(b, memory.size(2), dtype=memory.dtype, device=memory.device)
+        return DecoderState(att, att, dec, dec, ctx, self.attention_layer.init_state(memory, mask))
+
+    def _recur(
+        self,
+        prenet_out: Tensor,
+        memory: Tensor,
+        processed_memory: Any,
+        mask: Tensor,
+        state: DecoderState,
+    ) -> tuple[Tensor, Tensor, DecoderState]:
+        """The recurrent part of a step (everything except the frame/gate projections).
+
+        prenet_out ``[B, P]`` -> (decoder output ``[B, D + E]`` = [decoder h, context],
+        weights ``[B, N]``, new state). Split out so the teacher-forced loop can project all
+        steps at once after the loop.
+        """
+        cell_in = torch.cat((prenet_out, state.context), dim=-1)  # [B, P + E]
+        cell_in = cell_in.to(state.attention_hidden.dtype)
+        att_h, att_c = self.attention_rnn(cell_in, (state.attention_hidden, state.attention_cell))
+        att_h = F.dropout(att_h, self.attention_dropout, self.training)
+        context, weights, att_state = self.attention_layer.step(
+            att_h, memory, processed_memory, mask, state.attention
+        )
+        dec_in = torch.cat((att_h, context.to(att_h.dtype)), dim=-1)  # [B, A_rnn + E]
+        dec_h, dec_c = self.decoder_rnn(dec_in, (state.decoder_hidden, state.decoder_cell))
+        dec_h = F.dropout(dec_h, self.decoder_dropout, self.training)
+        out = torch.cat((dec_h, context.to(dec_h.dtype)), dim=-1)  # [B, D + E]
+        return out, weights, DecoderState(att_h, att_c, dec_h, dec_c, context, att_state)
+
+    def project(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        """``[..., D + E]`` -> frames ``[..., r * n_mels]``, gate logits ``[..., r]``."""
+        return self.linear_projection(hidden), self.gate_layer(hidden)
+
+    def step(
+        self,
+        prev_frame: Tensor,
+        memory: Tensor,
+        processed_memory: Any,
+        mask: Tensor,
+        state: DecoderState,
+    ) -> DecoderStep:
+        """One decoder step from the previous output frame ``[B, n_mels]``.
+
+        memory ``[B, N, E]``; processed_memory from
+        ``self.attention_layer.preprocess_memory(memory)``; mask ``[B, N]`` bool.
+        A pure function of its inputs (plus the dropout RNG when dropout is active).
+        """
+        hidden, weights, new_state = self._recur(
+            self.prenet(prev_frame), memory, processed_memory, mask, state
+        )
+        frames, gate = self.project(hidden)
+        return DecoderStep(frames, gate, weights, new_state)
+
+    def forward(self, memory: Tensor, mask: Tensor, mels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Teacher-forced decoding.
+
+        memory ``[B, N, E]``, mask ``[B, N]``, mels ``[B, n_mels, T]`` (T = r * steps) ->
+        mel ``[B, n_mels, T]``, gate ``[B, T]``, alignments ``[B, steps, N]``.
+        """
+        b, n_mels, t = mels.shape
+        steps = t // self.r
+        # Step k is fed the last frame of group k-1 (a go frame of zeros for k = 0).
+        prev = mels[:, :, self.r - 1 :: self.r].transpose(1, 2)  # [B, steps, n_mels]
+        dec_in = torch.cat((prev.new_zeros(b, 1, n_mels), prev[:, :-1]), dim=1)
+        prenet_out = self.prenet(dec_in)  # [B, steps, P], all steps at once
+        processed_memory = self.attention_layer.preprocess_memory(memory)
+        state = self.init_state(memory, mask)
+        hiddens: list[Tensor] = []
+        weights: list[Tensor] = []
+        for p in prenet_out.unbind(1):
+            h, w, state = self._recur(p, memory, processed_memory, mask, state)
+            hiddens.append(h)
+            weights.append(w)
+        frames, gate = self.project(torch.stack(hiddens, dim=1))  # [B, steps, r*M], [B, steps, r]
+        mel = frames.reshape(b, steps * self.r, n_mels).transpose(1, 2)  # [B, n_mels, T]
+        return mel, gate.reshape(b, steps * self.r), torch.stack(weights, dim=1)
+
+    def infer(
+        self, memory: Tensor, mask: Tensor, step_limits: Tensor, gate_threshold: float
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Free-running decoding; each item stops on its own.
+
+        memory ``[B, N, E]``, mask ``[B, N]``, step_limits ``[B]`` long (>= 1) ->
+        mel ``[B, n_mels, steps * r]`` (unmasked), alignments ``[B, steps, N]``,
+        mel_lengths ``[B]``, dec_lengths ``[B]``, stopped_by_gate ``[B]``.
+        An item stops at the first step where sigmoid(any of its r gate logits) > threshold;
+        its mel length counts frames up to and including the first frame that fired.
+        """
+        b = memory.size(0)
+        r, n_mels = self.r, self.n_mels
+        dev = memory.device
+        logit_threshold = math.log(gate_threshold / (1.0 - gate_threshold))
+        processed_memory = self.attention_layer.preprocess_memory(memory)
+        state = self.init_state(memory, mask)
+        frame = torch.zeros(b, n_mels, dtype=memory.dtype, device=dev)
+        done = torch.zeros(b, dtype=torch.bool, device=dev)
+        by_gate = torch.zeros(b, dtype=torch.bool, device=dev)
+        mel_lengths = torch.zeros(b, dtype=torch.long, device=dev)
+        dec_lengths = torch.zeros(b, dtype=torch.long, device=dev)
+        frames_out: list[Tensor] = []
+        weights_out: list[Tensor] = []
+        for k in range(int(step_limits.max())):
+            out = self.step(frame, memory, processed_memory, mask, state)
+            state = out.state
+            frames_out.append(out.frames)
+            weights_out.append(out.weights)
+            frame = out.frames[:, (r - 1) * n_mels :]  # last frame of the group
+            fired = out.gate.float() > logit_threshold  # [B, r]
+            new_gate = fired.any(dim=1) & ~done
+            first = fired.to(torch.uint8).argmax(dim=1)  # first frame that fired
+            mel_lengths = torch.where(new_gate, k * r + first + 1, mel_lengths)
+            hit_limit = ~done & ~new_gate & (step_limits == k + 1)
+            mel_lengths = torch.where(hit_limit, (k + 1) * r, mel_lengths)
+            finished = new_gate | hit_limit
+            dec_lengths = torch.where(finished, k + 1, dec_lengths)
+            by_gate = by_gate | new_gate
+            done = done | finished
+            if bool(done.all()):
+                break
+        steps = len(frames_out)
+        mel = torch.stack(frames_out, dim=1).reshape(b, steps * r, n_mels).transpose(1, 2)
+        return mel, torch.stack(weights_out, dim=1), mel_lengths, dec_lengths, by_gate
+
+
+class Tacotron2(nn.Module):
+    """Tacotron 2: text ``[B, N]`` -> mel ``[B, n_mels, T]`` with stop logits and alignments."""
+
+    def __init__(self, cfg: ModelConfig, n_symbols: int, n_mels: int) -> None:
+        super().__init__()
+        if cfg.encoder_embedding_dim % 2:
+            raise ValueError(
+                f"model.encoder_embedding_dim ({cfg.encoder_embedding_dim}) must be even: "
+                "the BiLSTM has encoder_embedding_dim/2 units per direction"
+            )
+        self.n_mels = n_mels
+        self.r = cfg.n_frames_per_step
+        self.gate_threshold = cfg.gate_threshold
+        self.max_decoder_steps = cfg.max_decoder_steps
+        self.max_decoder_steps_per_token = cfg.max_decoder_steps_per_token
+        self.embedding = nn.Embedding(n_symbols, cfg.symbols_embedding_dim, padding_idx=0)
+        # NVIDIA's init: uniform with Xavier's bound for a (n_symbols x dim) matrix.
+        bound = math.sqrt(3.0) * math.sqrt(2.0 / (n_symbols + cfg.symbols_embedding_dim))
+        with torch.no_grad():
+            self.embedding.weight.uniform_(-bound, bound)
+            self.embedding.weight[0].zero_()
+        self.encoder = Encoder(
+            cfg.symbols_embedding_dim,
+            cfg.encoder_embedding_dim,
+            cfg.encoder_n_convolutions,
+            cfg.encoder_kernel_size,
+            cfg.encoder_dropout,
+        )
+        self.decoder = Decoder(cfg, n_mels, cfg.encoder_embedding_dim)
+        self.postnet = Postnet(
+            n_mels,
+            cfg.postnet_embedding_dim,
+            cfg.postnet_kernel_size,
+            cfg.postnet_n_convolutions,
+            cfg.postnet_dropout,
+        )
+
+    def encode(self, text: Tensor, text_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """text ``[B, N]`` long, text_lengths ``[B]`` -> memory ``[B, N, E]``, mask ``[B, N]``."""
+        mask = frame_mask(text_lengths, text.size(1))
+        x = self.embedding(text).transpose(1, 2)  # [B, C, N]
+        return self.encoder(x, text_lengths, mask), mask
+
+    def _postnet(self, mel: Tensor, mel_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Mask mel ``[B, n_mels, T]`` beyond mel_lengths and add the postnet residual."""
+        fmask = frame_mask(mel_lengths, mel.size(2)).unsqueeze(1)  # [B, 1, T]
+        mel = torch.where(fmask, mel, 0.0)
+        return mel, mel + self.postnet(mel, fmask)
+
+    def forward(
+        self, text: Tensor, text_lengths: Tensor, mels: Tensor, mel_lengths: Tensor
+    ) -> Tacotron2Output:
+        """Teacher-forced pass.
+
+        text ``[B, N]`` long, text_lengths ``[B]``, mels ``[B, n_mels, T]`` with T a multiple of
+        r (padding values are irrelevant), mel_lengths ``[B]`` -> ``Tacotron2Output``.
+        """
+        if mels.size(2) % self.r:
+            raise ValueError(
+                f"mel length {mels.size(2)} is not a multiple of n_frames_per_step {self.r}"
+            )
+        memory, mask = self.encode(text, text_lengths)
+        # zero the padding so even inf/NaN there cannot reach a gradient through padded steps
+        mels = torch.where(frame_mask(mel_lengths, mels.size(2)).unsqueeze(1), mels, 0.0)
+        mel, gate, alignments = self.decoder(memory, mask, mels)
+        mel, mel_post = self._postnet(mel, mel_lengths)
+        dec_lengths = (mel_lengths + self.r - 1) // self.r
+        step_mask = frame_mask(dec_lengths, alignments.size(1)).unsqueeze(2)  # [B, steps, 1]
+        alignments = torch.where(step_mask, alignments, 0.0)
+        return Tacotron2Output(mel, mel_post, gate, alignments)
+
+    def step_limits(self, text_lengths: Tensor, max_decoder_steps: int | None = None) -> Tensor:
+        """Per-item decoder step limits ``[B]`` long.
+
+        ``min(max_decoder_steps, ceil(max_decoder_steps_per_token * text_length))`` from the
+        config, so a long batch-mate never extends a short item's budget; an explicit
+        ``max_decoder_steps`` replaces both for every item.
+        """
+        if max_decoder_steps is not None:
+            if max_decoder_steps < 1:
+                raise ValueError("max_decoder_steps must be >= 1")
+            return torch.full_like(text_lengths, max_decoder_steps, dtype=torch.long)
+        per_token = torch.ceil(text_lengths.double() * self.max_decoder_steps_per_token).long()
+        return per_token.clamp(min=1, max=self.max_decoder_steps)
+
+    @torch.no_grad()
+    def infer(
+        self, text: Tensor, text_lengths: Tensor, max_decoder_steps: int | None = None
+    ) -> InferenceOutput:
+        """Free-running synthesis; call ``.eval()`` first (this method does not switch modes).
+
+        text ``[B, N]`` long, text_lengths ``[B]`` -> ``InferenceOutput``. Prenet dropout stays
+        on iff ``prenet_dropout_at_inference``. Each item stops when sigmoid of any of its r
+        gate logits exceeds ``gate_threshold``, or at its step limit (see ``step_limits``).
+        """
+        memory, mask = self.encode(text, text_lengths)
+        limits = self.step_limits(text_lengths, max_decoder_steps)
+        mel, alignments, mel_lengths, dec_lengths, by_gate = self.decoder.infer(
+            memory, mask, limits, self.gate_threshold
+        )
+        _, mel_post = self._postnet(mel, mel_lengths)
+        mel_post = mel_post[:, :, : int(mel_lengths.max())]
+        step_mask = frame_mask(dec_lengths, alignments.size(1)).unsqueeze(2)
+        alignments = torch.where(step_mask, alignments, 0.0)
+        return InferenceOutput(mel_post, mel_lengths, alignments, dec_lengths, by_gate)

@@ -1,0 +1,109 @@
+"""Symbol tables: the alphabet the model's embedding layer is indexed by.
+
+The position of a symbol in these tables IS its embedding index. Changing the order, inserting
+or removing a symbol silently invalidates every trained model and cached text sequence for that
+language, so append-only changes would still need a new checkpoint. Treat these tables as part
+of the checkpoint format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from functools import cache
+from types import MappingProxyType
+
+LANGUAGES: tuple[str, ...] = ("en", "ru")
+
+PAD = "_"
+"""Padding symbol, index 0. Never produced from text, so a 0 in a batch always means padding."""
+
+STRESS = "+"
+"""Russian stress mark, written before the stressed vowel (RUSLAN convention: "з+амок")."""
+
+PUNCTUATION: tuple[str, ...] = (" ", "!", "'", "(", ")", ",", "-", ".", ":", ";", "?", '"')
+"""Space and punctuation kept for prosody (pauses, questions); shared by all languages."""
+
+_ENGLISH_LETTERS: tuple[str, ...] = tuple("abcdefghijklmnopqrstuvwxyz")
+
+# Alphabetical order, with ё in its dictionary place after е. ё is its own letter: it is
+# pronounced differently from е and must never be folded into it.
+_RUSSIAN_LETTERS: tuple[str, ...] = tuple("абвгдеёжзийклмнопрстуфхцчшщъыьэюя")
+
+_TABLES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "en": (PAD, *PUNCTUATION, *_ENGLISH_LETTERS),
+        "ru": (PAD, *PUNCTUATION, STRESS, *_RUSSIAN_LETTERS),
+    }
+)
+
+
+def check_language(language: str) -> str:
+    """Return ``language`` if supported; fail early with the supported list otherwise.
+
+    A typo such as "RU" or "russian" must not fall back to English silently: that would make
+    every Cyrillic transcript "unknown" and reject the whole corpus with a confusing reason.
+    """
+    if language not in _TABLES:
+        raise ValueError(f"unsupported language {language!r}; supported: {', '.join(LANGUAGES)}")
+    return language
+
+
+def symbols_for(language: str) -> list[str]:
+    """Return the ordered symbol list for ``language`` ("en" or "ru").
+
+    Index 0 is the pad symbol "_". A fresh list is returned so callers cannot corrupt the
+    shared table. The order is fixed: see the module docstring.
+    """
+    return list(_TABLES[check_language(language)])
+
+
+@cache
+def symbol_ids(language: str) -> Mapping[str, int]:
+    """Read-only symbol -> index map, cached because it is used per utterance."""
+    return MappingProxyType({s: i for i, s in enumerate(_TABLES[check_language(language)])})
+
+
+def unknown_characters(text: str, language: str) -> list[str]:
+    """Sorted unique characters of cleaned ``text`` that ``language`` has no symbol for.
+
+    The pad "_" counts as unknown: it means "no input here" to the model and must never come
+    from a transcript.
+    """
+    ids = symbol_ids(language)
+    return sorted({c for c in text if ids.get(c, 0) == 0})
+
+
+def describe_characters(chars: Iterable[str]) -> str:
+    """Readable list for error messages: look-alike and invisible characters need their code
+    point (Latin "e" U+0065 vs Cyrillic "е" U+0435) or the report cannot be acted on."""
+    return ", ".join(f"{c!r} (U+{ord(c):04X})" for c in chars)
+
+
+def text_to_sequence(text: str, language: str) -> list[int]:
+    """Symbol indices of already cleaned ``text``.
+
+    Raises ``ValueError`` naming every unknown character instead of skipping it: a skipped
+    character makes the transcript disagree with the audio, which is what breaks alignment.
+    """
+    ids = symbol_ids(language)
+    unknown = unknown_characters(text, language)
+    if unknown:
+        raise ValueError(
+            f"text has characters outside the {language!r} symbol set: "
+            f"{describe_characters(unknown)}; text: {text!r}"
+        )
+    return [ids[c] for c in text]
+
+
+def sequence_to_text(sequence: Sequence[int], language: str) -> str:
+    """Inverse of ``text_to_sequence``. Pad indices (0) are dropped, so a padded batch row
+    decodes to its transcript; an index outside the table raises ``ValueError``."""
+    table = _TABLES[check_language(language)]
+    out: list[str] = []
+    for index in sequence:
+        i = int(index)
+        if not 0 <= i < len(table):
+            raise ValueError(f"symbol index {i} outside 0..{len(table) - 1} for {language!r}")
+        if i:
+            out.append(table[i])
+    return "".join(out)

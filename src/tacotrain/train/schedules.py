@@ -1,0 +1,34 @@
+"""Schedules as pure functions of the step: nothing multiplies these values at run time."""
+
+from __future__ import annotations
+
+import math
+
+from tacotrain.config import GuidedAttentionConfig, OptimConfig
+
+
+def lr_at(step: int, cfg: OptimConfig) -> float:
+    """Linear warm-up to ``cfg.lr`` over ``warmup_steps``, then decay from ``decay_start``."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    start = max(cfg.decay_start, cfg.warmup_steps)
+    if cfg.decay == "none" or step < start:
+        return cfg.lr
+    t = step - start
+    if cfg.decay == "exponential":
+        lr = cfg.lr * cfg.decay_rate ** (t / cfg.decay_steps)
+    else:  # cosine from lr to min_lr over decay_steps, then flat
+        frac = min(t / cfg.decay_steps, 1.0)
+        lr = cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * frac))
+    return max(lr, cfg.min_lr)
+
+
+def ga_weight_at(step: int, cfg: GuidedAttentionConfig) -> float:
+    """Guided-attention weight: constant, then exponential decay to ``floor``; 0 if disabled."""
+    if not cfg.enabled:
+        return 0.0
+    if step < cfg.decay_start:
+        w = cfg.initial_weight
+    else:
+        w = cfg.initial_weight * cfg.decay_rate ** ((step - cfg.decay_start) / cfg.decay_steps)
+    return min(max(w, cfg.floor), cfg.max_weight)

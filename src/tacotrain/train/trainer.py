@@ -1,0 +1,451 @@
+"""The training loop, readable top to bottom.
+
+One optimiser step: forward under autocast -> masked losses (guided-attention weight from its
+schedule) -> backward -> unscale -> clip -> skip the update if anything is non-finite -> step.
+Validation runs under a forked, fixed RNG so it never changes what training does next; that,
+with the RNG states, data order position and optimiser state in every checkpoint, makes
+``--resume`` continue exactly where the run stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from tacotrain.alignment import alignment_metrics, plot_alignment, plot_mel
+from tacotrain.config import Config, to_yaml
+from tacotrain.data.loader import BucketBatchSampler, Collate, PreparedData, TextMelDataset
+from tacotrain.fsutil import atomic_write_json, atomic_write_text
+from tacotrain.model import Tacotron2, Tacotron2Loss
+from tacotrain.track import Tracker
+from tacotrain.train.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    prune,
+    save_checkpoint,
+)
+from tacotrain.train.schedules import ga_weight_at, lr_at
+
+log = logging.getLogger(__name__)
+METRICS = ("diagonality", "focus", "coverage", "monotonicity")
+
+
+class TrainError(RuntimeError):
+    pass
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TrainError(f"train.device={name!r} but CUDA is not available; use auto or cpu")
+    return dev
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for fp32. Mixed precision is used on CUDA only."""
+    if device.type != "cuda" or name == "fp32":
+        return None
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def is_aligned(val: dict[str, float], cfg: Config) -> bool:
+    """Free-running validation meets the configured alignment thresholds (means over items)."""
+    a = cfg.alignment
+    if "free/diagonality" not in val:
+        return False
+    ok = (val["free/diagonality"] >= a.diagonality and val["free/focus"] >= a.focus
+          and val["free/coverage"] >= a.coverage)
+    if a.require_gate_stop:
+        ok = ok and val["free/stopped_by_gate"] >= 1.0
+    return ok
+
+
+@dataclass
+class TrainResult:
+    step: int
+    stop_reason: str
+    aligned: bool
+    wall_seconds: float
+    last_val: dict[str, float] = field(default_factory=dict)
+    best_checkpoint: Path | None = None
+    last_checkpoint: Path | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, data_dir: str | Path, run_dir: str | Path,
+                 resume: bool = False, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.progress = progress
+        self.data = PreparedData.load(data_dir)
+        tc = cfg.train
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        self.device = resolve_device(tc.device)
+        self.amp_dtype = resolve_precision(tc.precision, self.device)
+
+        self._check_run_dir(resume)
+        self._seed_everything(tc.seed)
+        self.train_set = TextMelDataset(self.data, "train")
+        self.val_set = TextMelDataset(self.data, "val")
+        self.collate = Collate(cfg.model.n_frames_per_step)
+        self.sampler = BucketBatchSampler(self.train_set.lengths, tc.batch_size, seed=tc.seed,
+                                          bucket_batches=tc.bucket_batches)
+        n_mels = self.data.settings.audio.n_mels
+        self.model = Tacotron2(cfg.model, len(self.data.symbols), n_mels).to(self.device)
+        self.criterion = Tacotron2Loss(cfg.loss, cfg.model.n_frames_per_step)
+        oc = cfg.optim
+        opt_cls = torch.optim.AdamW if oc.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls(self.model.parameters(), lr=lr_at(0, oc),
+                                 betas=(oc.beta1, oc.beta2), eps=oc.eps,
+                                 weight_decay=oc.weight_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.amp_dtype == torch.float16)
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.skipped_steps = 0
+        self.best_val: float | None = None
+        self.elapsed_before = 0.0  # wall seconds of earlier sessions of this run
+        if resume:
+            self._resume()
+        else:
+            atomic_write_text(self.run_dir / "config.yaml", to_yaml(cfg))
+
+    # ------------------------------------------------------------------ set-up helpers
+    def _check_run_dir(self, resume: bool) -> None:
+        has_ckpt = latest_checkpoint(self.ckpt_dir) is not None
+        if resume and not has_ckpt:
+            raise TrainError(f"--resume: no checkpoint in {self.ckpt_dir}")
+        if not resume and self.run_dir.exists() and any(self.run_dir.iterdir()):
+            raise TrainError(f"{self.run_dir} is not empty; pass --resume to continue that run "
+                             "or choose a new --out")
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "plots").mkdir(exist_ok=True)
+
+    @staticmethod
+    def _seed_everything(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
+    def _rng_state(self) -> dict[str, Any]:
+        state = {"python": random.getstate(), "numpy": np.random.get_state(),
+                 "torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _set_rng_state(self, state: dict[str, Any]) -> None:
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        torch.set_rng_state(state["torch"])
+        if self.device.type == "cuda" and "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"], self.device)
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_payload(self, val: dict[str, float] | None) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "skipped_steps": self.skipped_steps,
+            "best_val": self.best_val,
+            "elapsed": self.elapsed_before + (time.monotonic() - self._t0),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "schedule": {"lr": lr_at(self.step, self.cfg.optim),
+                         "ga_weight": ga_weight_at(self.step, self.cfg.loss.guided_attention)},
+            "rng": self._rng_state(),
+            "config": self.cfg.model_dump(mode="json"),
+            "data": {"language": self.data.language, "symbols": self.data.symbols,
+                     "audio": self.data.settings.audio.model_dump(mode="json"),
+                     "root": str(self.data.root)},
+            "val": val or {},
+        }
+
+    def save(self, val: dict[str, float] | None, best: bool = False) -> Path:
+        payload = self.checkpoint_payload(val)
+        path = self.ckpt_dir / f"step-{self.step:07d}.pt"
+        save_checkpoint(path, payload)
+        if best:
+            save_checkpoint(self.ckpt_dir / "best.pt", payload)
+        prune(self.ckpt_dir, self.cfg.train.keep_last)
+        return path
+
+    def _resume(self) -> None:
+        path = latest_checkpoint(self.ckpt_dir)
+        assert path is not None
+        try:
+            ck = load_checkpoint(path, map_location=self.device)
+        except CheckpointError as exc:
+            raise TrainError(f"cannot resume: {exc}") from None
+        saved = Config.model_validate(ck["config"])
+        if saved.model != self.cfg.model:
+            raise TrainError(f"cannot resume {path}: the model section of the config differs "
+                             "from the one the checkpoint was trained with")
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scaler.load_state_dict(ck["scaler"])
+        self.step, self.epoch = ck["step"], ck["epoch"]
+        self.batch_in_epoch = ck["batch_in_epoch"]
+        self.skipped_steps = ck["skipped_steps"]
+        self.best_val = ck["best_val"]
+        self.elapsed_before = ck["elapsed"]
+        self._set_rng_state(ck["rng"])
+        log.info("resumed from %s at step %d", path, self.step)
+
+    # ------------------------------------------------------------------ one step
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def train_step(self, batch) -> dict[str, float]:
+        """One optimiser update on ``batch``; returns the step's metrics (floats)."""
+        cfg = self.cfg
+        lr = lr_at(self.step, cfg.optim)
+        ga_w = ga_weight_at(self.step, cfg.loss.guided_attention)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batch = batch.to(self.device)
+        self.model.train()
+        with self._autocast():
+            out = self.model(batch.text, batch.text_lengths, batch.mels, batch.mel_lengths)
+            losses = self.criterion(out, batch, ga_w)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses["loss"]).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+        finite = bool(torch.isfinite(grad_norm)) and bool(torch.isfinite(losses["loss"]))
+        if finite:
+            self.scaler.step(self.optimizer)
+        else:
+            self.skipped_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            log.warning("step %d: non-finite loss or gradient; update skipped", self.step)
+        self.scaler.update()
+        self.step += 1
+        r = cfg.model.n_frames_per_step
+        dec_lengths = (batch.mel_lengths + r - 1) // r
+        with torch.no_grad():
+            am = alignment_metrics(out.alignments.float(), batch.text_lengths, dec_lengths)
+        metrics = {f"train/{k}": float(v.detach()) for k, v in losses.items()}
+        metrics.update({f"train/{k}": float(am[k].mean()) for k in METRICS})
+        metrics.update({"train/grad_norm": float(grad_norm), "train/lr": lr,
+                        "train/ga_weight": ga_w,
+                        "train/clipped": float(grad_norm > cfg.optim.grad_clip),
+                        "train/frames": float(batch.mel_lengths.sum())})
+        return metrics
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self, tracker: Tracker | None = None) -> dict[str, float]:
+        """Teacher-forced losses and metrics on the whole validation split, then free-running
+        synthesis of a few fixed validation items (alignment metrics, gate stops)."""
+        cfg = self.cfg
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(cfg.train.seed + 1)
+            self.model.eval()
+            try:
+                val = self._validate(tracker)
+            finally:
+                self.model.train()
+        return val
+
+    def _validate(self, tracker: Tracker | None) -> dict[str, float]:
+        cfg = self.cfg
+        r = cfg.model.n_frames_per_step
+        ga_w = ga_weight_at(self.step, cfg.loss.guided_attention)
+        sampler = BucketBatchSampler(self.val_set.lengths, cfg.train.batch_size, shuffle=False)
+        sums: dict[str, float] = {}
+        count = 0
+        first = None
+        for idx in sampler:
+            batch = self.collate([self.val_set[i] for i in idx]).to(self.device)
+            with self._autocast():
+                out = self.model(batch.text, batch.text_lengths, batch.mels, batch.mel_lengths)
+                losses = self.criterion(out, batch, ga_w)
+            dec = (batch.mel_lengths + r - 1) // r
+            am = alignment_metrics(out.alignments.float(), batch.text_lengths, dec)
+            n = len(idx)
+            for k, v in losses.items():
+                sums[f"val/{k}"] = sums.get(f"val/{k}", 0.0) + float(v) * n
+            for k in METRICS:
+                sums[f"val/{k}"] = sums.get(f"val/{k}", 0.0) + float(am[k].sum())
+            count += n
+            if first is None:
+                first = (out.alignments[0, : int(dec[0]), : int(batch.text_lengths[0])].float(),
+                         batch.mels[0, :, : int(batch.mel_lengths[0])],
+                         out.mel_post[0, :, : int(batch.mel_lengths[0])].float())
+        val = {k: v / count for k, v in sums.items()}
+        val.update(self._free_run(tracker))
+        if tracker is not None and first is not None:
+            plots = self.run_dir / "plots"
+            plot_alignment(first[0].cpu(), plots / "val-teacher-forced-alignment.png",
+                           title=f"teacher-forced alignment, step {self.step}")
+            plot_mel(torch.cat([first[1], first[2]], dim=0).cpu(), plots / "val-mel.png",
+                     title=f"target (bottom) / predicted (top) mel, step {self.step}")
+            tracker.image(self.step, "val/alignment_teacher_forced",
+                          plots / "val-teacher-forced-alignment.png")
+            tracker.image(self.step, "val/mel", plots / "val-mel.png")
+        return val
+
+    def free_run_items(self) -> list[int]:
+        """Fixed validation items for free-running synthesis, spread over the length range."""
+        k = min(self.cfg.train.val_free_run_items, len(self.val_set))
+        if k == 0:
+            return []
+        order = sorted(range(len(self.val_set)), key=lambda i: self.val_set.lengths[i])
+        return [order[round(j * (len(order) - 1) / max(k - 1, 1))] for j in range(k)]
+
+    def _free_run(self, tracker: Tracker | None) -> dict[str, float]:
+        items = self.free_run_items()
+        if not items:
+            return {}
+        batch = self.collate([self.val_set[i] for i in items]).to(self.device)
+        with self._autocast():
+            out = self.model.infer(batch.text, batch.text_lengths)
+        am = alignment_metrics(out.alignments.float(), batch.text_lengths, out.dec_lengths)
+        res = {f"free/{k}": float(am[k].mean()) for k in METRICS}
+        res["free/stopped_by_gate"] = float(out.stopped_by_gate.float().mean())
+        target = batch.mel_lengths.float()
+        res["free/length_ratio"] = float((out.mel_lengths.float() / target).mean())
+        if tracker is not None:
+            n, t = int(batch.text_lengths[0]), int(out.dec_lengths[0])
+            path = self.run_dir / "plots" / "val-free-run-alignment.png"
+            info = ", ".join(f"{k} {float(am[k][0]):.2f}" for k in METRICS)
+            plot_alignment(out.alignments[0, :t, :n].float().cpu(), path,
+                           title=f"free-running alignment, step {self.step}", info=info)
+            tracker.image(self.step, "val/alignment_free_run", path)
+        return res
+
+    # ------------------------------------------------------------------ the loop
+    def _loader(self) -> DataLoader:
+        self.sampler.set_epoch(self.epoch)
+        batches = self.sampler.batches()[self.batch_in_epoch:]
+        gen = torch.Generator().manual_seed(self.cfg.train.seed + self.epoch)
+        return DataLoader(self.train_set, batch_sampler=batches, collate_fn=self.collate,
+                          num_workers=self.cfg.train.num_workers, generator=gen,
+                          pin_memory=self.device.type == "cuda")
+
+    def fit(self, max_steps: int | None = None) -> TrainResult:
+        cfg, tc = self.cfg, self.cfg.train
+        max_steps = max_steps or tc.max_steps
+        budget = tc.time_budget_minutes * 60 if tc.time_budget_minutes else math.inf
+        self._t0 = time.monotonic()
+        n_params = sum(p.numel() for p in self.model.parameters())
+        log.info("training %.2fM parameters on %s (%s), %d train / %d val items, from step %d",
+                 n_params / 1e6, self.device, self.amp_dtype or "fp32", len(self.train_set),
+                 len(self.val_set), self.step)
+        result = TrainResult(self.step, "max_steps", False, 0.0)
+        last_val: dict[str, float] = {}
+        acc: dict[str, float] = {}
+        acc_n = 0
+        t_log = time.monotonic()
+        bar = tqdm(total=max_steps, initial=self.step, unit="step", disable=not self.progress,
+                   dynamic_ncols=True)
+        with Tracker(self.run_dir) as tracker:
+            if self.step == 0:
+                tracker.text(0, "config", to_yaml(cfg))
+            stop = self.step >= max_steps
+            try:
+                while not stop:
+                    for batch in self._loader():
+                        m = self.train_step(batch)
+                        self.batch_in_epoch += 1
+                        for k, v in m.items():
+                            acc[k] = acc.get(k, 0.0) + v
+                        acc_n += 1
+                        bar.update()
+                        if self.step % tc.log_interval == 0:
+                            now = time.monotonic()
+                            vals = {k: v / acc_n for k, v in acc.items() if k != "train/frames"}
+                            vals["train/steps_per_second"] = acc_n / (now - t_log)
+                            vals["train/frames_per_second"] = acc["train/frames"] / (now - t_log)
+                            vals["train/skipped_steps"] = self.skipped_steps
+                            tracker.scalars(self.step, vals)
+                            bar.set_postfix(loss=f"{vals['train/loss']:.3f}",
+                                            diag=f"{vals['train/diagonality']:.2f}",
+                                            focus=f"{vals['train/focus']:.2f}")
+                            acc, acc_n, t_log = {}, 0, now
+                        elapsed = time.monotonic() - self._t0
+                        if self.step % tc.val_interval == 0 or self.step >= max_steps:
+                            last_val = self._validation_round(tracker, result, elapsed)
+                            if tc.stop_when_aligned and result.aligned:
+                                result.stop_reason = "aligned"
+                                stop = True
+                        if self.step >= max_steps:
+                            stop = True
+                        elif self.elapsed_before + elapsed >= budget:
+                            result.stop_reason = "time_budget"
+                            if self.step % tc.val_interval:
+                                last_val = self._validation_round(tracker, result, elapsed)
+                            stop = True
+                        if stop:
+                            break
+                    else:
+                        self.epoch += 1
+                        self.batch_in_epoch = 0
+            except KeyboardInterrupt:
+                result.stop_reason = "interrupted"
+                result.last_checkpoint = self.save(last_val or None)
+                log.warning("interrupted: checkpoint written to %s", result.last_checkpoint)
+                raise
+            finally:
+                bar.close()
+        result.step = self.step
+        result.last_val = last_val
+        result.wall_seconds = self.elapsed_before + time.monotonic() - self._t0
+        best = self.ckpt_dir / "best.pt"
+        result.best_checkpoint = best if best.exists() else None
+        atomic_write_json(self.run_dir / "train_result.json", {
+            "step": result.step, "stop_reason": result.stop_reason, "aligned": result.aligned,
+            "wall_seconds": round(result.wall_seconds, 1), "last_val": last_val,
+            "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
+            "last_checkpoint": str(result.last_checkpoint), "skipped_steps": self.skipped_steps,
+            "history": result.history})
+        return result
+
+    def _validation_round(self, tracker: Tracker, result: TrainResult,
+                          elapsed: float) -> dict[str, float]:
+        val = self.validate(tracker)
+        aligned = is_aligned(val, self.cfg)
+        val["val/aligned"] = float(aligned)
+        tracker.scalars(self.step, val)
+        result.aligned = aligned
+        minutes = (self.elapsed_before + elapsed) / 60
+        result.history.append({"step": self.step, "minutes": round(minutes, 2),
+                               **{k: round(v, 4) for k, v in val.items()}})
+        # best = lowest validation mel loss among aligned rounds
+        is_best = aligned and (self.best_val is None or val["val/mel_post"] < self.best_val)
+        if is_best:
+            self.best_val = val["val/mel_post"]
+        result.last_checkpoint = self.save(val, best=is_best)
+        log.info("step %d (%.1f min): val mel %.4f | free-run diag %.2f focus %.2f cov %.2f "
+                 "gate-stopped %.0f%%%s", self.step, minutes, val["val/mel_post"],
+                 val.get("free/diagonality", float("nan")), val.get("free/focus", float("nan")),
+                 val.get("free/coverage", float("nan")),
+                 100 * val.get("free/stopped_by_gate", 0.0), " ALIGNED" if aligned else "")
+        return val

@@ -1,0 +1,93 @@
+"""Shared fixtures: tiny corpora generated on the fly (no downloads, no network)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def tone(seconds: float, sr: int = 22050, freq: float = 220.0, seed: int = 0,
+         channels: int = 1) -> np.ndarray:
+    """A voiced-sounding test signal: harmonics with vibrato, some noise, 20 ms fades."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f = freq * (1 + 0.05 * np.sin(2 * np.pi * 3 * t))
+    phase = 2 * np.pi * np.cumsum(f) / sr
+    x = sum(np.sin(k * phase) / k for k in range(1, 6)) * 0.3 + 0.01 * rng.standard_normal(t.size)
+    fade = min(int(0.02 * sr), t.size // 2)
+    if fade:
+        ramp = np.linspace(0, 1, fade)
+        x[:fade] *= ramp
+        x[-fade:] *= ramp[::-1]
+    x = x.astype(np.float32)
+    if channels > 1:
+        x = np.stack([x * (0.8 + 0.1 * c) for c in range(channels)], axis=1)
+    return x
+
+
+def write(path: Path, x: np.ndarray, sr: int = 22050) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, x, sr, subtype="PCM_16")
+    return path
+
+
+GOOD = {
+    "good-01": "Printing, in the only sense with which we are at present concerned.",
+    "good-02": "Dr. Smith paid 5 dollars.",
+    "good-03": "It was a quiet morning near the river.",
+    "good-04": "Who moved the silver key?",
+}
+BAD_REASONS = ("missing_audio", "unreadable_audio", "empty_text", "unknown_characters",
+               "too_long", "too_short", "silent_audio", "duplicate_id", "malformed_line")
+
+
+@pytest.fixture()
+def bad_corpus(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """LJSpeech corpus: 4 good clips, a 16 kHz clip, a stereo clip, one bad item per reason.
+
+    Returns the corpus dir and {id: expected reason} for the bad items.
+    """
+    root = tmp_path / "corpus"
+    wavs = root / "wavs"
+    lines = []
+    for k, (i, text) in enumerate(GOOD.items()):
+        write(wavs / f"{i}.wav", tone(1.2 + 0.3 * k, seed=k))
+        lines.append(f"{i}|{text}|{text}")
+    write(wavs / "rate-16k.wav", tone(1.5, sr=16000, seed=7), sr=16000)
+    lines.append("rate-16k|A clip recorded at sixteen kilohertz.|")
+    write(wavs / "stereo.wav", tone(1.4, seed=8, channels=2))
+    lines.append("stereo|A clip in two channels.|A clip in two channels.")
+
+    expected = {}
+    lines.append("bad-missing|This clip does not exist.|This clip does not exist.")
+    expected["bad-missing"] = "missing_audio"
+    (wavs / "bad-unreadable.wav").write_bytes(b"RIFF\x00\x00not really a wave file at all")
+    lines.append("bad-unreadable|Garbage bytes.|Garbage bytes.")
+    expected["bad-unreadable"] = "unreadable_audio"
+    write(wavs / "bad-empty.wav", tone(1.0, seed=9))
+    lines.append("bad-empty| | ")
+    expected["bad-empty"] = "empty_text"
+    write(wavs / "bad-chars.wav", tone(1.0, seed=10))
+    lines.append("bad-chars|Hello 你好 world|Hello 你好 world")
+    expected["bad-chars"] = "unknown_characters"
+    write(wavs / "bad-long.wav", tone(13.0, seed=11))
+    lines.append("bad-long|Far too long for training.|Far too long for training.")
+    expected["bad-long"] = "too_long"
+    write(wavs / "bad-short.wav", tone(0.2, seed=12))
+    lines.append("bad-short|Short.|Short.")
+    expected["bad-short"] = "too_short"
+    write(wavs / "bad-silent.wav", np.zeros(22050, dtype=np.float32))
+    lines.append("bad-silent|Nothing to hear.|Nothing to hear.")
+    expected["bad-silent"] = "silent_audio"
+    lines.append("good-01|The same id a second time.|The same id a second time.")
+    expected["good-01#dup"] = "duplicate_id"
+    lines.append("just-one-field-and-no-separator")
+    expected["just-one-field-and-no-separator"] = "malformed_line"
+    (root / "metadata.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root, expected

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import soundfile as sf
+
+from tacotrain.data.mini import make_mini_corpus, sentence
+from tacotrain.text import clean_text, unknown_characters
+
+
+def _digest(root):
+    h = hashlib.sha256((root / "metadata.csv").read_bytes())
+    for p in sorted((root / "wavs").glob("*.wav")):
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_mini_corpus_format_and_determinism(tmp_path):
+    assert shutil.which("espeak-ng"), "espeak-ng must be installed (make test installs it)"
+    a = make_mini_corpus(tmp_path / "a", "en", size=6, seed=3, progress=False).parent
+    rows = [line.split("|") for line in (a / "metadata.csv").read_text().splitlines()]
+    assert len(rows) == 6 and all(len(r) == 3 for r in rows)
+    for item_id, raw, normalized in rows:
+        info = sf.info(a / "wavs" / f"{item_id}.wav")
+        assert (info.samplerate, info.channels, info.subtype) == (22050, 1, "PCM_16")
+        assert 0.9 <= info.duration <= 8.0
+        assert normalized == clean_text(raw, "en") and not unknown_characters(normalized, "en")
+    b = make_mini_corpus(tmp_path / "b", "en", size=6, seed=3, progress=False).parent
+    assert _digest(a) == _digest(b)
+    c = make_mini_corpus(tmp_path / "c", "en", size=6, seed=4, progress=False).parent
+    assert (c / "metadata.csv").read_text() != (a / "metadata.csv").read_text()
+
+
+def test_generator_covers_numbers_abbreviations_punctuation():
+    texts = [sentence("en", 0, i) for i in range(300)]
+    assert any(any(ch.isdigit() for ch in t) for t in texts)
+    assert any("Dr." in t or "Mr." in t or "St." in t for t in texts)
+    assert any("?" in t for t in texts) and any("," in t for t in texts)
+    words = [len(clean_text(t, "en").split()) for t in texts]
+    assert min(words) <= 4 and max(words) >= 18
+    ru = [sentence("ru", 0, i) for i in range(100)]
+    assert any("+" in t for t in ru) and any(any(ch.isdigit() for ch in t) for t in ru)
+
+
+def test_russian_mini_corpus(tmp_path):
+    root = make_mini_corpus(tmp_path / "ru", "ru", size=3, seed=1, progress=False).parent
+    for line in (root / "metadata.csv").read_text(encoding="utf-8").splitlines():
+        _, raw, normalized = line.split("|")
+        assert not unknown_characters(normalized, "ru")
+        assert not any(ch.isdigit() for ch in normalized)

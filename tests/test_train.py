@@ -1,0 +1,220 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tacotrain.cli import main
+from tacotrain.config import ConfigError, GuidedAttentionConfig, OptimConfig, load_config
+from tacotrain.data.prepare import prepare
+from tacotrain.synth import Synthesizer
+from tacotrain.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from tacotrain.train.schedules import ga_weight_at, lr_at
+from tacotrain.train.trainer import Trainer
+
+from conftest import tone, write
+
+WORDS = ["a red boat", "the silver key", "two boxes", "near the river", "in the morning",
+         "she said", "the old map", "quietly", "after dinner", "we waited"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """A prepared 14-clip corpus of test tones (the model does not care that it is not speech)."""
+    root = tmp_path_factory.mktemp("tiny")
+    lines = []
+    for i in range(14):
+        text = " ".join(WORDS[(i + k) % len(WORDS)] for k in range(1 + i % 3))
+        write(root / "corpus" / "wavs" / f"t{i:02d}.wav", tone(0.6 + 0.1 * (i % 5), seed=i))
+        lines.append(f"t{i:02d}|{text}.|")
+    (root / "corpus" / "metadata.csv").write_text("\n".join(lines) + "\n")
+    prepare(root / "corpus", root / "data", workers=1, progress=False)
+    return root / "data"
+
+
+def tiny_cfg(*extra: str):
+    return load_config("tiny", ["train.val_interval=3", "train.log_interval=1",
+                                "train.val_free_run_items=2", "train.threads=1", *extra])
+
+
+def test_lr_schedule_warmup_then_decay():
+    cfg = OptimConfig(lr=1e-3, warmup_steps=10, decay="exponential", decay_start=100,
+                      decay_steps=50, decay_rate=0.5, min_lr=1e-4)
+    assert lr_at(0, cfg) == pytest.approx(1e-4)
+    assert lr_at(9, cfg) == pytest.approx(1e-3)
+    assert lr_at(50, cfg) == pytest.approx(1e-3)
+    assert lr_at(150, cfg) == pytest.approx(5e-4)
+    assert lr_at(10_000, cfg) == pytest.approx(1e-4)
+    cos = cfg.model_copy(update={"decay": "cosine"})
+    assert lr_at(125, cos) == pytest.approx(1e-4 + 0.5 * 9e-4)
+    assert lr_at(10_000, cos) == pytest.approx(1e-4)
+
+
+def test_guided_attention_schedule_bounded():
+    cfg = GuidedAttentionConfig(initial_weight=20, decay_start=100, decay_steps=100,
+                                decay_rate=0.5, floor=2.0, max_weight=50)
+    assert ga_weight_at(0, cfg) == ga_weight_at(99, cfg) == 20
+    assert ga_weight_at(200, cfg) == pytest.approx(10)
+    assert ga_weight_at(100_000, cfg) == 2.0
+    assert ga_weight_at(5, cfg.model_copy(update={"enabled": False})) == 0.0
+    with pytest.raises(ValueError, match="max_weight"):
+        GuidedAttentionConfig(initial_weight=60, max_weight=50)
+    with pytest.raises(ConfigError, match="max_weight"):
+        load_config("tiny", ["loss.guided_attention.initial_weight=500"])
+
+
+def test_config_overrides_are_validated():
+    cfg = load_config("small", ["optim.lr=5e-4", "model.n_frames_per_step=2"])
+    assert cfg.optim.lr == 5e-4 and cfg.model.n_frames_per_step == 2
+    assert cfg.model.decoder_rnn_dim == 512  # from the preset
+    with pytest.raises(ConfigError, match="optim.lrr"):
+        load_config("small", ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        load_config("small", ["train.batch_size=0"])
+    with pytest.raises(ConfigError, match="neither a preset"):
+        load_config("nonexistent")
+    assert load_config("default").model.decoder_rnn_dim == 1024
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    ck = sorted((run / "checkpoints").glob("step-*.pt"))[-1]
+    return load_checkpoint(ck)["model"]
+
+
+def test_resume_is_exact(tiny_data, tmp_path):
+    cfg = tiny_cfg()
+    whole = Trainer(cfg, tiny_data, tmp_path / "whole", progress=False)
+    res = whole.fit(max_steps=8)
+    assert res.step == 8
+    half = Trainer(cfg, tiny_data, tmp_path / "half", progress=False)
+    half.fit(max_steps=4)  # stops mid-epoch (3 batches per epoch at batch 4 of 12 items)
+    again = Trainer(cfg, tiny_data, tmp_path / "half", resume=True, progress=False)
+    assert again.step == 4
+    again.fit(max_steps=8)
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "half")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # and the weights did change during training
+    fresh = Trainer(cfg, tiny_data, tmp_path / "fresh", progress=False).model.state_dict()
+    assert any(not torch.equal(fresh[k].cpu(), a[k]) for k in a if a[k].is_floating_point())
+
+
+def test_run_dir_never_silently_overwritten(tiny_data, tmp_path):
+    cfg = tiny_cfg()
+    Trainer(cfg, tiny_data, tmp_path / "r", progress=False).fit(max_steps=1)
+    assert main(["train", "--config", "tiny", "--data", str(tiny_data), "--out",
+                 str(tmp_path / "r"), "--max-steps", "2", "--quiet"]) == 2
+    assert main(["train", "--config", "tiny", "--data", str(tmp_path / "nodata"), "--out",
+                 str(tmp_path / "r2"), "--quiet"]) == 2
+
+
+def test_training_logs_metrics_and_checkpoint_is_self_describing(tiny_data, tmp_path):
+    cfg = tiny_cfg("train.keep_last=2")
+    res = Trainer(cfg, tiny_data, tmp_path / "r", progress=False).fit(max_steps=9)
+    run = tmp_path / "r"
+    ckpts = sorted(p.name for p in (run / "checkpoints").glob("step-*.pt"))
+    assert ckpts == ["step-0000006.pt", "step-0000009.pt"]  # keep_last=2
+    events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    scal = [e for e in events if e["kind"] == "scalars"]
+    train_steps = [e["step"] for e in scal if "train/loss" in e["values"]]
+    assert train_steps == list(range(1, 10))
+    val = [e["values"] for e in scal if "val/mel_post" in e["values"]]
+    assert len(val) == 3
+    for key in ("free/diagonality", "free/focus", "free/coverage", "free/monotonicity",
+                "free/stopped_by_gate", "val/diagonality", "val/gate"):
+        assert all(0.0 <= v[key] <= 1.0 or key == "val/gate" for v in val), key
+    first = scal[0]["values"]
+    assert first["train/lr"] == pytest.approx(lr_at(0, cfg.optim))
+    assert first["train/ga_weight"] == 10.0 and first["train/grad_norm"] > 0
+    assert {e["tag"] for e in events if e["kind"] == "image"} >= {
+        "val/alignment_free_run", "val/alignment_teacher_forced", "val/mel"}
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    ck = load_checkpoint(run / "checkpoints" / "step-0000009.pt")
+    assert ck["step"] == 9 and ck["config"]["model"]["n_frames_per_step"] == 2
+    assert ck["data"]["language"] == "en" and ck["data"]["audio"]["n_mels"] == 80
+    assert set(ck) >= {"model", "optimizer", "scaler", "rng", "schedule"}
+    assert res.last_val["val/mel_post"] > 0
+
+
+def test_checkpoint_checksum_and_killed_write_leaves_previous(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"w": torch.arange(5.0)})
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0xFF
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_checkpoint(bad)
+    bad.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError):
+        load_checkpoint(bad)
+
+    started = tmp_path / "started"
+    child = f"""
+import os, sys, time, torch
+from pathlib import Path
+import tacotrain.fsutil as fs
+def slow_fsync(fd):
+    Path({str(started)!r}).touch()
+    time.sleep(60)
+fs.os.fsync = slow_fsync
+from tacotrain.train.checkpoint import save_checkpoint
+save_checkpoint({str(path)!r}, {{"w": torch.zeros(2_000_000)}})
+"""
+    proc = subprocess.Popen([sys.executable, "-c", child], env={**os.environ})
+    try:
+        deadline = time.time() + 60
+        while not started.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert started.exists(), "child never reached the write"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert torch.equal(load_checkpoint(path)["w"], torch.arange(5.0))
+
+
+def test_synth_writes_wav_json_png(tiny_data, tmp_path, capsys):
+    Trainer(tiny_cfg(), tiny_data, tmp_path / "r", progress=False).fit(max_steps=3)
+    ckpt = sorted((tmp_path / "r" / "checkpoints").glob("step-*.pt"))[-1]
+    out = tmp_path / "x.wav"
+    assert main(["synth", "--checkpoint", str(ckpt), "--text", "A red boat, 2 keys.",
+                 "--out", str(out)]) == 0
+    info = json.loads(out.with_suffix(".json").read_text())
+    assert set(info) >= {"frames", "seconds", "stopped_by_gate", "diagonality", "focus",
+                         "coverage", "monotonicity", "synthesis_seconds", "rtf"}
+    assert info["text"] == "a red boat, two keys."
+    import soundfile as sf
+
+    wav, sr = sf.read(out)
+    assert sr == 22050 and abs(len(wav) / sr - info["seconds"]) < 0.05
+    # an untrained model rarely stops: the step limit scales with the text length
+    limit = Synthesizer.from_checkpoint(ckpt).model.step_limits(torch.tensor([21]))
+    assert info["frames"] <= int(limit[0]) * 2
+    assert out.with_suffix(".png").stat().st_size > 1000
+    lines = tmp_path / "lines.txt"
+    lines.write_text("First one.\n\nSecond one.\n")
+    assert main(["synth", "--checkpoint", str(ckpt), "--text-file", str(lines),
+                 "--out", str(tmp_path / "many")]) == 0
+    assert sorted(p.name for p in (tmp_path / "many").glob("*.wav")) == ["0001.wav", "0002.wav"]
+    assert main(["synth", "--checkpoint", str(ckpt), "--text", "Привет", "--out",
+                 str(tmp_path / "y.wav")]) == 2
+    assert "symbol set" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cmd", [[], ["prepare"], ["corpus", "mini"], ["train"], ["synth"],
+                                 ["demo"]])
+def test_every_command_has_help(cmd, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([*cmd, "--help"])
+    assert exc.value.code == 0
+    assert "usage: tacotrain" in capsys.readouterr().out
