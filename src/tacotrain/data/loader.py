@@ -11,12 +11,13 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from tacotrain.batch import Batch, make_gate_targets
 from tacotrain.config import Settings
 from tacotrain.data.prepare import MANIFEST, MANIFEST_VERSION
 from tacotrain.text import text_to_sequence
@@ -133,20 +134,6 @@ class BucketBatchSampler(Sampler[list[int]]):
         return len(self.batches())
 
 
-class Batch(NamedTuple):
-    """A padded training batch. Shapes: B items, N text tokens, T mel frames (multiple of r)."""
-
-    text: torch.Tensor  # [B, N] long, 0 = pad
-    text_lengths: torch.Tensor  # [B] long
-    mels: torch.Tensor  # [B, n_mels, T] float, 0 beyond mel_lengths
-    mel_lengths: torch.Tensor  # [B] long
-    gate_targets: torch.Tensor  # [B, T] float, 1 from the last real frame on
-    ids: tuple[str, ...]
-
-    def to(self, device: torch.device | str) -> Batch:
-        return Batch(*(t.to(device, non_blocking=True) for t in self[:5]), self.ids)
-
-
 class Collate:
     """Pad a list of dataset items to the batch maximum (mel length rounded up to a multiple of
     ``n_frames_per_step``), with length tensors and gate targets."""
@@ -164,11 +151,10 @@ class Collate:
         max_t = int(math.ceil(int(mel_lengths.max()) / self.r) * self.r)
         text = torch.zeros(b, int(text_lengths.max()), dtype=torch.long)
         mels = torch.zeros(b, n_mels, max_t)
-        gate = torch.zeros(b, max_t)
         for k, (t, m, _) in enumerate(items):
             text[k, : len(t)] = t
             mels[k, :, : m.shape[1]] = m
-            gate[k, m.shape[1] - 1:] = 1.0
+        gate = make_gate_targets(mel_lengths, max_t)
         return Batch(text, text_lengths, mels, mel_lengths, gate, tuple(i for _, _, i in items))
 
 

@@ -1,5 +1,7 @@
 """Tacotron 2 model, its attention mechanisms, the training batch and the losses."""
 
+from tacotrain.batch import Batch, make_gate_targets
+
 from .attention import (
     AttentionMechanism,
     AttentionState,
@@ -8,7 +10,6 @@ from .attention import (
     ProcessedMemory,
     masked_softmax,
 )
-from .batch import Batch, make_gate_targets
 from .layers import ConvNorm, LinearNorm, frame_mask
 from .losses import (
     Tacotron2Loss,

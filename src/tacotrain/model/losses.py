@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tacotrain.batch import Batch
+
 from ..config import LossConfig
-from .batch import Batch
 from .layers import frame_mask
 from .tacotron2 import Tacotron2Output
 

@@ -1,4 +1,4 @@
-"""The padded training batch the model and the loss consume (built by the data collate)."""
+"""The padded training batch: built by ``data.loader.Collate``, consumed by the model and loss."""
 
 from __future__ import annotations
 
@@ -20,10 +20,12 @@ class Batch(NamedTuple):
     mels: Tensor  # [B, n_mels, T] float
     mel_lengths: Tensor  # [B] long
     gate_targets: Tensor  # [B, T] float
+    ids: tuple[str, ...] = ()  # item ids, for logs
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """Move every tensor to ``device`` (``non_blocking`` helps with pinned memory)."""
-        return Batch(*(t.to(device, non_blocking=non_blocking) for t in self))
+        tensors = (t.to(device, non_blocking=non_blocking) for t in self[:5])
+        return Batch(*tensors, self.ids)
 
 
 def make_gate_targets(mel_lengths: Tensor, max_len: int) -> Tensor:

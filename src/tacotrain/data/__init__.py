@@ -1,0 +1,1 @@
+"""Corpus formats, preparation, the mini corpus and training data loading."""
