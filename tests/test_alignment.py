@@ -39,12 +39,22 @@ def test_perfect_diagonal_non_square_scores_one() -> None:
     assert m == pytest.approx({"diagonality": 1, "focus": 1, "coverage": 1, "monotonicity": 1})
 
 
-@pytest.mark.parametrize(("t", "n"), [(37, 120), (50, 50), (7, 3), (1, 5), (5, 1)])
+@pytest.mark.parametrize(("t", "n"), [(37, 120), (50, 50), (7, 3), (5, 1)])
 def test_perfect_diagonal_other_shapes(t: int, n: int) -> None:
     m = metrics1(diagonal(t, n))
     assert m["diagonality"] == pytest.approx(1.0)
     assert m["focus"] == pytest.approx(1.0)
     assert m["monotonicity"] == pytest.approx(1.0)
+
+
+def test_synthesis_that_stops_at_once_is_not_aligned() -> None:
+    # one decoder step over 5 tokens cannot follow the text, whatever it attends to
+    for k in range(5):
+        a = torch.zeros(1, 5)
+        a[0, k] = 1.0
+        m = metrics1(a)
+        assert m["diagonality"] == (1.0 if k in (1, 2, 3) else 0.0)  # centre 0.5 +- 0.2
+        assert m["coverage"] == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize(("t", "n"), [(120, 37), (200, 60), (80, 80), (400, 150)])

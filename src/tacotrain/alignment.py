@@ -10,7 +10,9 @@ bad one:
   (t + 0.5) / T, so a step-wise perfect diagonal on any T x N matrix is within 0.5 / min(T, N)
   of the path and scores 1.0, and uniform attention scores 1 - (1 - band)^2 = 0.36 in the
   limit (0.36-0.38 for typical sizes; the band edges are inclusive). An item with N == 1 or
-  T == 1 has no path to leave and scores 1.0 whenever it has attention mass.
+  a single token has no path to leave and scores 1.0 whenever it has attention mass. A single
+  decoder step over several tokens is *not* degenerate: it cannot follow the text, and scores
+  only the mass it puts near the middle (a synthesis that stops at once is not aligned).
 * ``focus``: mean over valid steps of the largest weight on a valid token (ESPnet focus rate).
 * ``coverage``: mean over valid tokens of the largest weight any valid step gives that token
   (Coqui's alignment score): low when tokens are skipped.
@@ -71,7 +73,7 @@ def alignment_metrics(
     n_pos = (torch.arange(n_max, device=dev, dtype=torch.float32)[None, None, :] + 0.5) / n_len
     t_pos = (torch.arange(t_max, device=dev, dtype=torch.float32)[None, :, None] + 0.5) / t_len
     in_band = (n_pos - t_pos).abs() <= band + _BAND_EPS  # [B, T, N]
-    in_band = in_band | (n_len <= 1.0) | (t_len <= 1.0)  # degenerate items: no path to leave
+    in_band = in_band | (n_len <= 1.0)  # one token: no path to leave
     row_mass = a.sum(dim=2)  # [B, T]
     band_mass = torch.where(in_band, a, 0.0).sum(dim=2)
     share = torch.where(row_mass > 0, band_mass / row_mass.clamp(min=1e-12), 0.0)

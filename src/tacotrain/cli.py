@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GUARD = 0, 1, 2, 3
 
 
 def _settings_from(args: argparse.Namespace):
@@ -48,9 +48,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tacotrain.config import load_config
     from tacotrain.train.trainer import Trainer
 
+    from tacotrain.train.trainer import GuardStop
+
     cfg = load_config(args.config, args.set)
     trainer = Trainer(cfg, args.data, args.out, resume=args.resume, progress=not args.quiet)
-    result = trainer.fit(max_steps=args.max_steps)
+    try:
+        result = trainer.fit(max_steps=args.max_steps)
+    except GuardStop as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        print(f"resume from the last good checkpoint with: tacotrain train --resume --out "
+              f"{args.out} ... (consider a lower optim.lr)", file=sys.stderr)
+        return EXIT_GUARD
     v = result.last_val
     print(f"stopped at step {result.step} ({result.stop_reason}) after "
           f"{result.wall_seconds / 60:.1f} min; aligned: {str(result.aligned).lower()}")

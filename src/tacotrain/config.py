@@ -199,6 +199,77 @@ class AlignmentConfig(Strict):
     require_gate_stop: bool = True  # every free-running item must be stopped by the gate
 
 
+# Parameters an intervention may set: each is read by the live training step (trainer.py,
+# ``Trainer.param``), so a change takes effect on the next step. Anything else is rejected.
+WIRED_PARAMETERS = ("loss.guided_attention.weight", "optim.lr", "optim.grad_clip")
+
+
+class InterventionConfig(Strict):
+    """A bounded, reversible change made when a metric misbehaves (see train/guard.py)."""
+
+    name: str
+    metric: str  # e.g. free/diagonality, val/mel_post (keys of the validation metrics)
+    compare: Literal["<", ">"]  # trigger when metric < threshold (or > threshold)
+    threshold: float
+    not_before_step: int = Field(0, ge=0)
+    parameter: str  # one of WIRED_PARAMETERS
+    value: float  # the value set while the intervention is active (inside [min, max])
+    min: float
+    max: float
+    cooldown_steps: int = Field(500, ge=1)  # at least this many steps between two triggers
+    probation_steps: int = Field(300, ge=1)  # judged at the first validation after this
+    min_improvement: float = Field(0.0, ge=0.0)  # success: metric moved this far the right way
+    rollback_on_failure: bool = False  # also restore the weights of the trigger step on revert
+    max_count: int = Field(2, ge=1)  # at most this many triggers per run
+
+    @model_validator(mode="after")
+    def _check(self) -> InterventionConfig:
+        if self.parameter not in WIRED_PARAMETERS:
+            raise ValueError(f"intervention {self.name!r}: parameter {self.parameter!r} is not "
+                             f"wired to the training step; use one of {', '.join(WIRED_PARAMETERS)}")
+        if not self.min <= self.value <= self.max:
+            raise ValueError(f"intervention {self.name!r}: value {self.value} outside "
+                             f"[{self.min}, {self.max}]")
+        return self
+
+
+class GuardConfig(Strict):
+    """NaN/Inf and loss-spike recovery (on by default) and optional interventions (off)."""
+
+    enabled: bool = True
+    nonfinite_patience: int = Field(3, ge=1)  # non-finite steps in a row before a rollback
+    spike_factor: float = Field(10.0, gt=1.0)  # loss above this x running median is a spike
+    spike_window: int = Field(50, ge=5)  # steps in the running median
+    spike_patience: int = Field(3, ge=1)  # spike steps in a row before a rollback
+    rollback_lr_factor: float = Field(0.5, gt=0.0, lt=1.0)  # LR multiplied by this per rollback
+    max_rollbacks: int = Field(3, ge=0)  # one more reason to roll back stops the run (exit 3)
+    snapshot_interval: int = Field(25, ge=1)  # steps between in-memory good-state snapshots
+    interventions: list[InterventionConfig] = []
+
+
+class PhaseConfig(Strict):
+    metric: str  # validation metric watched in this phase
+    mode: Literal["min", "max"]
+    patience: int = Field(10, ge=1)  # validation rounds without improvement
+    min_delta: float = Field(0.0, ge=0.0)  # smaller changes are not improvements
+    # free-running diagonality a checkpoint needs in this phase to count as "best"; the
+    # alignment phase ends when validation reaches its own value
+    min_diagonality: float = Field(0.8, ge=0.0, le=1.0)
+
+
+class EarlyStopConfig(Strict):
+    """Three phases: alignment -> learning -> fine-tuning (see train/early_stop.py)."""
+
+    enabled: bool = False
+    alignment: PhaseConfig = PhaseConfig(metric="free/diagonality", mode="max", patience=20,
+                                         min_delta=0.01)
+    learning: PhaseConfig = PhaseConfig(metric="val/mel_post", mode="min", patience=10,
+                                        min_delta=0.001)
+    fine_tuning: PhaseConfig = PhaseConfig(metric="val/mel_post", mode="min", patience=5,
+                                           min_delta=0.0)
+    fine_tuning_share: float = Field(0.8, gt=0.0, le=1.0)  # of max_steps: fine-tuning starts
+
+
 class DemoConfig(Strict):
     corpus_size: int = Field(200, ge=10)  # espeak-ng mini corpus clips
     corpus_seed: int = 0
@@ -217,7 +288,18 @@ class Config(Strict):
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     alignment: AlignmentConfig = AlignmentConfig()
+    guard: GuardConfig = GuardConfig()
+    early_stop: EarlyStopConfig = EarlyStopConfig()
     demo: DemoConfig = DemoConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        ga_max = self.loss.guided_attention.max_weight
+        for iv in self.guard.interventions:
+            if iv.parameter == "loss.guided_attention.weight" and iv.max > ga_max:
+                raise ValueError(f"guard.interventions {iv.name!r}: max {iv.max} exceeds "
+                                 f"loss.guided_attention.max_weight ({ga_max})")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,7 +382,9 @@ def to_yaml(model: BaseModel) -> str:
 
 def build(model: type[BaseModel], base: dict[str, Any], overrides: list[str], source: str) -> Any:
     """Validate ``base`` with ``--set`` style overrides applied on top."""
-    data = copy.deepcopy(base)
+    # start from the model's defaults so that a partial section or a --set into a nested
+    # model (e.g. early_stop.alignment.patience) keeps the other fields' defaults
+    data = merge(model().model_dump(mode="json"), base)
     for text in overrides:
         key, value = parse_override(text)
         set_dotted(data, key, value)

@@ -54,6 +54,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
 
 
+def state_hash(state: dict[str, Any]) -> str:
+    """SHA-256 over the tensors of a state dict (names, shapes and bytes), for audit logs."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name]
+        if isinstance(t, torch.Tensor):
+            t = t.detach().cpu().contiguous().reshape(-1)
+            h.update(name.encode())
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def step_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
     """``(step, path)`` of ``step-N.pt`` files, oldest first."""
     out = []

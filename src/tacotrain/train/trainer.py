@@ -9,6 +9,7 @@ with the RNG states, data order position and optimiser state in every checkpoint
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from tacotrain.alignment import alignment_metrics, plot_alignment, plot_mel
-from tacotrain.config import Config, to_yaml
+from tacotrain.config import WIRED_PARAMETERS, Config, to_yaml
 from tacotrain.data.loader import BucketBatchSampler, Collate, PreparedData, TextMelDataset
 from tacotrain.fsutil import atomic_write_json, atomic_write_text
 from tacotrain.model import Tacotron2, Tacotron2Loss
@@ -35,7 +36,11 @@ from tacotrain.train.checkpoint import (
     load_checkpoint,
     prune,
     save_checkpoint,
+    state_hash,
 )
+from tacotrain.train.early_stop import PHASES, EarlyStopper
+from tacotrain.train.guard import Change, Guard, StepDecision
+from tacotrain.train.inject import SPIKE_FACTOR, InjectedCrash, from_env
 from tacotrain.train.schedules import ga_weight_at, lr_at
 
 log = logging.getLogger(__name__)
@@ -44,6 +49,10 @@ METRICS = ("diagonality", "focus", "coverage", "monotonicity")
 
 class TrainError(RuntimeError):
     pass
+
+
+class GuardStop(RuntimeError):
+    """The guard gave up (rollback cap reached); the last good checkpoint is intact."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -119,16 +128,23 @@ class Trainer:
                                  weight_decay=oc.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.amp_dtype == torch.float16)
-        self.step = 0
+        self.step = 0  # optimiser updates applied (a rollback rewinds it)
+        self.iteration = 0  # update attempts (never rewinds; what TACOTRAIN_INJECT counts)
         self.epoch = 0
         self.batch_in_epoch = 0
-        self.skipped_steps = 0
-        self.best_val: float | None = None
+        self.lr_scale = 1.0  # product of the guard's rollback LR factors
+        self.overrides: dict[str, float | None] = {p: None for p in WIRED_PARAMETERS}
+        self.guard = Guard(cfg.guard)
+        self.stopper = EarlyStopper(cfg.early_stop, tc.max_steps)
+        self.injector = from_env()
         self.elapsed_before = 0.0  # wall seconds of earlier sessions of this run
+        self._t0 = time.monotonic()
         if resume:
             self._resume()
         else:
             atomic_write_text(self.run_dir / "config.yaml", to_yaml(cfg))
+        self._snapshot: dict[str, Any] = self._take_snapshot()
+        self._trigger_snapshots: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ set-up helpers
     def _check_run_dir(self, resume: bool) -> None:
@@ -166,16 +182,19 @@ class Trainer:
         return {
             "format": 1,
             "step": self.step,
+            "iteration": self.iteration,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
-            "skipped_steps": self.skipped_steps,
-            "best_val": self.best_val,
+            "lr_scale": self.lr_scale,
+            "overrides": dict(self.overrides),
+            "guard": self.guard.state_dict(),
+            "early_stop": self.stopper.state_dict(),
             "elapsed": self.elapsed_before + (time.monotonic() - self._t0),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "schedule": {"lr": lr_at(self.step, self.cfg.optim),
-                         "ga_weight": ga_weight_at(self.step, self.cfg.loss.guided_attention)},
+            "schedule": {"lr": self.param("optim.lr"),
+                         "ga_weight": self.param("loss.guided_attention.weight")},
             "rng": self._rng_state(),
             "config": self.cfg.model_dump(mode="json"),
             "data": {"language": self.data.language, "symbols": self.data.symbols,
@@ -185,6 +204,8 @@ class Trainer:
         }
 
     def save(self, val: dict[str, float] | None, best: bool = False) -> Path:
+        if self.guard.healthy():
+            self._snapshot = self._take_snapshot()  # a checkpointed state is a good state
         payload = self.checkpoint_payload(val)
         path = self.ckpt_dir / f"step-{self.step:07d}.pt"
         save_checkpoint(path, payload)
@@ -207,10 +228,12 @@ class Trainer:
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scaler.load_state_dict(ck["scaler"])
-        self.step, self.epoch = ck["step"], ck["epoch"]
+        self.step, self.iteration, self.epoch = ck["step"], ck["iteration"], ck["epoch"]
         self.batch_in_epoch = ck["batch_in_epoch"]
-        self.skipped_steps = ck["skipped_steps"]
-        self.best_val = ck["best_val"]
+        self.lr_scale = ck["lr_scale"]
+        self.overrides.update(ck["overrides"])
+        self.guard.load_state_dict(ck["guard"])
+        self.stopper.load_state_dict(ck["early_stop"])
         self.elapsed_before = ck["elapsed"]
         self._set_rng_state(ck["rng"])
         log.info("resumed from %s at step %d", path, self.step)
@@ -221,42 +244,149 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def train_step(self, batch) -> dict[str, float]:
-        """One optimiser update on ``batch``; returns the step's metrics (floats)."""
+    def param(self, name: str) -> float:
+        """The live value of a wired parameter: an intervention's override, else the schedule."""
+        override = self.overrides.get(name)
+        if override is not None:
+            return override
+        if name == "optim.lr":
+            return lr_at(self.step, self.cfg.optim) * self.lr_scale
+        if name == "loss.guided_attention.weight":
+            return ga_weight_at(self.step, self.cfg.loss.guided_attention)
+        if name == "optim.grad_clip":
+            return self.cfg.optim.grad_clip
+        raise KeyError(name)
+
+    def _inject(self, loss: torch.Tensor) -> torch.Tensor:
+        inj, it = self.injector, self.iteration
+        if inj is None:
+            return loss
+        if inj.active("crash", it):
+            raise InjectedCrash(f"injected crash at iteration {it}")
+        if inj.active("nan", it):
+            loss = loss * float("nan")
+        if inj.active("spike", it):
+            loss = loss * SPIKE_FACTOR
+        return loss
+
+    def train_step(self, batch) -> tuple[StepDecision, dict[str, float]]:
+        """One update attempt on ``batch``: the guard decides whether the update is applied.
+
+        Returns the guard's decision and the step's metrics (floats).
+        """
         cfg = self.cfg
-        lr = lr_at(self.step, cfg.optim)
-        ga_w = ga_weight_at(self.step, cfg.loss.guided_attention)
+        self.iteration += 1
+        lr = self.param("optim.lr")
+        ga_w = self.param("loss.guided_attention.weight")
+        clip = self.param("optim.grad_clip")
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batch = batch.to(self.device)
         self.model.train()
+        # batch-norm statistics change in the forward pass: keep them to undo a skipped step
+        buffers = {k: b.clone() for k, b in self.model.named_buffers()}
         with self._autocast():
             out = self.model(batch.text, batch.text_lengths, batch.mels, batch.mel_lengths)
             losses = self.criterion(out, batch, ga_w)
+        losses["loss"] = self._inject(losses["loss"])
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
         self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-        finite = bool(torch.isfinite(grad_norm)) and bool(torch.isfinite(losses["loss"]))
-        if finite:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        loss = float(losses["loss"].detach())
+        # Under fp16 loss scaling, inf gradients with a finite loss are the scaler's business
+        # (it skips the step and lowers the scale): only a non-finite loss concerns the guard.
+        judged_norm = 0.0 if self.scaler.is_enabled() and math.isfinite(loss) else grad_norm
+        decision = self.guard.check_step(loss, judged_norm)
+        if decision.action == "ok":
             self.scaler.step(self.optimizer)
+            self.step += 1
         else:
-            self.skipped_steps += 1
-            self.optimizer.zero_grad(set_to_none=True)
-            log.warning("step %d: non-finite loss or gradient; update skipped", self.step)
+            with torch.no_grad():
+                for k, b in self.model.named_buffers():
+                    b.copy_(buffers[k])
+        self.optimizer.zero_grad(set_to_none=True)
         self.scaler.update()
-        self.step += 1
         r = cfg.model.n_frames_per_step
         dec_lengths = (batch.mel_lengths + r - 1) // r
-        with torch.no_grad():
-            am = alignment_metrics(out.alignments.float(), batch.text_lengths, dec_lengths)
+        am = alignment_metrics(out.alignments.float(), batch.text_lengths, dec_lengths)
         metrics = {f"train/{k}": float(v.detach()) for k, v in losses.items()}
         metrics.update({f"train/{k}": float(am[k].mean()) for k in METRICS})
-        metrics.update({"train/grad_norm": float(grad_norm), "train/lr": lr,
-                        "train/ga_weight": ga_w,
-                        "train/clipped": float(grad_norm > cfg.optim.grad_clip),
+        metrics.update({"train/grad_norm": grad_norm, "train/lr": lr, "train/ga_weight": ga_w,
+                        "train/clipped": float(grad_norm > clip),
                         "train/frames": float(batch.mel_lengths.sum())})
-        return metrics
+        return decision, metrics
+
+    # ------------------------------------------------------------------ guard actions
+    def _take_snapshot(self) -> dict[str, Any]:
+        """A CPU copy of everything a rollback restores (weights, optimiser, scaler, step)."""
+        def cpu(obj: Any) -> Any:
+            if isinstance(obj, torch.Tensor):
+                return obj.detach().to("cpu", copy=True)
+            if isinstance(obj, dict):
+                return {k: cpu(v) for k, v in obj.items()}
+            if isinstance(obj, list | tuple):
+                return type(obj)(cpu(v) for v in obj)
+            return obj
+
+        return {"step": self.step, "model": cpu(self.model.state_dict()),
+                "optimizer": cpu(self.optimizer.state_dict()),
+                "scaler": self.scaler.state_dict()}
+
+    def _restore(self, snap: dict[str, Any]) -> None:
+        self.model.load_state_dict(snap["model"])
+        self.optimizer.load_state_dict(snap["optimizer"])
+        self.scaler.load_state_dict(snap["scaler"])
+        self.step = snap["step"]
+
+    def _guard_log(self, tracker: Tracker, record: dict[str, Any]) -> None:
+        record = {"time": round(time.time(), 3), "step": self.step, "iteration": self.iteration,
+                  **record}
+        with open(self.run_dir / "guard.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        tracker.text(self.step, "guard", json.dumps(record))
+
+    def _on_guard(self, decision: StepDecision, tracker: Tracker) -> None:
+        if decision.action == "skip":
+            log.warning("iteration %d (step %d): update skipped: %s", self.iteration, self.step,
+                        decision.cause)
+            self._guard_log(tracker, {"action": "skip", "cause": decision.cause})
+        elif decision.action == "rollback":
+            before_step, before_scale = self.step, self.lr_scale
+            self._restore(self._snapshot)
+            self.lr_scale *= self.cfg.guard.rollback_lr_factor
+            log.warning("iteration %d: rolled back from step %d to step %d (%s); learning rate "
+                        "x%g", self.iteration, before_step, self.step, decision.cause,
+                        self.cfg.guard.rollback_lr_factor)
+            self._guard_log(tracker, {
+                "action": "rollback", "cause": decision.cause, "from_step": before_step,
+                "to_step": self.step, "parameter": "lr_scale", "before": before_scale,
+                "after": self.lr_scale, "rollbacks": self.guard.rollbacks,
+                "restored_model_sha256": state_hash(self.model.state_dict())})
+            tracker.scalars(self.step, {"guard/rollbacks": self.guard.rollbacks,
+                                        "guard/lr_scale": self.lr_scale})
+        elif decision.action == "stop":
+            last = latest_checkpoint(self.ckpt_dir)
+            msg = (f"training stopped by the guard at step {self.step} (iteration "
+                   f"{self.iteration}): {decision.cause}. Last good checkpoint: {last}")
+            self._guard_log(tracker, {"action": "stop", "cause": decision.cause,
+                                      "checkpoint": str(last)})
+            raise GuardStop(msg)
+
+    def _apply_changes(self, changes: list[Change], tracker: Tracker) -> None:
+        for ch in changes:
+            if ch.kind == "apply":
+                self._trigger_snapshots[ch.name] = self._take_snapshot()
+            if ch.rollback_weights and ch.name in self._trigger_snapshots:
+                self._restore(self._trigger_snapshots[ch.name])
+            if ch.kind in ("apply", "revert"):
+                self.overrides[ch.parameter] = ch.after
+            if ch.kind != "apply":
+                self._trigger_snapshots.pop(ch.name, None)
+            log.warning("intervention %s: %s %s (%s -> %s; %s = %.4g)", ch.name, ch.kind,
+                        ch.parameter, ch.before, ch.after, ch.metric, ch.metric_value)
+            self._guard_log(tracker, {"action": f"intervention_{ch.kind}", **ch.as_dict()})
+            tracker.scalars(self.step, {f"guard/{ch.parameter}": self.param(ch.parameter)})
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
@@ -353,19 +483,22 @@ class Trainer:
     def fit(self, max_steps: int | None = None) -> TrainResult:
         cfg, tc = self.cfg, self.cfg.train
         max_steps = max_steps or tc.max_steps
+        self.stopper.max_steps = max_steps
         budget = tc.time_budget_minutes * 60 if tc.time_budget_minutes else math.inf
         self._t0 = time.monotonic()
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info("training %.2fM parameters on %s (%s), %d train / %d val items, from step %d",
                  n_params / 1e6, self.device, self.amp_dtype or "fp32", len(self.train_set),
                  len(self.val_set), self.step)
+        if self.injector:
+            log.warning("fault injection active: %s", self.injector)
         result = TrainResult(self.step, "max_steps", False, 0.0)
-        last_val: dict[str, float] = {}
+        self._result = result
         acc: dict[str, float] = {}
         acc_n = 0
         t_log = time.monotonic()
         bar = tqdm(total=max_steps, initial=self.step, unit="step", disable=not self.progress,
-                   dynamic_ncols=True)
+                   dynamic_ncols=True, desc=self.stopper.phase)
         with Tracker(self.run_dir) as tracker:
             if self.step == 0:
                 tracker.text(0, "config", to_yaml(cfg))
@@ -373,18 +506,25 @@ class Trainer:
             try:
                 while not stop:
                     for batch in self._loader():
-                        m = self.train_step(batch)
+                        decision, m = self.train_step(batch)
                         self.batch_in_epoch += 1
+                        if decision.action != "ok":
+                            self._on_guard(decision, tracker)  # raises GuardStop on "stop"
+                            bar.n = self.step
+                            bar.refresh()
+                            continue
                         for k, v in m.items():
                             acc[k] = acc.get(k, 0.0) + v
                         acc_n += 1
                         bar.update()
+                        if self.step % cfg.guard.snapshot_interval == 0 and self.guard.healthy():
+                            self._snapshot = self._take_snapshot()
                         if self.step % tc.log_interval == 0:
                             now = time.monotonic()
                             vals = {k: v / acc_n for k, v in acc.items() if k != "train/frames"}
                             vals["train/steps_per_second"] = acc_n / (now - t_log)
                             vals["train/frames_per_second"] = acc["train/frames"] / (now - t_log)
-                            vals["train/skipped_steps"] = self.skipped_steps
+                            vals["guard/skipped_steps"] = self.guard.skipped
                             tracker.scalars(self.step, vals)
                             bar.set_postfix(loss=f"{vals['train/loss']:.3f}",
                                             diag=f"{vals['train/diagonality']:.2f}",
@@ -392,16 +532,14 @@ class Trainer:
                             acc, acc_n, t_log = {}, 0, now
                         elapsed = time.monotonic() - self._t0
                         if self.step % tc.val_interval == 0 or self.step >= max_steps:
-                            last_val = self._validation_round(tracker, result, elapsed)
-                            if tc.stop_when_aligned and result.aligned:
-                                result.stop_reason = "aligned"
-                                stop = True
+                            stop = self._validation_round(tracker, result, elapsed)
+                            bar.set_description(self.stopper.phase)
                         if self.step >= max_steps:
                             stop = True
-                        elif self.elapsed_before + elapsed >= budget:
+                        elif not stop and self.elapsed_before + elapsed >= budget:
                             result.stop_reason = "time_budget"
                             if self.step % tc.val_interval:
-                                last_val = self._validation_round(tracker, result, elapsed)
+                                self._validation_round(tracker, result, elapsed)
                             stop = True
                         if stop:
                             break
@@ -410,42 +548,67 @@ class Trainer:
                         self.batch_in_epoch = 0
             except KeyboardInterrupt:
                 result.stop_reason = "interrupted"
-                result.last_checkpoint = self.save(last_val or None)
+                result.last_checkpoint = self.save(result.last_val or None)
                 log.warning("interrupted: checkpoint written to %s", result.last_checkpoint)
+                raise
+            except GuardStop:
+                result.stop_reason = "guard"
+                self._write_result(result)
                 raise
             finally:
                 bar.close()
+        self._write_result(result)
+        return result
+
+    def _write_result(self, result: TrainResult) -> None:
         result.step = self.step
-        result.last_val = last_val
         result.wall_seconds = self.elapsed_before + time.monotonic() - self._t0
         best = self.ckpt_dir / "best.pt"
         result.best_checkpoint = best if best.exists() else None
         atomic_write_json(self.run_dir / "train_result.json", {
-            "step": result.step, "stop_reason": result.stop_reason, "aligned": result.aligned,
-            "wall_seconds": round(result.wall_seconds, 1), "last_val": last_val,
+            "step": result.step, "iteration": self.iteration, "stop_reason": result.stop_reason,
+            "aligned": result.aligned, "phase": self.stopper.phase,
+            "wall_seconds": round(result.wall_seconds, 1), "last_val": result.last_val,
             "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
-            "last_checkpoint": str(result.last_checkpoint), "skipped_steps": self.skipped_steps,
+            "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
+            "skipped_steps": self.guard.skipped, "rollbacks": self.guard.rollbacks,
             "history": result.history})
-        return result
 
-    def _validation_round(self, tracker: Tracker, result: TrainResult,
-                          elapsed: float) -> dict[str, float]:
+    def _validation_round(self, tracker: Tracker, result: TrainResult, elapsed: float) -> bool:
+        """Validate, update early stopping, the best checkpoint and interventions, checkpoint.
+        Returns True when training should stop."""
         val = self.validate(tracker)
         aligned = is_aligned(val, self.cfg)
         val["val/aligned"] = float(aligned)
+        decision = self.stopper.update(self.step, val)
+        val["early_stop/phase"] = float(PHASES.index(decision.phase))
         tracker.scalars(self.step, val)
         result.aligned = aligned
+        result.last_val = val
         minutes = (self.elapsed_before + elapsed) / 60
         result.history.append({"step": self.step, "minutes": round(minutes, 2),
+                               "phase": decision.phase,
                                **{k: round(v, 4) for k, v in val.items()}})
-        # best = lowest validation mel loss among aligned rounds
-        is_best = aligned and (self.best_val is None or val["val/mel_post"] < self.best_val)
+        if decision.phase_changed_from:
+            log.info("step %d: phase %s -> %s", self.step, decision.phase_changed_from,
+                     decision.phase)
+            tracker.text(self.step, "early_stop",
+                         f"phase {decision.phase_changed_from} -> {decision.phase}")
+        is_best = self.stopper.is_best(val)
         if is_best:
-            self.best_val = val["val/mel_post"]
+            self.stopper.mark_best(val)
+        self._apply_changes(self.guard.observe(self.step, val, dict(self.overrides)), tracker)
         result.last_checkpoint = self.save(val, best=is_best)
-        log.info("step %d (%.1f min): val mel %.4f | free-run diag %.2f focus %.2f cov %.2f "
-                 "gate-stopped %.0f%%%s", self.step, minutes, val["val/mel_post"],
+        log.info("step %d (%.1f min, %s): val mel %.4f | free-run diag %.2f focus %.2f cov %.2f "
+                 "gate-stopped %.0f%%%s", self.step, minutes, decision.phase, val["val/mel_post"],
                  val.get("free/diagonality", float("nan")), val.get("free/focus", float("nan")),
                  val.get("free/coverage", float("nan")),
                  100 * val.get("free/stopped_by_gate", 0.0), " ALIGNED" if aligned else "")
-        return val
+        if self.cfg.train.stop_when_aligned and aligned:
+            result.stop_reason = "aligned"
+            return True
+        if decision.stop:
+            result.stop_reason = f"early_stop: {decision.reason}"
+            log.info("early stop at step %d: %s", self.step, decision.reason)
+            return True
+        return False

@@ -1,0 +1,108 @@
+"""Phase-aware early stopping: alignment -> learning -> fine-tuning.
+
+* alignment: until free-running validation diagonality first reaches the phase's
+  ``min_diagonality``; stops the run if the watched metric (default free/diagonality) has not
+  improved by ``min_delta`` for ``patience`` validation rounds (the voice is not aligning).
+* learning: watches validation mel loss; moves to fine-tuning when the step reaches
+  ``fine_tuning_share`` of the step budget or when it plateaus (``patience`` rounds).
+* fine-tuning: stops the run when its metric plateaus.
+
+"Best" is the lowest validation mel loss among validations whose free-running diagonality is
+at least the current phase's ``min_diagonality`` (see :meth:`EarlyStopper.is_best`): a lower
+loss from a model that does not align is not better.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from tacotrain.config import EarlyStopConfig, PhaseConfig
+
+PHASES = ("alignment", "learning", "fine_tuning")
+BEST_METRIC = "val/mel_post"
+DIAG_METRIC = "free/diagonality"
+
+
+@dataclass(frozen=True)
+class StopDecision:
+    phase: str
+    stop: bool = False
+    reason: str = ""
+    phase_changed_from: str | None = None
+
+
+class EarlyStopper:
+    def __init__(self, cfg: EarlyStopConfig, max_steps: int) -> None:
+        self.cfg = cfg
+        self.max_steps = max_steps
+        self.phase = PHASES[0]
+        self.best_metric: float | None = None
+        self.wait = 0
+        self.best_loss: float | None = None
+
+    def phase_cfg(self, phase: str | None = None) -> PhaseConfig:
+        return getattr(self.cfg, phase or self.phase)
+
+    def _improved(self, value: float) -> bool:
+        pc = self.phase_cfg()
+        if self.best_metric is None:
+            return True
+        if pc.mode == "min":
+            return value < self.best_metric - pc.min_delta
+        return value > self.best_metric + pc.min_delta
+
+    def _enter(self, phase: str) -> str:
+        old, self.phase = self.phase, phase
+        self.best_metric, self.wait = None, 0
+        return old
+
+    def update(self, step: int, metrics: dict[str, float]) -> StopDecision:
+        """Feed one validation round; returns the phase and whether to stop."""
+        changed = None
+        diag = metrics.get(DIAG_METRIC, float("nan"))
+        if self.phase == "alignment" and diag >= self.cfg.alignment.min_diagonality:
+            changed = self._enter("learning")
+        if self.phase == "learning" and step >= self.cfg.fine_tuning_share * self.max_steps:
+            changed = changed or self._enter("fine_tuning")
+        pc = self.phase_cfg()
+        value = metrics.get(pc.metric)
+        if value is None or not math.isfinite(value):
+            self.wait += 1
+        elif self._improved(value):
+            self.best_metric, self.wait = value, 0
+        else:
+            self.wait += 1
+        if self.cfg.enabled and self.wait >= pc.patience:
+            if self.phase == "learning":
+                old = self._enter("fine_tuning")
+                return StopDecision(self.phase, phase_changed_from=old)
+            reason = (f"{self.phase} phase: {pc.metric} did not improve by {pc.min_delta} for "
+                      f"{pc.patience} validation round(s)")
+            if self.phase == "alignment":
+                reason += " (the model is not aligning)"
+            return StopDecision(self.phase, True, reason, changed)
+        return StopDecision(self.phase, phase_changed_from=changed)
+
+    def is_best(self, metrics: dict[str, float]) -> bool:
+        """Lowest validation mel loss so far among validations aligned for the current phase.
+        Call after :meth:`update` and record with :meth:`mark_best`."""
+        loss = metrics.get(BEST_METRIC)
+        diag = metrics.get(DIAG_METRIC, float("nan"))
+        if loss is None or not math.isfinite(loss):
+            return False
+        if not diag >= self.phase_cfg().min_diagonality:
+            return False
+        return self.best_loss is None or loss < self.best_loss
+
+    def mark_best(self, metrics: dict[str, float]) -> None:
+        self.best_loss = metrics[BEST_METRIC]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"phase": self.phase, "best_metric": self.best_metric, "wait": self.wait,
+                "best_loss": self.best_loss}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.phase, self.best_metric = state["phase"], state["best_metric"]
+        self.wait, self.best_loss = state["wait"], state["best_loss"]
