@@ -14,13 +14,14 @@ import argparse
 import json
 import time
 
-import _common  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 import torch
 
 from tacotrain.audio import GriffinLim
 from tacotrain.config import AudioConfig, load_config
 from tacotrain.data.loader import Collate
 from tacotrain.model import Tacotron2, Tacotron2Loss
+
+import _common  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 
 
 def bench(preset: str, steps: int, batch: int, n_text: int, n_frames: int) -> dict:

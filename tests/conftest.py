@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tacotrain.config import load_config
+from tacotrain.data.prepare import prepare
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
@@ -91,3 +94,26 @@ def bad_corpus(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     expected["just-one-field-and-no-separator"] = "malformed_line"
     (root / "metadata.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return root, expected
+
+
+WORDS = ["a red boat", "the silver key", "two boxes", "near the river", "in the morning",
+         "she said", "the old map", "quietly", "after dinner", "we waited"]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A prepared 14-clip corpus of test tones (the model does not care that it is not speech)."""
+    root = tmp_path_factory.mktemp("tiny")
+    lines = []
+    for i in range(14):
+        text = " ".join(WORDS[(i + k) % len(WORDS)] for k in range(1 + i % 3))
+        write(root / "corpus" / "wavs" / f"t{i:02d}.wav", tone(0.6 + 0.1 * (i % 5), seed=i))
+        lines.append(f"t{i:02d}|{text}.|")
+    (root / "corpus" / "metadata.csv").write_text("\n".join(lines) + "\n")
+    prepare(root / "corpus", root / "data", workers=1, progress=False)
+    return root / "data"
+
+
+def tiny_cfg(*extra: str):
+    return load_config("tiny", ["train.val_interval=3", "train.log_interval=1",
+                                "train.val_free_run_items=2", "train.threads=1", *extra])

@@ -8,7 +8,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_train import tiny_cfg, tiny_data  # noqa: F401  (fixture)
 
 from tacotrain.cli import main
 from tacotrain.config import EarlyStopConfig, GuardConfig, InterventionConfig, PhaseConfig
@@ -17,6 +16,8 @@ from tacotrain.train.early_stop import EarlyStopper
 from tacotrain.train.guard import Guard
 from tacotrain.train.inject import InjectError, parse
 from tacotrain.train.trainer import GuardStop, Trainer
+
+from conftest import tiny_cfg
 
 
 def guard_log(run: Path) -> list[dict]:

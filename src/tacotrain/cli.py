@@ -46,9 +46,7 @@ def cmd_corpus_mini(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from tacotrain.config import load_config
-    from tacotrain.train.trainer import Trainer
-
-    from tacotrain.train.trainer import GuardStop
+    from tacotrain.train.trainer import GuardStop, Trainer
 
     cfg = load_config(args.config, args.set)
     trainer = Trainer(cfg, args.data, args.out, resume=args.resume, progress=not args.quiet)

@@ -9,7 +9,7 @@ Secrets come only from ``TACOTRAIN_TELEGRAM_TOKEN`` / ``TACOTRAIN_TELEGRAM_CHAT_
 :mod:`tacotrain.notify.policy` for what gets sent and what gets summed up in a digest.
 """
 
-from tacotrain.notify.config import NotifyConfig, TelegramConfig, WebhookConfig
+from tacotrain.config import NotifyConfig, TelegramConfig, WebhookConfig
 from tacotrain.notify.events import DeliveryError, Event, Severity, format_message
 from tacotrain.notify.notifier import CHAT_ID_ENV, TOKEN_ENV, WEBHOOK_ENV, Notifier
 from tacotrain.notify.policy import Decision, Policy

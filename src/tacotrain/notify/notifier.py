@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from tacotrain.notify.config import NotifyConfig
+from tacotrain.config import NotifyConfig
 from tacotrain.notify.events import DeliveryError, Event, Severity, format_message
 from tacotrain.notify.policy import Policy
 from tacotrain.notify.telegram import CAPTION_LIMIT, TelegramClient

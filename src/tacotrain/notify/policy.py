@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Literal
 
-from tacotrain.notify.config import NotifyConfig
+from tacotrain.config import NotifyConfig
 from tacotrain.notify.events import Event, Severity
 
 Decision = Literal["send", "suppress", "drop"]
