@@ -62,7 +62,8 @@ def bench(preset: str, steps: int, batch: int, n_text: int, n_frames: int) -> di
             "batch": batch, "frames_per_item": n_frames, "seconds_per_step": round(step_s, 3),
             "mel_frames_per_second": round(batch * n_frames / step_s, 1),
             "synth_audio_seconds": round(seconds, 2),
-            "rtf_model": round(t_model / seconds, 3), "rtf_with_griffin_lim": round(t_all / seconds, 3)}
+            "rtf_model": round(t_model / seconds, 3),
+            "rtf_with_griffin_lim": round(t_all / seconds, 3)}
 
 
 def main() -> None:
