@@ -271,6 +271,24 @@ class EarlyStopConfig(Strict):
     fine_tuning_share: float = Field(0.8, gt=0.0, le=1.0)  # of max_steps: fine-tuning starts
 
 
+class MlflowConfig(Strict):
+    """MLflow sink (optional). Credentials, if the server needs them, come from MLflow's own
+    environment variables (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD), never config."""
+
+    enabled: bool = False
+    tracking_uri: str | None = None  # None: a local file store in RUN/mlruns; or http://host:port
+    experiment: str = "tacotrain"
+    run_name: str | None = None  # None: the run directory's name
+
+
+class TrackConfig(Strict):
+    """Where the one metrics stream goes; RUN/events.jsonl is always written."""
+
+    tensorboard: bool = True  # RUN/tb
+    mlflow: MlflowConfig = MlflowConfig()
+    log_audio: bool = True  # Griffin-Lim audio of a free-running validation sentence
+
+
 # Notifications. Secrets are deliberately *not* fields: the bot token and chat id come only from
 # the environment variables TACOTRAIN_TELEGRAM_TOKEN and TACOTRAIN_TELEGRAM_CHAT_ID (extra="forbid"
 # rejects a `token:` key in a YAML file instead of silently accepting it).
@@ -337,6 +355,7 @@ class Config(Strict):
     alignment: AlignmentConfig = AlignmentConfig()
     guard: GuardConfig = GuardConfig()
     early_stop: EarlyStopConfig = EarlyStopConfig()
+    track: TrackConfig = TrackConfig()
     notify: NotifyConfig = NotifyConfig()
     demo: DemoConfig = DemoConfig()
 
@@ -407,6 +426,18 @@ def validate_as(model: type[BaseModel], data: dict[str, Any], source: str) -> An
         return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: plain parameter names for trackers."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -18,9 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from tacotrain.config import TrackConfig
+
 
 class Tracker:
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: str | Path, cfg: TrackConfig | None = None,
+                 params: dict[str, Any] | None = None) -> None:
+        cfg = cfg or TrackConfig()
+        tensorboard = cfg.tensorboard
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._events = open(self.run_dir / "events.jsonl", "a", encoding="utf-8")  # noqa: SIM115

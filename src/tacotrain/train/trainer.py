@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from tacotrain.alignment import alignment_metrics, plot_alignment, plot_mel
-from tacotrain.config import WIRED_PARAMETERS, Config, to_yaml
+from tacotrain.config import WIRED_PARAMETERS, Config, flatten, to_yaml
 from tacotrain.data.loader import BucketBatchSampler, Collate, PreparedData, TextMelDataset
 from tacotrain.fsutil import atomic_write_json, atomic_write_text
 from tacotrain.model import Tacotron2, Tacotron2Loss
@@ -499,7 +499,8 @@ class Trainer:
         t_log = time.monotonic()
         bar = tqdm(total=max_steps, initial=self.step, unit="step", disable=not self.progress,
                    dynamic_ncols=True, desc=self.stopper.phase)
-        with Tracker(self.run_dir) as tracker:
+        with Tracker(self.run_dir, cfg.track,
+                     params=flatten(cfg.model_dump(mode="json"))) as tracker:
             if self.step == 0:
                 tracker.text(0, "config", to_yaml(cfg))
             stop = self.step >= max_steps
