@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from pydantic import ValidationError
 
 from tacotrain.notify import (
@@ -484,3 +485,48 @@ def test_notify_never_raises_on_garbage(make_notifier: Callable[..., Notifier],
     with n:
         pass  # context manager closes; closing twice is fine
     n.close()
+
+
+# --- the trainer's events, end to end --------------------------------------------------------
+
+
+def _train(tiny_data: Path, run: Path, base_url: str, monkeypatch, *extra: str):
+    from tacotrain.train.trainer import Trainer
+
+    from conftest import tiny_cfg
+
+    monkeypatch.setenv("TACOTRAIN_TELEGRAM_TOKEN", "123456:TEST-TOKEN-abcdefghijklmnopqrstuvwxyz")
+    monkeypatch.setenv("TACOTRAIN_TELEGRAM_CHAT_ID", "42")
+    cfg = tiny_cfg(f"notify.telegram.base_url={base_url}", "notify.retry_backoff_seconds=0.05",
+                   "notify.max_retries=1", *extra)
+    t0 = time.monotonic()
+    tr = Trainer(cfg, tiny_data, run, progress=False)
+    res = tr.fit(max_steps=9)
+    return res, time.monotonic() - t0, tr.model.state_dict()
+
+
+def test_training_events_reach_telegram(api: FakeBotAPI, tiny_data: Path, tmp_path: Path,
+                                        monkeypatch) -> None:
+    monkeypatch.setenv("TACOTRAIN_INJECT", "spike@7-9")
+    res, _, _ = _train(tiny_data, tmp_path / "r", api.url, monkeypatch,
+                       "guard.spike_window=5", "guard.spike_patience=2", "notify.burst=10",
+                       "notify.rate_limit_per_minute=600")
+    texts = api.texts()
+    assert res.step == 9
+    assert any("training started" in t for t in texts)
+    assert any("WARNING" in t and "rolled back to step" in t for t in texts)
+    assert any("training finished" in t and "1 rollback(s)" in t for t in texts)
+    assert all("TEST-TOKEN" not in t for t in texts)
+
+
+def test_dead_or_failing_server_does_not_change_training(api: FakeBotAPI, down_url: str,
+                                                         tiny_data: Path, tmp_path: Path,
+                                                         monkeypatch) -> None:
+    _, t_ok, ok = _train(tiny_data, tmp_path / "ok", api.url, monkeypatch)
+    api.mode = "500"
+    _, t_500, failing = _train(tiny_data, tmp_path / "500", api.url, monkeypatch)
+    _, t_down, down = _train(tiny_data, tmp_path / "down", down_url, monkeypatch)
+    for k in ok:
+        assert torch.equal(ok[k], failing[k]) and torch.equal(ok[k], down[k]), k
+    # sending happens off the training thread; closing waits at most notify's close timeout
+    assert t_500 < t_ok + 6.0 and t_down < t_ok + 6.0

@@ -331,6 +331,10 @@ class NotifyConfig(Strict):
     # first retry waits this long, each further retry twice as long (HTTP 429 uses retry_after)
     retry_backoff_seconds: float = Field(1.0, ge=0.0)
     timeout_seconds: float = Field(10.0, gt=0.0)  # per HTTP request
+    # training events: warn when free-running validation is still not aligned at this step ...
+    no_alignment_step: int = Field(5000, ge=1)
+    # ... and when validation mel loss has risen this many validation rounds in a row
+    val_rising_rounds: int = Field(3, ge=2)
     telegram: TelegramConfig = TelegramConfig()
     webhook: WebhookConfig = WebhookConfig()
 
