@@ -315,3 +315,37 @@ def test_nan_in_mel_padding_never_reaches_loss_or_gradients() -> None:
     losses["loss"].backward()
     for name, p in model.named_parameters():
         assert torch.isfinite(p.grad).all(), name
+
+
+def test_prior_attention_only_stays_or_moves_forward() -> None:
+    from tacotrain.model.attention import PriorLocationSensitiveAttention, beta_binomial_filter
+
+    f = beta_binomial_filter(11, 0.1, 0.9)
+    assert float(f.sum()) == pytest.approx(1.0, abs=1e-5) and f.argmax() == 0
+    att = PriorLocationSensitiveAttention(16, 8, 8, 4, 5, filter_len=11)
+    prev = torch.zeros(1, 30)
+    prev[0, 5] = 1.0
+    lp = att.log_prior(prev)[0]
+    assert torch.allclose(lp[:5], torch.full((5,), math.log(1e-6)))  # no way back
+    assert torch.allclose(lp[16:], torch.full((14,), math.log(1e-6)))  # no jump past 10
+    assert torch.allclose(lp[5:16].exp(), f, atol=1e-6)
+    state = att.init_state(torch.zeros(2, 7, 8), torch.ones(2, 7, dtype=torch.bool))
+    assert state.weights[:, 0].eq(1).all() and state.weights[:, 1:].eq(0).all()
+
+
+@pytest.mark.parametrize("attention", ["location", "location_prior"])
+def test_attention_types_train_and_infer(attention: str) -> None:
+    from tacotrain.config import load_config
+    from tacotrain.model import Tacotron2
+
+    cfg = load_config("tiny", [f"model.attention={attention}"])
+    torch.manual_seed(0)
+    m = Tacotron2(cfg.model, 39, 20)
+    text = torch.randint(1, 39, (2, 9))
+    out = m(text, torch.tensor([9, 6]), torch.randn(2, 20, 12), torch.tensor([12, 8]))
+    assert out.alignments.shape == (2, 6, 9)
+    assert torch.allclose(out.alignments[0].sum(-1), torch.ones(6), atol=1e-5)
+    assert out.alignments[1, :, 6:].abs().max() == 0
+    m.eval()
+    inf = m.infer(text, torch.tensor([9, 6]), max_decoder_steps=5)
+    assert inf.alignments.shape[1] <= 5 and torch.isfinite(inf.mel_post).all()

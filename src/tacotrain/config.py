@@ -99,6 +99,12 @@ class ModelConfig(Strict):
     attention_location_n_filters: int = Field(32, ge=1)
     attention_location_kernel_size: int = Field(31, ge=1)
     attention_dropout: float = Field(0.1, ge=0.0, lt=1.0)  # dropout on the attention LSTM output
+    # "location": Tacotron 2's location-sensitive attention; "location_prior": the same plus a
+    # static forward prior (beta-binomial filter over the previous weights), alignment-robust
+    attention: Literal["location", "location_prior"] = "location"
+    attention_prior_filter_len: int = Field(11, ge=2)  # largest forward move + 1 (tokens)
+    attention_prior_alpha: float = Field(0.1, gt=0.0)  # beta-binomial shape: small alpha and
+    attention_prior_beta: float = Field(0.9, gt=0.0)  # beta favour staying or small moves
     prenet_dim: int = Field(256, ge=8)
     prenet_n_layers: int = Field(2, ge=1)
     prenet_dropout: float = Field(0.5, ge=0.0, lt=1.0)

@@ -15,6 +15,7 @@ softmax runs in float32, so fp16/bf16 autocast cannot produce NaN from ``-inf`` 
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import torch
@@ -168,5 +169,69 @@ class LocationSensitiveAttention(AttentionMechanism):
         processed_query = self.query_layer(query).unsqueeze(1)  # [B, 1, A]
         energies = self.v(torch.tanh(processed_query + processed_loc + keys))  # [B, N, 1]
         weights = masked_softmax(energies.squeeze(-1), mask)  # [B, N] float32
+        context = torch.bmm(weights.unsqueeze(1).to(memory.dtype), memory).squeeze(1)  # [B, E]
+        return context, weights, AttentionState(weights, state.cum_weights + weights)
+
+
+def beta_binomial_filter(length: int, alpha: float, beta: float) -> Tensor:
+    """Beta-binomial pmf over forward moves 0..length-1 (the prior filter of Battenberg et al.
+    2020, "Location-relative attention mechanisms for robust long-form speech synthesis")."""
+    n = length - 1
+
+    def log_beta(a: float, b: float) -> float:
+        return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+
+    pmf = [math.exp(math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+                    + log_beta(k + alpha, n - k + beta) - log_beta(alpha, beta))
+           for k in range(length)]
+    return torch.tensor(pmf, dtype=torch.float32)
+
+
+class PriorLocationSensitiveAttention(LocationSensitiveAttention):
+    """Location-sensitive attention with a static forward prior (alignment-robust option).
+
+    The previous step's weights are convolved with a causal beta-binomial filter (the chance of
+    moving 0..L-1 tokens forward) and the log of that prior is added to the energies, so
+    attention can only stay or move a few tokens forward: it cannot jump back or skip ahead,
+    which makes alignment appear sooner and free-running synthesis robust. Attention starts on
+    the first token. Everything else is Tacotron 2's location-sensitive attention.
+    """
+
+    def __init__(self, *args: Any, filter_len: int = 11, alpha: float = 0.1, beta: float = 0.9,
+                 floor: float = 1e-6) -> None:
+        super().__init__(*args)
+        # flipped for conv1d (cross-correlation): prior[n] = sum_k f[k] * prev[n - k]
+        self.register_buffer("prior_filter", beta_binomial_filter(filter_len, alpha, beta)
+                             .flip(0).view(1, 1, -1), persistent=False)
+        self.log_floor = math.log(floor)
+
+    def init_state(self, memory: Tensor, mask: Tensor) -> AttentionState:
+        """Previous weights one-hot on the first token, cumulative weights zero."""
+        weights = torch.zeros(mask.shape, dtype=torch.float32, device=memory.device)
+        weights[:, 0] = 1.0
+        return AttentionState(weights, torch.zeros_like(weights))
+
+    def log_prior(self, prev: Tensor) -> Tensor:
+        """``[B, N]`` previous weights -> ``[B, N]`` log prior of the next weights."""
+        k = self.prior_filter.shape[-1]
+        prior = F.conv1d(F.pad(prev.unsqueeze(1), (k - 1, 0)), self.prior_filter.to(prev.dtype))
+        return torch.log(prior.squeeze(1).clamp(min=math.exp(self.log_floor)))
+
+    def step(
+        self,
+        query: Tensor,
+        memory: Tensor,
+        processed_memory: ProcessedMemory,
+        mask: Tensor,
+        state: AttentionState,
+    ) -> tuple[Tensor, Tensor, AttentionState]:
+        """As :meth:`LocationSensitiveAttention.step`, with the log prior added to the energies."""
+        keys, location_weight = processed_memory
+        loc_in = torch.stack((state.weights, state.cum_weights), dim=1)  # [B, 2, N]
+        processed_loc = self.location_layer.apply_fused(loc_in, location_weight)  # [B, N, A]
+        processed_query = self.query_layer(query).unsqueeze(1)  # [B, 1, A]
+        energies = self.v(torch.tanh(processed_query + processed_loc + keys)).squeeze(-1)
+        energies = energies.float() + self.log_prior(state.weights)  # [B, N]
+        weights = masked_softmax(energies, mask)  # [B, N] float32
         context = torch.bmm(weights.unsqueeze(1).to(memory.dtype), memory).squeeze(1)  # [B, E]
         return context, weights, AttentionState(weights, state.cum_weights + weights)

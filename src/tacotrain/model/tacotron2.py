@@ -32,7 +32,11 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..config import ModelConfig
-from .attention import AttentionMechanism, LocationSensitiveAttention
+from .attention import (
+    AttentionMechanism,
+    LocationSensitiveAttention,
+    PriorLocationSensitiveAttention,
+)
 from .layers import ConvNorm, LinearNorm, frame_mask
 
 
@@ -225,13 +229,15 @@ class Decoder(nn.Module):
             cfg.prenet_dropout_at_inference,
         )
         self.attention_rnn = nn.LSTMCell(cfg.prenet_dim + encoder_dim, cfg.attention_rnn_dim)
-        self.attention_layer: AttentionMechanism = LocationSensitiveAttention(
-            cfg.attention_rnn_dim,
-            encoder_dim,
-            cfg.attention_dim,
-            cfg.attention_location_n_filters,
-            cfg.attention_location_kernel_size,
-        )
+        att_args = (cfg.attention_rnn_dim, encoder_dim, cfg.attention_dim,
+                    cfg.attention_location_n_filters, cfg.attention_location_kernel_size)
+        self.attention_layer: AttentionMechanism
+        if cfg.attention == "location_prior":
+            self.attention_layer = PriorLocationSensitiveAttention(
+                *att_args, filter_len=cfg.attention_prior_filter_len,
+                alpha=cfg.attention_prior_alpha, beta=cfg.attention_prior_beta)
+        else:
+            self.attention_layer = LocationSensitiveAttention(*att_args)
         self.decoder_rnn = nn.LSTMCell(cfg.attention_rnn_dim + encoder_dim, cfg.decoder_rnn_dim)
         self.linear_projection = LinearNorm(cfg.decoder_rnn_dim + encoder_dim, n_mels * self.r)
         self.gate_layer = LinearNorm(
