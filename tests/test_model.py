@@ -326,8 +326,8 @@ def test_prior_attention_only_stays_or_moves_forward() -> None:
     prev = torch.zeros(1, 30)
     prev[0, 5] = 1.0
     lp = att.log_prior(prev)[0]
-    assert torch.allclose(lp[:5], torch.full((5,), math.log(1e-6)))  # no way back
-    assert torch.allclose(lp[16:], torch.full((14,), math.log(1e-6)))  # no jump past 10
+    assert torch.allclose(lp[:5], torch.full((5,), math.log(1e-8)))  # no way back
+    assert torch.allclose(lp[16:], torch.full((14,), math.log(1e-8)))  # no jump past 10
     assert torch.allclose(lp[5:16].exp(), f, atol=1e-6)
     state = att.init_state(torch.zeros(2, 7, 8), torch.ones(2, 7, dtype=torch.bool))
     assert state.weights[:, 0].eq(1).all() and state.weights[:, 1:].eq(0).all()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GUARD = 0, 1, 2, 3
@@ -51,7 +54,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
     trainer = Trainer(cfg, args.data, args.out, resume=args.resume, progress=not args.quiet)
     try:
-        result = trainer.fit(max_steps=args.max_steps)
+        with sigterm_as_interrupt():
+            result = trainer.fit(max_steps=args.max_steps)
     except GuardStop as exc:
         print(f"error: {exc}", file=sys.stderr)
         print(f"resume from the last good checkpoint with: tacotrain train --resume --out "
@@ -107,6 +111,75 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"plots: {s['plots']['training_curves']}, {s['plots']['free_run_alignment']}")
     print(f"summary: {Path(args.out) / 'summary.json'}")
     return EXIT_OK if s["aligned"] else EXIT_ERROR
+
+
+def cmd_track_sync(args: argparse.Namespace) -> int:
+    from tacotrain.track.mlflow_sync import TrackError, sync
+
+    try:
+        rep = sync(args.run, tracking_uri=args.tracking_uri)
+    except TrackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    made = "created" if rep.created else "continued"
+    print(f"MLflow run {rep.run_id} ({made}) at {rep.tracking_uri}: sent {rep.events} events "
+          f"({rep.metrics} metric values, {rep.params} params, {rep.files} files); "
+          f"status {rep.status}")
+    if rep.status_source == "none":
+        print("note: the training recorded no end (killed, or still running): status KILLED",
+              file=sys.stderr)
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (``kill PID``) like Ctrl-C, so runs close cleanly (checkpoint, MLflow
+    status KILLED, child processes stopped)."""
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    import time
+    import webbrowser
+
+    from tacotrain.track.monitor import MonitorError, start_monitor
+
+    with sigterm_as_interrupt():
+        try:
+            mon = start_monitor(args.run, port=args.port, mlflow_port=args.mlflow_port,
+                                mlflow=not args.no_mlflow, timeout=args.timeout)
+        except MonitorError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        try:
+            for svc in mon.services:
+                print(f"{svc.name}: {svc.url}")
+            for note in mon.notes:
+                print(f"note: {note}")
+            graphical = sys.platform in ("darwin", "win32") or bool(
+                os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+            if not args.no_browser and graphical and mon.services:
+                webbrowser.open(mon.services[0].url)
+            print("Ctrl-C stops them.", flush=True)
+            while not mon.failed():
+                time.sleep(0.5)
+            for svc in mon.failed():
+                print(f"error: {svc.name} exited (code {svc.process.returncode}):\n"
+                      f"{svc.log_tail()}", file=sys.stderr)
+            return EXIT_ERROR
+        except KeyboardInterrupt:
+            return EXIT_OK
+        finally:
+            mon.stop()
+            print("stopped.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,6 +288,49 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a config key, e.g. --set demo.time_budget_minutes=20")
     dp.add_argument("--quiet", action="store_true", help="no progress bars")
     dp.set_defaults(func=cmd_demo)
+
+    kp = sub.add_parser("track", help="experiment tracking (MLflow) maintenance",
+                        description="Experiment tracking maintenance.")
+    ksub = kp.add_subparsers(dest="track_command", metavar="ACTION", required=True)
+    ks = ksub.add_parser(
+        "sync", formatter_class=fmt, help="push to MLflow what the tracking server missed",
+        description="Push the events of RUN (RUN/events.jsonl) that its MLflow run does not have "
+                    "yet: parameters (plain config names), metrics with their steps, text, audio "
+                    "and the newest image of each tag. RUN/mlflow_sync.json records what was "
+                    "delivered, so running it twice sends nothing twice. The run is created if "
+                    "it never existed there, and ended with the status the training recorded "
+                    "(else from RUN/train_result.json: FINISHED unless stopped by the guard "
+                    "(FAILED) or interrupted (KILLED)).\n"
+                    "Use it after a training whose tracking server was unreachable.",
+    )
+    ks.add_argument("run", type=Path, help="run directory (RUN)")
+    ks.add_argument("--tracking-uri", default=None, metavar="URI",
+                    help="MLflow tracking URI, e.g. http://127.0.0.1:5000 or sqlite:///x.db, or "
+                         "'local' for RUN/mlflow.db (default: track.mlflow.tracking_uri of the "
+                         "run's config.yaml)")
+    ks.set_defaults(func=cmd_track_sync)
+
+    mo = sub.add_parser(
+        "monitor", formatter_class=fmt, help="TensorBoard and the MLflow UI for runs",
+        description="Start TensorBoard on RUN_OR_DIR (one run, or a directory of runs) and, for "
+                    "runs that used MLflow with a local store (RUN/mlflow.db or a sqlite:/// "
+                    "tracking URI), the MLflow UI; wait until they answer, print their URLs "
+                    "(bound to 127.0.0.1 only) and keep them running until Ctrl-C or SIGTERM, "
+                    "which stops them (SIGTERM, then SIGKILL after 10 s). A busy port is "
+                    "replaced by the next free one.",
+    )
+    mo.add_argument("run", type=Path, metavar="RUN_OR_DIR",
+                    help="a run directory, or a directory containing runs")
+    mo.add_argument("--port", type=int, default=6006, help="TensorBoard port (default 6006)")
+    mo.add_argument("--mlflow-port", type=int, default=5000,
+                    help="MLflow UI port (default 5000; further local stores get the next ones)")
+    mo.add_argument("--no-mlflow", action="store_true", help="TensorBoard only")
+    mo.add_argument("--no-browser", action="store_true",
+                    help="do not open the TensorBoard page in a browser (never opened without "
+                         "a graphical display)")
+    mo.add_argument("--timeout", type=float, default=120.0,
+                    help="seconds to wait for each UI to answer (default 120)")
+    mo.set_defaults(func=cmd_monitor)
     return p
 
 

@@ -282,7 +282,7 @@ class MlflowConfig(Strict):
     environment variables (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD), never config."""
 
     enabled: bool = False
-    tracking_uri: str | None = None  # None: a local file store in RUN/mlruns; or http://host:port
+    tracking_uri: str | None = None  # None: sqlite:///RUN/mlflow.db; or http://host:port
     experiment: str = "tacotrain"
     run_name: str | None = None  # None: the run directory's name
 

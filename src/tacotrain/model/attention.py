@@ -198,7 +198,7 @@ class PriorLocationSensitiveAttention(LocationSensitiveAttention):
     """
 
     def __init__(self, *args: Any, filter_len: int = 11, alpha: float = 0.1, beta: float = 0.9,
-                 floor: float = 1e-6) -> None:
+                 floor: float = 1e-8) -> None:
         super().__init__(*args)
         # flipped for conv1d (cross-correlation): prior[n] = sum_k f[k] * prev[n - k]
         self.register_buffer("prior_filter", beta_binomial_filter(filter_len, alpha, beta)

@@ -11,8 +11,8 @@ that one picture under every older step.
 Pushing into another server (``--tracking-uri``) than the recorded one creates a run there and
 sends everything. The run ends with the status the training recorded when it stopped (from the
 exception it saw), else from ``RUN/train_result.json`` (FINISHED unless its stop_reason is
-``interrupted`` -> KILLED or ``guard`` -> FAILED), else KILLED (the process vanished without
-closing its tracker: killed, or still running).
+``interrupted`` -> KILLED, or ``guard`` / ``crash: ...`` -> FAILED), else KILLED (the process
+vanished without closing its tracker: killed, or still running).
 """
 
 from __future__ import annotations
@@ -68,6 +68,8 @@ def final_status(run_dir: Path, recorded: str | None) -> tuple[str, str]:
     result = load_json(run_dir / "train_result.json")
     if result:
         reason = str(result.get("stop_reason", ""))
+        if reason.startswith("crash"):
+            return "FAILED", "train_result.json"
         return STATUS_FOR_STOP_REASON.get(reason, "FINISHED"), "train_result.json"
     return "KILLED", "none"
 

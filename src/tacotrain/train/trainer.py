@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from tacotrain.alignment import alignment_metrics, plot_alignment, plot_mel
+from tacotrain.audio import GriffinLim
 from tacotrain.config import WIRED_PARAMETERS, Config, flatten, to_yaml
 from tacotrain.data.loader import BucketBatchSampler, Collate, PreparedData, TextMelDataset
 from tacotrain.fsutil import atomic_write_json, atomic_write_text
@@ -130,6 +131,7 @@ class Trainer:
         self.sampler = BucketBatchSampler(self.train_set.lengths, tc.batch_size, seed=tc.seed,
                                           bucket_batches=tc.bucket_batches)
         n_mels = self.data.settings.audio.n_mels
+        self.vocoder = GriffinLim(self.data.settings.audio)
         self.model = Tacotron2(cfg.model, len(self.data.symbols), n_mels).to(self.device)
         self.criterion = Tacotron2Loss(cfg.loss, cfg.model.n_frames_per_step)
         oc = cfg.optim
@@ -477,6 +479,10 @@ class Trainer:
         res["free/stopped_by_gate"] = float(out.stopped_by_gate.float().mean())
         target = batch.mel_lengths.float()
         res["free/length_ratio"] = float((out.mel_lengths.float() / target).mean())
+        if tracker is not None and self.cfg.track.log_audio:
+            frames = int(out.mel_lengths[0])
+            wav = self.vocoder(out.mel_post[0, :, :frames].float().cpu())
+            tracker.audio(self.step, "val/free_run_audio", wav, self.vocoder.sample_rate)
         if tracker is not None:
             n, t = int(batch.text_lengths[0]), int(out.dec_lengths[0])
             path = self.run_dir / "plots" / "val-free-run-alignment.png"
