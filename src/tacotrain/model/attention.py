@@ -168,9 +168,14 @@ class LocationSensitiveAttention(AttentionMechanism):
         processed_loc = self.location_layer.apply_fused(loc_in, location_weight)  # [B, N, A]
         processed_query = self.query_layer(query).unsqueeze(1)  # [B, 1, A]
         energies = self.v(torch.tanh(processed_query + processed_loc + keys))  # [B, N, 1]
-        weights = masked_softmax(energies.squeeze(-1), mask)  # [B, N] float32
+        energies = self.adjust(energies.squeeze(-1), state)  # [B, N]
+        weights = masked_softmax(energies, mask)  # [B, N] float32
         context = torch.bmm(weights.unsqueeze(1).to(memory.dtype), memory).squeeze(1)  # [B, E]
         return context, weights, AttentionState(weights, state.cum_weights + weights)
+
+    def adjust(self, energies: Tensor, state: AttentionState) -> Tensor:
+        """Hook for variants that bias the energies ``[B, N]``; plain LSA leaves them alone."""
+        return energies
 
 
 def beta_binomial_filter(length: int, alpha: float, beta: float) -> Tensor:
@@ -217,21 +222,6 @@ class PriorLocationSensitiveAttention(LocationSensitiveAttention):
         prior = F.conv1d(F.pad(prev.unsqueeze(1), (k - 1, 0)), self.prior_filter.to(prev.dtype))
         return torch.log(prior.squeeze(1).clamp(min=math.exp(self.log_floor)))
 
-    def step(
-        self,
-        query: Tensor,
-        memory: Tensor,
-        processed_memory: ProcessedMemory,
-        mask: Tensor,
-        state: AttentionState,
-    ) -> tuple[Tensor, Tensor, AttentionState]:
-        """As :meth:`LocationSensitiveAttention.step`, with the log prior added to the energies."""
-        keys, location_weight = processed_memory
-        loc_in = torch.stack((state.weights, state.cum_weights), dim=1)  # [B, 2, N]
-        processed_loc = self.location_layer.apply_fused(loc_in, location_weight)  # [B, N, A]
-        processed_query = self.query_layer(query).unsqueeze(1)  # [B, 1, A]
-        energies = self.v(torch.tanh(processed_query + processed_loc + keys)).squeeze(-1)
-        energies = energies.float() + self.log_prior(state.weights)  # [B, N]
-        weights = masked_softmax(energies, mask)  # [B, N] float32
-        context = torch.bmm(weights.unsqueeze(1).to(memory.dtype), memory).squeeze(1)  # [B, E]
-        return context, weights, AttentionState(weights, state.cum_weights + weights)
+    def adjust(self, energies: Tensor, state: AttentionState) -> Tensor:
+        """Add the log prior of the previous step's weights to the energies ``[B, N]``."""
+        return energies.float() + self.log_prior(state.weights)
