@@ -209,3 +209,18 @@ def test_batch_to_device() -> None:
     moved = b.to("cpu")
     assert isinstance(moved, Batch)
     assert moved.text.dtype == torch.long and moved.mels.shape == (1, 4, 6)
+
+
+def test_attention_entropy_sharp_vs_uniform_and_masked() -> None:
+    from tacotrain.model import attention_entropy
+
+    sharp = torch.zeros(2, 6, 8)
+    sharp[:, torch.arange(6), torch.arange(6)] = 1.0
+    uniform = torch.zeros(2, 6, 8)
+    uniform[0] = 1 / 8
+    uniform[1, :, :4] = 1 / 4
+    uniform[1, 4:] = 123.0  # padded decoder steps: ignored
+    tl, dl = torch.tensor([8, 4]), torch.tensor([6, 4])
+    assert float(attention_entropy(sharp, tl, dl)) == pytest.approx(0.0, abs=1e-6)
+    expected = (6 * math.log(8) + 4 * math.log(4)) / 10
+    assert float(attention_entropy(uniform, tl, dl)) == pytest.approx(expected, rel=1e-5)

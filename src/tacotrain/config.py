@@ -152,6 +152,8 @@ class GuidedAttentionConfig(Strict):
 class LossConfig(Strict):
     mel_loss: Literal["mse", "l1"] = "mse"  # masked; applied to decoder and postnet outputs
     gate_pos_weight: float = Field(5.0, gt=0.0)  # BCE positive weight for the rare stop frames
+    # weight of the mean attention entropy (nats per decoder step); > 0 rewards sharp attention
+    attention_entropy_weight: float = Field(0.0, ge=0.0, le=10.0)
     guided_attention: GuidedAttentionConfig = GuidedAttentionConfig()
 
 
@@ -349,10 +351,9 @@ class DemoConfig(Strict):
     corpus_size: int = Field(200, ge=10)  # espeak-ng mini corpus clips
     corpus_seed: int = 0
     time_budget_minutes: float = Field(28.0, gt=0.0)  # training stops here if not aligned
-    sentences: list[str] = [
-        "The quick brown fox jumps over the lazy dog.",
-        "Dr. Smith found 3 red boats near the river.",
-    ]
+    # sentences synthesised at the end; empty: two sentences from the mini-corpus generator
+    # (same vocabulary, other seed) that are not in the training corpus
+    sentences: list[str] = []
 
 
 class Config(Strict):

@@ -13,6 +13,7 @@ from .attention import (
 from .layers import ConvNorm, LinearNorm, frame_mask
 from .losses import (
     Tacotron2Loss,
+    attention_entropy,
     gate_loss,
     guided_attention_loss,
     guided_attention_weights,
@@ -31,6 +32,7 @@ from .tacotron2 import (
 )
 
 __all__ = [
+    "attention_entropy",
     "AttentionMechanism",
     "AttentionState",
     "Batch",

@@ -105,8 +105,23 @@ def guided_attention_loss(
     return wa.sum() / n_cells
 
 
+def attention_entropy(alignments: Tensor, text_lengths: Tensor, dec_lengths: Tensor) -> Tensor:
+    """Mean entropy (nats) of the attention rows ``[B, T_dec, N]`` over valid decoder steps.
+
+    A sharp alignment (each step on one token) has entropy 0; uniform attention over N tokens
+    has log N. Used as an optional regulariser that rewards sharp attention.
+    """
+    t_max, n_max = alignments.shape[1:]
+    steps = frame_mask(dec_lengths, t_max)  # [B, T]
+    tokens = frame_mask(text_lengths, n_max)[:, None, :]  # [B, 1, N]
+    a = torch.where(tokens, alignments.float(), 0.0)
+    h = -(a * torch.log(a.clamp(min=1e-8))).sum(dim=2)  # [B, T]
+    return torch.where(steps, h, 0.0).sum() / steps.sum().clamp(min=1)
+
+
 class Tacotron2Loss(nn.Module):
-    """Total loss = mel + mel_post + gate + ga_weight * guided_attn.
+    """Total loss = mel + mel_post + gate + ga_weight * guided_attn
+    (+ attention_entropy_weight * attention entropy when configured).
 
     ``ga_weight`` is given by the caller on every call (a bounded, scheduled value); the loss
     never changes it. Guided attention is skipped (reported as 0) when ``ga_weight == 0`` or
@@ -119,10 +134,12 @@ class Tacotron2Loss(nn.Module):
         self.gate_pos_weight = cfg.gate_pos_weight
         self.ga_enabled = cfg.guided_attention.enabled
         self.ga_sigma = cfg.guided_attention.sigma
+        self.entropy_weight = cfg.attention_entropy_weight
         self.r = n_frames_per_step
 
     def forward(self, out: Tacotron2Output, batch: Batch, ga_weight: float) -> dict[str, Tensor]:
-        """-> ``{"loss", "mel", "mel_post", "gate", "guided_attn"}`` scalar float32 tensors.
+        """-> ``{"loss", "mel", "mel_post", "gate", "guided_attn"}`` scalar float32 tensors,
+        plus ``"attn_entropy"`` when ``attention_entropy_weight`` > 0.
 
         ``guided_attn`` is unweighted; ``loss`` includes ``ga_weight * guided_attn``.
         """
@@ -142,4 +159,10 @@ class Tacotron2Loss(nn.Module):
             total = total + ga_weight * ga
         else:
             ga = torch.zeros((), dtype=torch.float32, device=mel.device)
-        return {"loss": total, "mel": mel, "mel_post": mel_post, "gate": gate, "guided_attn": ga}
+        out_losses = {"mel": mel, "mel_post": mel_post, "gate": gate, "guided_attn": ga}
+        if self.entropy_weight > 0:
+            dec_lengths = (batch.mel_lengths + self.r - 1) // self.r
+            ent = attention_entropy(out.alignments, batch.text_lengths, dec_lengths)
+            total = total + self.entropy_weight * ent
+            out_losses["attn_entropy"] = ent
+        return {"loss": total, **out_losses}
