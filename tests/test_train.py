@@ -47,6 +47,17 @@ def test_guided_attention_schedule_bounded():
         load_config("tiny", ["loss.guided_attention.initial_weight=500"])
 
 
+def test_entropy_weight_schedule():
+    from tacotrain.config import AttentionEntropyConfig
+    from tacotrain.train.schedules import entropy_weight_at
+
+    cfg = AttentionEntropyConfig(weight=0.4, start=100, ramp_steps=50)
+    assert entropy_weight_at(99, cfg) == 0.0
+    assert entropy_weight_at(124, cfg) == pytest.approx(0.2)
+    assert entropy_weight_at(10_000, cfg) == pytest.approx(0.4)
+    assert entropy_weight_at(10_000, AttentionEntropyConfig()) == 0.0
+
+
 def test_config_overrides_are_validated():
     cfg = load_config("small", ["optim.lr=5e-4", "model.n_frames_per_step=2"])
     assert cfg.optim.lr == 5e-4 and cfg.model.n_frames_per_step == 2

@@ -149,11 +149,20 @@ class GuidedAttentionConfig(Strict):
         return self
 
 
+class AttentionEntropyConfig(Strict):
+    """Optional regulariser: the mean attention entropy (nats per decoder step), which rewards
+    sharp attention. Off by default. Applied from ``start`` (once attention follows the text:
+    from step 0 it would sharpen the attention onto the first token), ramped in linearly."""
+
+    weight: float = Field(0.0, ge=0.0, le=10.0)
+    start: int = Field(0, ge=0)
+    ramp_steps: int = Field(100, ge=1)
+
+
 class LossConfig(Strict):
     mel_loss: Literal["mse", "l1"] = "mse"  # masked; applied to decoder and postnet outputs
     gate_pos_weight: float = Field(5.0, gt=0.0)  # BCE positive weight for the rare stop frames
-    # weight of the mean attention entropy (nats per decoder step); > 0 rewards sharp attention
-    attention_entropy_weight: float = Field(0.0, ge=0.0, le=10.0)
+    attention_entropy: AttentionEntropyConfig = AttentionEntropyConfig()
     guided_attention: GuidedAttentionConfig = GuidedAttentionConfig()
 
 

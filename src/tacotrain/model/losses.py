@@ -121,7 +121,7 @@ def attention_entropy(alignments: Tensor, text_lengths: Tensor, dec_lengths: Ten
 
 class Tacotron2Loss(nn.Module):
     """Total loss = mel + mel_post + gate + ga_weight * guided_attn
-    (+ attention_entropy_weight * attention entropy when configured).
+    (+ entropy_weight * attention entropy, when the caller's scheduled weight is > 0).
 
     ``ga_weight`` is given by the caller on every call (a bounded, scheduled value); the loss
     never changes it. Guided attention is skipped (reported as 0) when ``ga_weight == 0`` or
@@ -134,12 +134,12 @@ class Tacotron2Loss(nn.Module):
         self.gate_pos_weight = cfg.gate_pos_weight
         self.ga_enabled = cfg.guided_attention.enabled
         self.ga_sigma = cfg.guided_attention.sigma
-        self.entropy_weight = cfg.attention_entropy_weight
         self.r = n_frames_per_step
 
-    def forward(self, out: Tacotron2Output, batch: Batch, ga_weight: float) -> dict[str, Tensor]:
+    def forward(self, out: Tacotron2Output, batch: Batch, ga_weight: float,
+                entropy_weight: float = 0.0) -> dict[str, Tensor]:
         """-> ``{"loss", "mel", "mel_post", "gate", "guided_attn"}`` scalar float32 tensors,
-        plus ``"attn_entropy"`` when ``attention_entropy_weight`` > 0.
+        plus ``"attn_entropy"`` (unweighted) when ``entropy_weight`` > 0.
 
         ``guided_attn`` is unweighted; ``loss`` includes ``ga_weight * guided_attn``.
         """
@@ -160,9 +160,9 @@ class Tacotron2Loss(nn.Module):
         else:
             ga = torch.zeros((), dtype=torch.float32, device=mel.device)
         out_losses = {"mel": mel, "mel_post": mel_post, "gate": gate, "guided_attn": ga}
-        if self.entropy_weight > 0:
+        if entropy_weight > 0:
             dec_lengths = (batch.mel_lengths + self.r - 1) // self.r
             ent = attention_entropy(out.alignments, batch.text_lengths, dec_lengths)
-            total = total + self.entropy_weight * ent
+            total = total + entropy_weight * ent
             out_losses["attn_entropy"] = ent
         return {"loss": total, **out_losses}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from tacotrain.config import GuidedAttentionConfig, OptimConfig
+from tacotrain.config import AttentionEntropyConfig, GuidedAttentionConfig, OptimConfig
 
 
 def lr_at(step: int, cfg: OptimConfig) -> float:
@@ -32,3 +32,10 @@ def ga_weight_at(step: int, cfg: GuidedAttentionConfig) -> float:
     else:
         w = cfg.initial_weight * cfg.decay_rate ** ((step - cfg.decay_start) / cfg.decay_steps)
     return min(max(w, cfg.floor), cfg.max_weight)
+
+
+def entropy_weight_at(step: int, cfg: AttentionEntropyConfig) -> float:
+    """Attention-entropy weight: 0 before ``start``, then a linear ramp to ``weight``."""
+    if cfg.weight == 0 or step < cfg.start:
+        return 0.0
+    return cfg.weight * min(1.0, (step - cfg.start + 1) / cfg.ramp_steps)

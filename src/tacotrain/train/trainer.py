@@ -43,7 +43,7 @@ from tacotrain.train.checkpoint import (
 from tacotrain.train.early_stop import PHASES, EarlyStopper
 from tacotrain.train.guard import Change, Guard, StepDecision
 from tacotrain.train.inject import SPIKE_FACTOR, InjectedCrash, from_env
-from tacotrain.train.schedules import ga_weight_at, lr_at
+from tacotrain.train.schedules import entropy_weight_at, ga_weight_at, lr_at
 
 log = logging.getLogger(__name__)
 METRICS = ("diagonality", "focus", "coverage", "monotonicity")
@@ -298,9 +298,10 @@ class Trainer:
         self.model.train()
         # batch-norm statistics change in the forward pass: keep them to undo a skipped step
         buffers = {k: b.clone() for k, b in self.model.named_buffers()}
+        ent_w = entropy_weight_at(self.step, cfg.loss.attention_entropy)
         with self._autocast():
             out = self.model(batch.text, batch.text_lengths, batch.mels, batch.mel_lengths)
-            losses = self.criterion(out, batch, ga_w)
+            losses = self.criterion(out, batch, ga_w, ent_w)
         losses["loss"] = self._inject(losses["loss"])
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
@@ -424,7 +425,8 @@ class Trainer:
     def _validate(self, tracker: Tracker | None) -> dict[str, float]:
         cfg = self.cfg
         r = cfg.model.n_frames_per_step
-        ga_w = ga_weight_at(self.step, cfg.loss.guided_attention)
+        ga_w = self.param("loss.guided_attention.weight")
+        ent_w = entropy_weight_at(self.step, cfg.loss.attention_entropy)
         sampler = BucketBatchSampler(self.val_set.lengths, cfg.train.batch_size, shuffle=False)
         sums: dict[str, float] = {}
         count = 0
@@ -433,7 +435,7 @@ class Trainer:
             batch = self.collate([self.val_set[i] for i in idx]).to(self.device)
             with self._autocast():
                 out = self.model(batch.text, batch.text_lengths, batch.mels, batch.mel_lengths)
-                losses = self.criterion(out, batch, ga_w)
+                losses = self.criterion(out, batch, ga_w, ent_w)
             dec = (batch.mel_lengths + r - 1) // r
             am = alignment_metrics(out.alignments.float(), batch.text_lengths, dec)
             n = len(idx)
