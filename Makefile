@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
-# Each installs what is missing (a .venv with the package and its dev extras, Debian espeak-ng).
+# Each installs what is missing (a .venv with the package and its dev extras, Debian espeak-ng;
+# for `make test` also the Debian PostgreSQL server, which the multi-worker tuning test starts).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -12,7 +13,7 @@ DEMO_OUT ?= demo
 # holds a core; a passive wait policy avoids it (measured 4-15x on 2-core machines).
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: demo test lint bench install espeak clean
+.PHONY: demo test lint bench install espeak postgres clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,10 +28,17 @@ espeak:
 	  echo "espeak-ng not found: installing the Debian package"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq espeak-ng; }
 
+# the server binaries only (initdb, pg_ctl): the test starts its own cluster on 127.0.0.1
+postgres:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+	  echo "PostgreSQL server not found: installing the Debian package"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
 demo: install
 	$(BIN)/tacotrain demo --out $(DEMO_OUT)
 
-test: install
+test: install postgres
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 	$(BIN)/ruff check src tests benchmarks
 

@@ -46,6 +46,9 @@ LOCAL_DB = "mlflow.db"
 LOCAL_ARTIFACTS = "mlartifacts"
 LOCAL = "local"  # how the state files (and `track sync --tracking-uri`) name the run's own store
 STATUSES = ("FINISHED", "FAILED", "KILLED")
+# set by `tacotrain tune` for each trial's training process: the MLflow run id of the study, so
+# the trial's run is created as its nested child (MLflow's tag mlflow.parentRunId)
+PARENT_RUN_ENV = "TACOTRAIN_MLFLOW_PARENT_RUN_ID"
 
 # Client-side HTTP limits while this module talks to a server, unless the user set their own:
 # MLflow's defaults (several retries with backoff, 120 s timeout) would stall training for
@@ -173,8 +176,11 @@ class MlflowTarget:
                 client.update_run(self.run_id, status="RUNNING")
         if not self.run_id:
             self.experiment_id = self._experiment_id()
-            run = client.create_run(self.experiment_id, run_name=self.run_name,
-                                    tags={"tacotrain.run_dir": str(self.run_dir.resolve())})
+            tags = {"tacotrain.run_dir": str(self.run_dir.resolve())}
+            parent = os.environ.get(PARENT_RUN_ENV, "").strip()
+            if parent:  # a tuning trial: nest it under the study's run (see tacotrain.tune)
+                tags["mlflow.parentRunId"] = parent
+            run = client.create_run(self.experiment_id, run_name=self.run_name, tags=tags)
             self.run_id, self.delivered, self.params_logged = run.info.run_id, 0, False
             self.created = True
         atomic_write_json(self.run_dir / RUN_FILE, {

@@ -482,9 +482,13 @@ class Trainer:
         target = batch.mel_lengths.float()
         res["free/length_ratio"] = float((out.mel_lengths.float() / target).mean())
         if tracker is not None and self.cfg.track.log_audio:
-            frames = int(out.mel_lengths[0])
-            wav = self.vocoder(out.mel_post[0, :, :frames].float().cpu())
-            tracker.audio(self.step, "val/free_run_audio", wav, self.vocoder.sample_rate)
+            mel = out.mel_post[0, :, : int(out.mel_lengths[0])].float().cpu()
+            if torch.isfinite(mel).all():
+                tracker.audio(self.step, "val/free_run_audio", self.vocoder(mel),
+                              self.vocoder.sample_rate)
+            else:
+                log.warning("step %d: free-running validation mel is not finite; no audio",
+                            self.step)
         if tracker is not None:
             n, t = int(batch.text_lengths[0]), int(out.dec_lengths[0])
             path = self.run_dir / "plots" / "val-free-run-alignment.png"

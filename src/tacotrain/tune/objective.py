@@ -1,0 +1,105 @@
+"""The score of a trial: validation loss, with alignment first. Lower is better.
+
+Why alignment comes first: a Tacotron 2 whose attention never became diagonal cannot speak,
+however low its teacher-forced mel loss, so such a trial must never beat one that aligned.
+With P = ``objective.unaligned_penalty`` (default 1000, far above any plausible mel loss) and
+L = the validation ``objective.metric`` (default ``val/mel_post``, the teacher-forced mel loss
+after the postnet):
+
+=============  ==========================================================  ==============
+outcome        score                                                       range
+=============  ==========================================================  ==============
+aligned        min(L, P) over the validations that were aligned             [0, P]
+unaligned      P + min(L, P) over all validations                          [P, 2P]
+diverged       3P (stopped by the guard, or no finite validation value)     3P
+=============  ==========================================================  ==============
+
+so ranks are lexicographic: aligned before unaligned before diverged, then by loss. A
+validation is *aligned* when its free-running ``free/diagonality`` reaches the config's
+``alignment.diagonality`` (``objective.alignment: diagonality``, the default) or when the
+trainer's whole criterion held (``full``: ``val/aligned``, which adds focus, coverage and stops
+by the gate). "Aligned" uses the validations of the trial: a trial that aligned and later lost
+it still counts as aligned, scored on its aligned validations only (the ones its ``best.pt`` can
+come from).
+
+The same function, applied to the validations seen so far, gives the intermediate values
+reported to Optuna at each validation (for pruning), so intermediate and final values are on
+one scale.
+
+The predecessor's objective read a key (``val_loss``) that training never returned and scored
+every trial infinity; here the metric name is checked against what the trainer writes (a trial
+whose validations lack it fails with that reason instead of scoring).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from tacotrain.tune.space import ObjectiveSpec
+
+ALIGNED, UNALIGNED, DIVERGED = "aligned", "unaligned", "diverged"
+
+
+class MetricMissing(KeyError):
+    """The validations lack the objective's metric (a misspelt ``objective.metric``)."""
+
+
+@dataclass(frozen=True)
+class Score:
+    value: float
+    outcome: str  # aligned, unaligned or diverged
+    best_loss: float | None  # the L the score is built from (None when diverged)
+    best_step: int | None  # the step of that validation
+    aligned_step: int | None  # first aligned validation
+    aligned_minutes: float | None  # its training wall time (minutes), when known
+    validations: int
+
+
+def _finite(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def is_aligned(row: dict[str, Any], spec: ObjectiveSpec, threshold: float) -> bool:
+    """Whether one validation (a row of ``train_result.json``'s history) counts as aligned."""
+    if spec.alignment == "full":
+        return (_finite(row.get("val/aligned")) or 0.0) >= 0.5
+    diag = _finite(row.get("free/diagonality"))
+    return diag is not None and diag >= threshold
+
+
+def score(history: list[dict[str, Any]], spec: ObjectiveSpec, threshold: float,
+          diverged: bool = False) -> Score:
+    """Score validations ``history`` (dicts with ``step``, metrics, optionally ``minutes``).
+
+    ``threshold`` is the config's ``alignment.diagonality``; ``diverged`` marks a trial the
+    guard stopped. Raises :class:`MetricMissing` when no validation has ``spec.metric``.
+    """
+    p = spec.unaligned_penalty
+    if history and not any(spec.metric in row for row in history):
+        raise MetricMissing(f"objective metric {spec.metric!r} is not among the validation "
+                            f"metrics ({', '.join(sorted(history[0]))})")
+    aligned_rows = [r for r in history if is_aligned(r, spec, threshold)]
+    first = aligned_rows[0] if aligned_rows else None
+    aligned_step = int(first["step"]) if first else None
+    aligned_minutes = _finite(first.get("minutes")) if first else None
+
+    def best(rows: list[dict[str, Any]]) -> tuple[float, int] | None:
+        pts = [(v, int(r["step"])) for r in rows if (v := _finite(r.get(spec.metric))) is not None]
+        return min(pts) if pts else None
+
+    n = len(history)
+    if diverged:
+        return Score(3 * p, DIVERGED, None, None, aligned_step, aligned_minutes, n)
+    hit = best(aligned_rows)
+    if hit is not None:
+        return Score(min(hit[0], p), ALIGNED, hit[0], hit[1], aligned_step, aligned_minutes, n)
+    hit = best(history)
+    if hit is None:
+        return Score(3 * p, DIVERGED, None, None, aligned_step, aligned_minutes, n)
+    return Score(p + min(hit[0], p), UNALIGNED, hit[0], hit[1], aligned_step, aligned_minutes, n)

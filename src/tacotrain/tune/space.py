@@ -1,0 +1,242 @@
+"""The search space file: which config keys a study searches, how it scores and prunes trials.
+
+A space file is YAML::
+
+    params:                       # each name is a config key path, exactly as in --set
+      optim.lr: {type: float, low: 1.0e-4, high: 2.0e-3, log: true}
+      train.batch_size: {type: categorical, choices: [16, 32, 48]}
+      model.n_frames_per_step: {type: int, low: 1, high: 3}
+    objective: {metric: val/mel_post, alignment: diagonality, unaligned_penalty: 1000}
+    pruner: {type: median, n_startup_trials: 2, n_warmup_steps: 0}
+    sampler: {type: tpe, seed: null}
+
+Why it is validated before a study starts (:func:`validate_space`): the predecessor searched
+parameters the model never read, so hours of trials varied nothing. Here a name must be a real
+config key, every value of its range must pass the same config validation the trainer uses,
+and changing it must change what training builds (model, loss, optimiser, batching or
+schedules; see :mod:`tacotrain.tune.wiring`). Values reach a trial only as ``--set key=value``
+overrides of that validated config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, model_validator
+
+from tacotrain.config import (
+    Config,
+    ConfigError,
+    Strict,
+    flatten,
+    load_config,
+    load_yaml,
+    validate_as,
+)
+
+DEFAULT_SPACE = Path(__file__).resolve().parent / "default_space.yaml"
+
+
+class SpaceError(ValueError):
+    """The search space is invalid; the message names the parameter."""
+
+
+class ParamSpec(Strict):
+    """One searched config key. ``float``/``int`` use low..high (``log``, ``step``);
+    ``categorical`` uses ``choices``."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False  # sample uniformly in log space (learning rates, weights)
+    step: float | None = None  # discretisation step (not with log)
+    choices: list[bool | int | float | str] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ParamSpec:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical needs a non-empty 'choices' list")
+            if self.low is not None or self.high is not None:
+                raise ValueError("categorical takes 'choices', not low/high")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"{self.type} takes low/high, not 'choices'")
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.type} needs 'low' and 'high'")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be < high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("log needs low > 0")
+        if self.log and self.step is not None:
+            raise ValueError("use either log or step, not both")
+        if self.type == "int":
+            for v in (self.low, self.high, self.step):
+                if v is not None and float(v) != int(v):
+                    raise ValueError(f"int parameter bounds and step must be integers, got {v}")
+        if self.step is not None and self.step <= 0:
+            raise ValueError("step must be > 0")
+        return self
+
+    def samples(self) -> list[Any]:
+        """Values that must all be valid: the bounds (or every choice)."""
+        if self.type == "categorical":
+            return list(self.choices or [])
+        if self.type == "int":
+            return [int(self.low), int(self.high)]  # type: ignore[arg-type]
+        return [float(self.low), float(self.high)]  # type: ignore[arg-type]
+
+
+class ObjectiveSpec(Strict):
+    """What a trial scores (lower is better); see :mod:`tacotrain.tune.objective`."""
+
+    metric: str = "val/mel_post"  # validation metric minimised (a key of the validation scalars)
+    # "diagonality": a validation is aligned when free/diagonality >= alignment.diagonality of
+    # the config; "full": when the trainer's whole criterion holds (val/aligned: diagonality,
+    # focus, coverage and, if required, every free-running item stopped by its gate)
+    alignment: Literal["diagonality", "full"] = "diagonality"
+    # added to the score of a trial that never aligned; larger than any plausible metric value,
+    # so every aligned trial ranks above every unaligned one
+    unaligned_penalty: float = Field(1000.0, gt=0.0)
+
+
+class PrunerSpec(Strict):
+    """Pruning of hopeless trials from the values reported at each validation."""
+
+    type: Literal["median", "hyperband", "none"] = "median"
+    n_startup_trials: int = Field(2, ge=0)  # median: finished trials before pruning starts
+    n_warmup_steps: int = Field(0, ge=0)  # median: training steps a trial always gets
+    interval_steps: int = Field(1, ge=1)  # median: prune checks every this many steps
+    min_resource: int | None = Field(None, ge=1)  # hyperband: steps (None: train.val_interval)
+    reduction_factor: int = Field(3, ge=2)  # hyperband
+
+
+class SamplerSpec(Strict):
+    type: Literal["tpe", "random"] = "tpe"
+    seed: int | None = None  # None: a different search each time
+    n_startup_trials: int = Field(5, ge=0)  # tpe: random trials before the model kicks in
+
+
+class SearchSpace(Strict):
+    params: dict[str, ParamSpec]
+    objective: ObjectiveSpec = ObjectiveSpec()
+    pruner: PrunerSpec = PrunerSpec()
+    sampler: SamplerSpec = SamplerSpec()
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchSpace:
+        if not self.params:
+            raise ValueError("params: the search space is empty")
+        return self
+
+
+def load_space(path: str | Path | None = None) -> SearchSpace:
+    """The space in ``path`` (YAML), or the default shipped with tacotrain."""
+    p = Path(path) if path else DEFAULT_SPACE
+    return validate_as(SearchSpace, load_yaml(p), str(p))
+
+
+def space_dict(space: SearchSpace) -> dict[str, Any]:
+    return space.model_dump(mode="json", exclude_none=True)
+
+
+def yaml_value(value: Any) -> str:
+    """``value`` as the right-hand side of ``--set key=VALUE`` that parses back to itself.
+
+    Needed because YAML 1.1 (PyYAML) reads ``1e-05`` as a string: floats always get a dot.
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise SpaceError(f"non-finite value {value}")
+        text = repr(value)
+        mantissa, e, exp = text.partition("e")
+        if e and "." not in mantissa:
+            text = f"{mantissa}.0e{exp}"
+        return text
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    raise SpaceError(f"unsupported value {value!r}")
+
+
+def to_overrides(params: dict[str, Any]) -> list[str]:
+    """Trial parameters as ``key=value`` config overrides (plain config key names)."""
+    return [f"{k}={yaml_value(v)}" for k, v in params.items()]
+
+
+def suggest(trial: Any, space: SearchSpace) -> dict[str, Any]:
+    """Ask ``trial`` (an ``optuna.Trial``) for one value per parameter; names are config keys."""
+    out: dict[str, Any] = {}
+    for name, p in space.params.items():
+        if p.type == "categorical":
+            out[name] = trial.suggest_categorical(name, p.choices)
+        elif p.type == "int":
+            out[name] = trial.suggest_int(name, int(p.low), int(p.high),  # type: ignore[arg-type]
+                                          step=int(p.step or 1), log=p.log)
+        else:
+            out[name] = trial.suggest_float(name, float(p.low), float(p.high),  # type: ignore[arg-type]
+                                            step=p.step, log=p.log)
+    return out
+
+
+def _config_keys() -> dict[str, Any]:
+    return flatten(Config().model_dump(mode="json"))
+
+
+def _other_value(spec: ParamSpec, base: Any) -> Any:
+    """A value of the range that differs from the base config's value (for the wiring check)."""
+    for v in spec.samples():
+        if v != base:
+            return v
+    return None
+
+
+def validate_space(space: SearchSpace, base: str | Path,
+                   overrides: list[str] | None = None) -> Config:
+    """Check every parameter before a study starts; returns the base config.
+
+    Raises :class:`SpaceError` naming the parameter when it is not a config key, a value of its
+    range is rejected by the config validation, or changing it changes nothing training builds.
+    """
+    from tacotrain.tune.wiring import differences, fingerprint
+
+    overrides = list(overrides or [])
+    base_cfg = load_config(base, overrides)
+    keys = _config_keys()
+    base_flat = flatten(base_cfg.model_dump(mode="json"))
+    base_print = fingerprint(base_cfg)
+    for name, spec in space.params.items():
+        if name not in keys:
+            near = [k for k in keys if k.rsplit(".", 1)[-1] == name.rsplit(".", 1)[-1]]
+            hint = f" (did you mean {', '.join(near)}?)" if near else ""
+            raise SpaceError(f"search space parameter {name!r} is not a config key{hint}")
+        if isinstance(keys[name], list | dict):
+            raise SpaceError(f"search space parameter {name!r} is a list or section, "
+                             "not a single value")
+        for value in spec.samples():
+            try:
+                load_config(base, [*overrides, f"{name}={yaml_value(value)}"])
+            except ConfigError as exc:
+                raise SpaceError(f"search space parameter {name!r}: value {value!r} is rejected "
+                                 f"by the config validation:\n{exc}") from None
+        other = _other_value(spec, base_flat[name])
+        if other is None:
+            raise SpaceError(f"search space parameter {name!r}: its only value equals the base "
+                             f"config's ({base_flat[name]!r}); nothing to search")
+        changed = load_config(base, [*overrides, f"{name}={yaml_value(other)}"])
+        if not differences(base_print, fingerprint(changed)):
+            raise SpaceError(f"search space parameter {name!r}: changing it (to {other!r}) "
+                             "changes nothing training builds (model, loss, optimiser, batches, "
+                             "schedules); it is not a training hyperparameter")
+    return base_cfg
+
+
+def dump_space(space: SearchSpace) -> str:
+    return yaml.safe_dump(space_dict(space), sort_keys=False)
