@@ -48,6 +48,8 @@ lint: $(STAMP)
 bench: install
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/prepare_throughput.py
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/padding_share.py
+	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/tune_study.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

@@ -37,6 +37,9 @@ def test_generator_covers_numbers_abbreviations_punctuation():
     assert any(any(ch.isdigit() for ch in t) for t in texts)
     assert any("Dr." in t or "Mr." in t or "St." in t for t in texts)
     assert any("?" in t for t in texts) and any("," in t for t in texts)
+    assert not any(".." in t for t in texts)
+    assert any(t.endswith("St.") for t in texts)
+    assert all("saint" not in clean_text(t, "en") for t in texts)  # Baker St. is a street
     words = [len(clean_text(t, "en").split()) for t in texts]
     assert min(words) <= 4 and max(words) >= 18
     ru = [sentence("ru", 0, i) for i in range(100)]

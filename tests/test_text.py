@@ -285,3 +285,9 @@ def test_cleaning_never_produces_pad(language: str) -> None:
             assert sequence_to_text(text_to_sequence(out, language), language) == out
 
     check()
+
+
+def test_st_is_street_after_a_name_and_saint_before_one() -> None:
+    assert clean_text("He lives on Baker St. near St. Paul's.", "en") == \
+        "he lives on baker street near saint paul's."
+    assert clean_text("Turn into Main St.", "en") == "turn into main street."

@@ -75,6 +75,8 @@ def _en_sentence(rng: random.Random, words: int) -> str:
         sep = rng.choice([" ", ", ", " ", "; "])
         text += sep + rng.choice(extras)()
     end = rng.choice([".", ".", ".", "!"])
+    if text.endswith(".") and end == ".":  # "on Baker St." already ends the sentence
+        end = ""
     return text[0].upper() + text[1:] + end
 
 

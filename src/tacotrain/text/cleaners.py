@@ -113,6 +113,13 @@ def convert_combining_stress(text: str) -> str:
     return _RU_ACUTE_RE.sub(r"+\1", text)
 
 
+def _follows_name(match: re.Match[str]) -> bool:
+    """True when the abbreviation comes right after a capitalised word ("Baker St.")."""
+    before = match.string[: match.start()].rstrip()
+    word = before.split()[-1] if before.split() else ""
+    return word[:1].isupper() and word.isalpha()
+
+
 def expand_abbreviations(text: str) -> str:
     """Expand English titles and Latin abbreviations ("Dr." -> "doctor", "e.g." -> "for example").
 
@@ -121,7 +128,10 @@ def expand_abbreviations(text: str) -> str:
     """
 
     def replace(match: re.Match[str]) -> str:
-        expansion = _EN_ABBREVIATIONS[match.group(1).lower()]
+        key = match.group(1).lower()
+        expansion = _EN_ABBREVIATIONS[key]
+        if key == "st" and _follows_name(match):
+            expansion = "street"  # "Baker St." is a street; "St. Paul" stays a saint
         at_end = not match.string[match.end() :].strip()
         return expansion + "." if at_end else expansion
 

@@ -30,7 +30,6 @@ from tacotrain.config import WIRED_PARAMETERS, Config, flatten, to_yaml
 from tacotrain.data.loader import BucketBatchSampler, Collate, PreparedData, TextMelDataset
 from tacotrain.fsutil import atomic_write_json, atomic_write_text
 from tacotrain.model import Tacotron2, Tacotron2Loss
-from tacotrain.notify import Event, Notifier
 from tacotrain.track import Tracker
 from tacotrain.train.checkpoint import (
     CheckpointError,
@@ -41,6 +40,7 @@ from tacotrain.train.checkpoint import (
     state_hash,
 )
 from tacotrain.train.early_stop import PHASES, EarlyStopper
+from tacotrain.train.events import TrainingEvents
 from tacotrain.train.guard import Change, Guard, StepDecision
 from tacotrain.train.inject import SPIKE_FACTOR, InjectedCrash, from_env
 from tacotrain.train.schedules import entropy_weight_at, ga_weight_at, lr_at
@@ -85,16 +85,6 @@ def is_aligned(val: dict[str, float], cfg: Config) -> bool:
     if a.require_gate_stop:
         ok = ok and val["free/stopped_by_gate"] >= 1.0
     return ok
-
-
-@dataclass
-class _EventState:
-    """What the notification events of one session have already said."""
-
-    aligned: bool = False
-    warned_no_alignment: bool = False
-    last_loss: float | None = None
-    rising: int = 0
 
 
 @dataclass
@@ -379,10 +369,7 @@ class Trainer:
                 "restored_model_sha256": state_hash(self.model.state_dict())})
             tracker.scalars(self.step, {"guard/rollbacks": self.guard.rollbacks,
                                         "guard/lr_scale": self.lr_scale})
-            self.notifier.notify(Event(
-                "rollback", "warning", f"rolled back to step {self.step}",
-                f"{decision.cause}; learning rate x{self.cfg.guard.rollback_lr_factor:g}",
-                step=self.step))
+            self.events.rollback(self.step, decision.cause, self.cfg.guard.rollback_lr_factor)
         elif decision.action == "stop":
             last = latest_checkpoint(self.ckpt_dir)
             msg = (f"training stopped by the guard at step {self.step} (iteration "
@@ -498,43 +485,12 @@ class Trainer:
             tracker.image(self.step, "val/alignment_free_run", path)
         return res
 
-    # ------------------------------------------------------------------ notifications
-    def _validation_events(self, val: dict[str, float], aligned: bool, old_phase: str | None,
-                           phase: str) -> None:
-        nc, ev, step = self.cfg.notify, self._events, self.step
-        image = self.run_dir / "plots" / "val-free-run-alignment.png"
-        image = image if image.exists() else None
-        summary = (f"free-running diagonality {val.get('free/diagonality', float('nan')):.2f}, "
-                   f"focus {val.get('free/focus', float('nan')):.2f}, "
-                   f"coverage {val.get('free/coverage', float('nan')):.2f}; "
-                   f"validation mel {val['val/mel_post']:.4f}")
-        if aligned and not ev.aligned:
-            self.notifier.notify(Event("aligned", "info", "attention aligned", summary,
-                                       step=step, image=image))
-        ev.aligned = ev.aligned or aligned
-        if old_phase:
-            self.notifier.notify(Event("phase_change", "info", f"phase {old_phase} -> {phase}",
-                                       summary, step=step))
-        if not ev.aligned and step >= nc.no_alignment_step and not ev.warned_no_alignment:
-            ev.warned_no_alignment = True
-            self.notifier.notify(Event("no_alignment", "warning",
-                                       f"not aligned by step {step}", summary, step=step,
-                                       image=image))
-        loss = val["val/mel_post"]
-        ev.rising = ev.rising + 1 if ev.last_loss is not None and loss > ev.last_loss else 0
-        ev.last_loss = loss
-        if ev.rising >= nc.val_rising_rounds - 1:
-            self.notifier.notify(Event("val_loss_rising", "warning", "validation loss rising",
-                                       f"{ev.rising + 1} validations in a row; {summary}",
-                                       step=step))
-
-    def _notify_finished(self, result: TrainResult) -> None:
+    def _finished_text(self, result: TrainResult) -> str:
         v = result.last_val
-        text = (f"{result.stop_reason} at step {self.step}; aligned: {result.aligned}; "
+        return (f"{result.stop_reason} at step {self.step}; aligned: {result.aligned}; "
                 f"validation mel {v.get('val/mel_post', float('nan')):.4f}, free-running "
                 f"diagonality {v.get('free/diagonality', float('nan')):.2f}; "
                 f"{self.guard.rollbacks} rollback(s), {self.guard.skipped} skipped step(s)")
-        self.notifier.notify(Event("finished", "info", "training finished", text, step=self.step))
 
     # ------------------------------------------------------------------ the loop
     def _loader(self) -> DataLoader:
@@ -564,12 +520,8 @@ class Trainer:
         t_log = time.monotonic()
         bar = tqdm(total=max_steps, initial=self.step, unit="step", disable=not self.progress,
                    dynamic_ncols=True, desc=self.stopper.phase)
-        self.notifier = Notifier(cfg.notify, run_name=self.run_dir.name)
-        self._events = _EventState()
-        self.notifier.notify(Event("started", "info", "training started" if self.step == 0
-                                   else f"training resumed at step {self.step}",
-                                   f"{n_params / 1e6:.2f}M parameters on {self.device}",
-                                   step=self.step))
+        self.events = TrainingEvents(cfg.notify, self.run_dir)
+        self.events.started(self.step, f"{n_params / 1e6:.2f}M parameters on {self.device}")
         with Tracker(self.run_dir, cfg.track,
                      params=flatten(cfg.model_dump(mode="json"))) as tracker:
             if self.step == 0:
@@ -618,30 +570,26 @@ class Trainer:
                     else:
                         self.epoch += 1
                         self.batch_in_epoch = 0
-                self._notify_finished(result)
+                self.events.finished(self.step, self._finished_text(result))
             except KeyboardInterrupt:
                 result.stop_reason = "interrupted"
                 result.last_checkpoint = self.save(result.last_val or None)
                 log.warning("interrupted: checkpoint written to %s", result.last_checkpoint)
-                self.notifier.notify(Event("interrupted", "warning", "training interrupted",
-                                           f"checkpoint {result.last_checkpoint}",
-                                           step=self.step))
+                self.events.interrupted(self.step, result.last_checkpoint)
                 raise
             except GuardStop as exc:
                 result.stop_reason = "guard"
                 self._write_result(result)
-                key = "nan_stop" if "non-finite" in str(exc) else "guard_gave_up"
-                self.notifier.notify(Event(key, "critical", "training stopped by the guard",
-                                           str(exc), step=self.step))
+                self.events.guard_stop(self.step, str(exc))
                 raise
             except Exception as exc:
                 result.stop_reason = f"crash: {type(exc).__name__}"
-                self.notifier.notify(Event("crash", "critical", "training crashed",
-                                           f"{type(exc).__name__}: {exc}", step=self.step))
+                self._write_result(result)
+                self.events.crash(self.step, exc)
                 raise
             finally:
                 bar.close()
-                self.notifier.close()
+                self.events.close()
         self._write_result(result)
         return result
 
@@ -679,7 +627,8 @@ class Trainer:
                      decision.phase)
             tracker.text(self.step, "early_stop",
                          f"phase {decision.phase_changed_from} -> {decision.phase}")
-        self._validation_events(val, aligned, decision.phase_changed_from, decision.phase)
+        self.events.validation(self.step, val, aligned, decision.phase_changed_from,
+                               decision.phase)
         is_best = self.stopper.is_best(val)
         if is_best:
             self.stopper.mark_best(val)
