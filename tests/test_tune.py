@@ -305,7 +305,8 @@ def _kill_when_running(storage: str, number: int, stop: threading.Event,
 def test_sigkilled_trial_fails_study_goes_on_mlflow_runs_all_closed(tiny_data, tmp_path):
     from mlflow import MlflowClient
 
-    opts = options(tmp_path, tiny_data, 3, mlflow=True, pruner="none")
+    # 30 steps: trial 1 must still be running when the watcher sees it, even on a loaded machine
+    opts = options(tmp_path, tiny_data, 3, mlflow=True, pruner="none", max_steps=30)
     storage = opts.storage_url
     tuner = Tuner(opts)
     tuner.open_study()

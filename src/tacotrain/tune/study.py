@@ -145,9 +145,25 @@ def make_storage(url: str, heartbeat_seconds: int | None = 30, grace_seconds: in
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         callback = (RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
                     if heartbeat_seconds and max_retries > 0 else None)
-        return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_seconds,
-                          grace_period=grace_seconds if heartbeat_seconds else None,
-                          heartbeat_stale_trial_callback=callback)
+        return _retry_races(lambda: RDBStorage(
+            url, engine_kwargs=engine, heartbeat_interval=heartbeat_seconds,
+            grace_period=grace_seconds if heartbeat_seconds else None,
+            heartbeat_stale_trial_callback=callback))
+
+
+def _retry_races(make: Any, attempts: int = 6) -> Any:
+    """Call ``make()``, retrying when another worker creates the same tables or study at the
+    same moment (PostgreSQL reports that as an IntegrityError, Optuna as DuplicatedStudyError);
+    the next attempt finds them in place."""
+    for k in range(attempts):
+        try:
+            return make()
+        except Exception as exc:  # noqa: BLE001 - re-raised unless it is the known race
+            names = {c.__name__ for c in type(exc).__mro__}
+            if k == attempts - 1 or not names & {"IntegrityError", "DuplicatedStudyError"}:
+                raise
+            time.sleep(0.2 * (k + 1))
+    raise AssertionError("unreachable")
 
 
 def redact(url: str) -> str:
@@ -245,10 +261,10 @@ class Tuner:
         seed = o.seed if o.seed is not None else self.space.sampler.seed
         if seed is not None:  # K workers with one seed would all sample the same parameters
             seed += 7919 * o.worker_index
-        self.study = optuna.create_study(
+        self.study = _retry_races(lambda: optuna.create_study(
             storage=self.storage, study_name=o.study, direction="minimize",
             sampler=make_sampler(self.space, seed),
-            pruner=make_pruner(self.space, self.base_cfg, o.pruner), load_if_exists=True)
+            pruner=make_pruner(self.space, self.base_cfg, o.pruner), load_if_exists=True))
         record = {"base": self.base_cfg.model_dump(mode="json"), "space": space_dict(self.space),
                   "overrides": list(o.overrides), "config": str(o.config),
                   "max_steps": o.max_steps, "out": str(self.out)}
