@@ -63,7 +63,9 @@ def run_demo(out: str | Path, cfg: Config, progress: bool = True) -> dict[str, A
     for k, text in enumerate(held_out_sentences(cfg, texts), start=1):
         info = synth.save(synth.synthesize(text), out / "samples" / f"sample-{k}.wav")
         samples.append({"input": text, "wav": str(out / "samples" / f"sample-{k}.wav"), **info})
-    plot_training_curves(run_dir, out / "training-curves.png")
+    a = cfg.alignment
+    plot_training_curves(run_dir, out / "training-curves.png",
+                         {"diagonality": a.diagonality, "focus": a.focus, "coverage": a.coverage})
 
     v = result.last_val
     summary = {
