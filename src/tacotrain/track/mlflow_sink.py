@@ -28,6 +28,7 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -145,15 +146,13 @@ class MlflowTarget:
         self.delivered = int(state.get("delivered", 0))
         self.params_logged = bool(state.get("params_logged", False))
         self.created = False
-        self._client: Any = None
 
-    @property
+    @cached_property
     def client(self) -> Any:
-        if self._client is None:
-            from mlflow import MlflowClient
+        """Created on first use: importing MLflow is slow and only needed when it is on."""
+        from mlflow import MlflowClient
 
-            self._client = MlflowClient(tracking_uri=self.uri)
-        return self._client
+        return MlflowClient(tracking_uri=self.uri)
 
     # ------------------------------------------------------------------ the run
     def connect(self) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -60,15 +61,13 @@ class StudyTracking:
         self.artifact_dir = artifact_dir
         self.parent_run_id: str | None = None
         self.experiment_id: str | None = None
-        self._client: Any = None
 
-    @property
+    @cached_property
     def client(self) -> Any:
-        if self._client is None:
-            from mlflow import MlflowClient
+        """Created on first use: importing MLflow is slow and only needed when it is on."""
+        from mlflow import MlflowClient
 
-            self._client = MlflowClient(tracking_uri=self.uri)
-        return self._client
+        return MlflowClient(tracking_uri=self.uri)
 
     def _warn(self, what: str, exc: BaseException) -> None:
         log.warning("MLflow at %s: %s failed (%s); the study goes on", redact_uri(self.uri), what,
