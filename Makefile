@@ -13,7 +13,7 @@ DEMO_OUT ?= demo
 # holds a core; a passive wait policy avoids it (measured 4-15x on 2-core machines).
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: demo test lint bench install espeak postgres clean
+.PHONY: demo test lint bench install espeak postgres browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,10 +35,17 @@ postgres:
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 
+# Debian's Chromium for the report-page browser test (Playwright drives it, never downloads one)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "chromium not found: installing the Debian package"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
 demo: install
 	$(BIN)/tacotrain demo --out $(DEMO_OUT)
 
-test: install postgres
+test: install postgres browser
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 	$(BIN)/ruff check src tests benchmarks
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -117,3 +119,21 @@ def tiny_data(tmp_path_factory) -> Path:
 def tiny_cfg(*extra: str):
     return load_config("tiny", ["train.val_interval=3", "train.log_interval=1",
                                 "train.val_free_run_items=2", "train.threads=1", *extra])
+
+
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+def launch_chromium(pw: Any) -> Any:
+    """Debian's Chromium driven by Playwright, never Playwright's own download (there is no
+    network to fetch it). Fails, never skips, when it cannot start: `make test` installs it."""
+    exe = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(exe).exists():
+        pytest.fail(f"Chromium not found ({exe}); `make browser` installs it", pytrace=False)
+    try:
+        return pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, timeout=60_000)
+    except Exception as exc:
+        pytest.fail(f"Chromium at {exe} did not start: {exc}", pytrace=False)

@@ -177,25 +177,25 @@ def test_intervention_applied_and_reverted_in_a_real_run(tiny_data, tmp_path):
 def _stopper(**kw) -> EarlyStopper:
     cfg = EarlyStopConfig(
         enabled=True,
-        alignment=PhaseConfig(metric="free/diagonality", mode="max", patience=3, min_delta=0.01,
-                              min_diagonality=0.8),
-        learning=PhaseConfig(metric="val/mel_post", mode="min", patience=2, min_delta=0.01,
-                             min_diagonality=0.8),
-        fine_tuning=PhaseConfig(metric="val/mel_post", mode="min", patience=2, min_delta=0.0,
-                                min_diagonality=0.85), **kw)
+        alignment=PhaseConfig(metric="free/mcd_dtw_db", mode="min", patience=3, min_delta=0.1),
+        learning=PhaseConfig(metric="val/mel_post", mode="min", patience=2, min_delta=0.01),
+        fine_tuning=PhaseConfig(metric="val/mel_post", mode="min", patience=2, min_delta=0.0),
+        **kw)
     return EarlyStopper(cfg, max_steps=10_000)
 
 
 def test_early_stop_phases_on_a_scripted_stream():
     s = _stopper()
-    stream = [(0.40, 3.0), (0.60, 2.5), (0.79, 2.0), (0.82, 1.9), (0.85, 1.5), (0.86, 1.6),
-              (0.90, 1.55), (0.70, 1.2), (0.88, 1.45), (0.90, 1.46), (0.91, 1.45)]
+    # (verdict aligned, free MCD-DTW, val loss): the verdict alone moves alignment -> learning
+    stream = [(False, 12.0, 3.0), (False, 11.0, 2.5), (False, 10.5, 2.0), (True, 9.0, 1.9),
+              (True, 8.0, 1.5), (True, 8.1, 1.6), (True, 7.9, 1.55), (False, 9.9, 1.2),
+              (True, 7.5, 1.45), (True, 7.4, 1.46), (True, 7.3, 1.45)]
     phases, best = [], []
-    for k, (diag, loss) in enumerate(stream, start=1):
-        m = {"free/diagonality": diag, "val/mel_post": loss}
-        d = s.update(100 * k, m)
+    for k, (aligned, mcd, loss) in enumerate(stream, start=1):
+        m = {"free/mcd_dtw_db": mcd, "val/mel_post": loss}
+        d = s.update(100 * k, m, aligned)
         phases.append(d.phase)
-        if s.is_best(m):
+        if s.is_best(m, aligned):
             s.mark_best(m)
             best.append(100 * k)
         if d.stop:
@@ -203,13 +203,13 @@ def test_early_stop_phases_on_a_scripted_stream():
     # learning plateaus at step 700 (patience 2) and hands over to fine-tuning
     assert phases == ["alignment"] * 3 + ["learning"] * 3 + ["fine_tuning"] * 4
     assert d.stop and d.phase == "fine_tuning" and "fine_tuning phase" in d.reason
-    # 1.2 at step 800 is the lowest loss but diagonality 0.70 is not aligned: not best
+    # 1.2 at step 800 is the lowest loss but that round failed the verdict: not best
     assert best == [400, 500, 900] and s.best_loss == 1.45
 
 
 def test_early_stop_never_aligning_stops_in_alignment_phase():
     s = _stopper()
-    decisions = [s.update(k, {"free/diagonality": 0.4, "val/mel_post": 3 - k / 10})
+    decisions = [s.update(k, {"free/mcd_dtw_db": 12.0, "val/mel_post": 3 - k / 10}, False)
                  for k in range(1, 6)]
     stop = next(d for d in decisions if d.stop)
     assert stop.phase == "alignment" and "not aligning" in stop.reason
@@ -218,15 +218,15 @@ def test_early_stop_never_aligning_stops_in_alignment_phase():
 
 def test_learning_moves_to_fine_tuning_by_budget_share():
     s = _stopper(fine_tuning_share=0.5)
-    s.update(100, {"free/diagonality": 0.9, "val/mel_post": 2.0})
+    s.update(100, {"free/mcd_dtw_db": 8.0, "val/mel_post": 2.0}, True)
     assert s.phase == "learning"
-    d = s.update(5000, {"free/diagonality": 0.9, "val/mel_post": 1.0})
+    d = s.update(5000, {"free/mcd_dtw_db": 8.0, "val/mel_post": 1.0}, True)
     assert d.phase == "fine_tuning" and d.phase_changed_from == "learning"
 
 
 def test_early_stop_in_a_short_real_run(tiny_data, tmp_path):
     cfg = tiny_cfg("early_stop.enabled=true", "early_stop.alignment.patience=2",
-                   "early_stop.alignment.min_delta=0.9", "early_stop.alignment.min_diagonality=1")
+                   "early_stop.alignment.min_delta=100")
     res = Trainer(cfg, tiny_data, tmp_path / "r", progress=False).fit(max_steps=30)
     assert res.step == 9 and res.stop_reason.startswith("early_stop: alignment phase")
     saved = json.loads((tmp_path / "r" / "train_result.json").read_text())

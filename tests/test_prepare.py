@@ -47,6 +47,7 @@ def test_every_bad_item_rejected_with_its_code(bad_corpus, tmp_path):
     assert all(s["rejected_by_reason"][r] == 1 for r in REASONS)
     assert s["language"] == "en"
     assert s["train_items"] + s["val_items"] == 6 and s["val_items"] == 2
+    assert s["duplicate_texts_grouped"] == 0 and s["duplicate_text_items"] == 0
 
 
 def test_manifest_and_mels_match_the_report(bad_corpus, tmp_path):
@@ -144,6 +145,24 @@ def test_split_is_deterministic_and_stable():
     _, other = prep.split_ids(ids, cfg.model_copy(update={"seed": 4}))
     assert set(other) != set(val)
     assert prep.split_ids(["only"], cfg) == (["only"], [])
+
+
+def test_split_keeps_each_sentence_on_one_side():
+    cfg = PrepareConfig(val_fraction=0.1, val_min_items=1, val_max_items=50, seed=3)
+    ids = [f"x{i:03d}" for i in range(120)]
+    base = [f"Sentence number {i % 40}." for i in range(120)]  # every sentence three times
+    texts = [t.upper() if k % 3 == 1 else t.replace(".", "!") if k % 3 == 2 else t
+             for k, t in enumerate(base)]
+    for seed in range(5):
+        train, val = prep.split_ids(ids, cfg.model_copy(update={"seed": seed}), texts)
+        assert len(val) == 12 and len(train) == 108
+        key = dict(zip(ids, (prep.text_key(t) for t in texts), strict=True))
+        assert not {key[i] for i in train} & {key[i] for i in val}
+    assert prep.duplicate_texts(texts) == (40, 120)
+    assert prep.duplicate_texts(["a b.", "A, b!", "c"]) == (1, 2)
+    # one sentence larger than the validation target still leaves a usable split
+    train, val = prep.split_ids(ids[:10], cfg, ["same"] * 8 + ["x", "y"])
+    assert len(val) == 1 and len(train) == 9
 
 
 def test_ruslan_and_filelist_formats(tmp_path):

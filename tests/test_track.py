@@ -127,7 +127,8 @@ def test_each_metric_once_in_tensorboard_and_mlflow(finished_run):
         for e in events:
             assert e.value == pytest.approx(by_step[e.step], rel=1e-5), (key, e.step)
     image_tags = {ev["tag"] for ev in read_events(run, "image")}
-    assert image_tags == {"val/alignment_free_run", "val/alignment_teacher_forced", "val/mel"}
+    assert image_tags == {"val/alignment_free_run", "val/alignment_teacher_forced", "val/mel",
+                          "val/mel_free_run"}
     assert set(acc.Tags()["images"]) == image_tags
     assert all(len(acc.Images(t)) == 2 for t in image_tags)  # steps 3 and 6, once each
 
@@ -259,7 +260,7 @@ def test_unreachable_server_warns_once_then_sync_pushes_everything(tiny_data, tm
     assert_mlflow_has(client, rid, series)
     assert mrun.data.params["optim.lr"] == "0.001"
     arts = [a.path for a in client.list_artifacts(rid, "images")]
-    assert len([a for a in arts if a.endswith(".png")]) == 3  # newest picture of each tag
+    assert len([a for a in arts if a.endswith(".png")]) == 4  # newest picture of each tag
     assert [a.path for a in client.list_artifacts(rid, "text")] == ["text/config"]
     # a second sync has nothing left to send
     assert main(["track", "sync", str(run), "--tracking-uri", uri]) == 0

@@ -117,8 +117,11 @@ def test_training_logs_metrics_and_checkpoint_is_self_describing(tiny_data, tmp_
     val = [e["values"] for e in scal if "val/mel_post" in e["values"]]
     assert len(val) == 3
     for key in ("free/diagonality", "free/focus", "free/coverage", "free/monotonicity",
-                "free/stopped_by_gate", "val/diagonality", "val/gate"):
+                "free/stopped_by_gate", "free/aligned_share", "free/skipped_share",
+                "free/identified_share", "val/diagonality", "val/gate"):
         assert all(0.0 <= v[key] <= 1.0 or key == "val/gate" for v in val), key
+    # an untrained model does not read: the verdict says so, with reasons, in every round
+    assert all(v["free/aligned"] == 0.0 and v["free/mcd_dtw_db"] > 0 for v in val)
     first = scal[0]["values"]
     assert first["train/lr"] == pytest.approx(lr_at(0, cfg.optim))
     assert first["train/ga_weight"] == 10.0 and first["train/grad_norm"] > 0
@@ -129,6 +132,8 @@ def test_training_logs_metrics_and_checkpoint_is_self_describing(tiny_data, tmp_
     assert ck["step"] == 9 and ck["config"]["model"]["n_frames_per_step"] == 2
     assert ck["data"]["language"] == "en" and ck["data"]["audio"]["n_mels"] == 80
     assert set(ck) >= {"model", "optimizer", "scaler", "rng", "schedule"}
+    assert ck["verdict"]["step"] == 9 and ck["verdict"]["aligned"] is False
+    assert len(ck["verdict"]["items"]) == 2 and all(i["reasons"] for i in ck["verdict"]["items"])
     assert res.last_val["val/mel_post"] > 0
 
 

@@ -159,34 +159,44 @@ def test_each_default_parameter_changes_the_built_trainer(tiny_data, tmp_path):
 
 def test_objective_ranks_aligned_then_unaligned_then_diverged():
     spec = ObjectiveSpec()
-    thr = 0.8
 
-    def row(step, loss, diag, aligned=0.0):
-        return {"step": step, "val/mel_post": loss, "free/diagonality": diag,
-                "val/aligned": aligned, "minutes": step / 10}
+    def row(step, mcd, aligned=0.0):
+        return {"step": step, "free/mcd_dtw_db": mcd, "val/aligned": aligned,
+                "minutes": step / 10}
 
-    aligned_bad_loss = score([row(3, 9.0, 0.5), row(6, 7.0, 0.85)], spec, thr)
-    aligned_huge = score([row(3, 5e6, 0.9)], spec, thr)
-    unaligned_good_loss = score([row(3, 0.1, 0.3), row(6, 0.05, 0.79)], spec, thr)
-    diverged = score([row(3, 0.01, 0.9)], spec, thr, diverged=True)
-    no_value = score([row(3, float("nan"), 0.9), row(6, None, 0.2)], spec, thr)
-    assert aligned_bad_loss.value == 7.0 and aligned_bad_loss.outcome == "aligned"
-    assert aligned_bad_loss.aligned_step == 6 and aligned_bad_loss.aligned_minutes == 0.6
-    assert unaligned_good_loss.value == pytest.approx(1000.05)
-    assert unaligned_good_loss.outcome == "unaligned"
+    aligned_bad = score([row(3, 9.0), row(6, 7.0, 1.0)], spec)
+    aligned_huge = score([row(3, 5e6, 1.0)], spec)
+    unaligned_good = score([row(3, 0.1), row(6, 0.05)], spec)
+    diverged = score([row(3, 0.01, 1.0)], spec, diverged=True)
+    no_value = score([row(3, float("nan"), 1.0), row(6, None)], spec)
+    assert aligned_bad.value == 7.0 and aligned_bad.outcome == "aligned"
+    assert aligned_bad.aligned_step == 6 and aligned_bad.aligned_minutes == 0.6
+    assert unaligned_good.value == pytest.approx(1000.05)
+    assert unaligned_good.outcome == "unaligned"
     assert aligned_huge.value == 1000.0  # clamped: still not below any aligned trial
     assert diverged.value == no_value.value == 3000.0
-    assert (aligned_bad_loss.value < aligned_huge.value <= unaligned_good_loss.value
-            < diverged.value)
-    # the best loss counts only aligned validations when the trial aligned
-    assert score([row(3, 1.0, 0.3), row(6, 2.0, 0.9)], spec, thr).value == 2.0
-    # "full": the trainer's whole criterion, not diagonality alone
-    full = ObjectiveSpec(alignment="full")
-    assert score([row(3, 2.0, 0.95, aligned=0.0)], full, thr).outcome == "unaligned"
-    assert score([row(3, 2.0, 0.5, aligned=1.0)], full, thr).outcome == "aligned"
+    assert aligned_bad.value < aligned_huge.value <= unaligned_good.value < diverged.value
+    # the best value counts only aligned validations when the trial aligned
+    assert score([row(3, 1.0), row(6, 2.0, 1.0)], spec).value == 2.0
     # the predecessor's bug (a key training never returns) is an error, not infinity
     with pytest.raises(MetricMissing, match="val_loss"):
-        score([row(3, 1.0, 0.9)], ObjectiveSpec(metric="val_loss"), thr)
+        score([row(3, 1.0)], ObjectiveSpec(metric="val_loss"))
+
+
+def test_trial_that_passes_the_old_rule_but_fails_the_verdict_is_penalised():
+    """The step-425 demo voice: diagonality 1.00, focus 0.60, coverage 0.50, every item stopped
+    by the gate (the old rule's 0.8 / 0.5 / 0.5 held) but its synthesis was not identified."""
+    fooled = {"step": 425, "minutes": 22.8, "val/mel_post": 3.8, "free/mcd_dtw_db": 9.5,
+              "free/diagonality": 1.0, "free/focus": 0.60, "free/coverage": 0.50,
+              "free/stopped_by_gate": 1.0, "free/identified_share": 0.25, "val/aligned": 0.0}
+    reading = {"step": 800, "minutes": 42.5, "val/mel_post": 1.3, "free/mcd_dtw_db": 12.0,
+               "free/diagonality": 0.95, "free/focus": 0.79, "free/coverage": 0.7,
+               "free/stopped_by_gate": 1.0, "free/identified_share": 1.0, "val/aligned": 1.0}
+    spec = ObjectiveSpec()
+    fooled_score = score([fooled], spec)
+    assert fooled_score.outcome == "unaligned" and fooled_score.value >= spec.unaligned_penalty
+    # a reading voice ranks first even with a worse MCD-DTW
+    assert score([reading], spec).value < fooled_score.value
 
 
 def test_trial_process_timeout_and_crash_are_reported(tmp_path):
@@ -235,7 +245,7 @@ def test_study_prunes_and_ranks_broken_trial_last_best_config_trains(tiny_data, 
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     for t in complete:  # nothing aligns in six steps: penalty + the best validation loss
         history = json.loads((Path(t.user_attrs["run_dir"]) / "train_result.json").read_text())
-        best = min(h["val/mel_post"] for h in history["history"])
+        best = min(h["free/mcd_dtw_db"] for h in history["history"])
         assert t.value == pytest.approx(1000.0 + best)
         assert t.user_attrs["outcome"] == "unaligned"
     # the broken trial reported a far worse value at step 3 than the two before it: pruned

@@ -18,6 +18,12 @@ bad one:
   (Coqui's alignment score): low when tokens are skipped.
 * ``monotonicity``: among consecutive valid steps whose argmax token changes, the share that
   move forward (1.0 if the argmax never changes).
+
+These describe the *shape* of the attention, not whether the decoder reads: attention that
+ignores the text and only walks forward by a prior scores a diagonality of 0.84-0.97, and a
+sharp path that reads every other token scores 1.0 on diagonality and focus. Whether an item
+reads its text is decided by the verdict (tacotrain/verdict.py), which uses these among
+stricter checks (skipped tokens, repeats, stalls, length and the content test).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from torch import Tensor
 
 from .fsutil import atomic_write
 
+METRICS = ("diagonality", "focus", "coverage", "monotonicity")
 _BAND_EPS = 1e-6  # tolerance so points exactly on the band edge count as inside
 
 
@@ -162,15 +169,37 @@ def plot_mel(mel_2d: Any, path: str | Path, title: str | None = None) -> None:
     save_figure(fig, path)
 
 
+def plot_mel_pair(gt: Any, synth: Any, path: str | Path, title: str) -> None:
+    """Ground truth above, synthesis below, on one colour scale and one time axis: whether a
+    voice says the sentence shows as matching formants and pauses."""
+    from matplotlib.figure import Figure
+
+    g, s = _to_numpy_2d(gt), _to_numpy_2d(synth)
+    lo, hi = float(min(g.min(), s.min())), float(max(g.max(), s.max()))
+    fig = Figure(figsize=(9, 5), dpi=100)
+    axes = fig.subplots(2, 1, sharex=True)
+    for ax, m, name in ((axes[0], g, "ground truth"), (axes[1], s, "free-running synthesis")):
+        ax.imshow(m, aspect="auto", origin="lower", interpolation="none", vmin=lo, vmax=hi)
+        ax.set_xlim(0, max(g.shape[1], s.shape[1]))
+        ax.set_ylabel("mel channel")
+        ax.set_title(f"{name} ({m.shape[1]} frames)", fontsize=9)
+    axes[1].set_xlabel("frame")
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def uniform_band_share(band: float = 0.2) -> float:
     """Continuous-limit diagonality of uniform attention, 1 - (1 - band)^2 (for reference)."""
     return 1.0 - (1.0 - band) ** 2 if band < 1.0 else 1.0
 
 
 __all__ = [
+    "METRICS",
     "alignment_metrics",
     "plot_alignment",
     "plot_mel",
+    "plot_mel_pair",
     "save_figure",
     "uniform_band_share",
 ]

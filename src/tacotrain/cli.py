@@ -89,28 +89,46 @@ def cmd_synth(args: argparse.Namespace) -> int:
         jobs = [(ln, args.out / f"{k:04d}.wav") for k, ln in enumerate(lines, start=1)]
     for text, path in jobs:
         info = synth.save(synth.synthesize(text, seed=args.seed), path)
-        print(f"{path}: {info['seconds']:.2f} s, stopped by gate: "
-              f"{str(info['stopped_by_gate']).lower()}, diagonality {info['diagonality']:.2f}, "
-              f"focus {info['focus']:.2f}, coverage {info['coverage']:.2f}, rtf {info['rtf']}")
+        verdict = "aligned" if info["aligned"] else "not aligned: " + ", ".join(info["reasons"])
+        print(f"{path}: {info['seconds']:.2f} s, {verdict}; stopped by gate: "
+              f"{str(info['stopped_by_gate']).lower()}, skipped tokens {info['skipped_tokens']}, "
+              f"focus {info['focus']:.2f}, rtf {info['rtf']}")
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tacotrain.evaluate.run import format_summary, run_eval
+
+    report = run_eval(args.checkpoint, args.data, args.out, sentences=args.sentences,
+                      robustness=args.robustness, vocoder=args.vocoder, device=args.device,
+                      seed=args.seed, asr=not args.no_asr, progress=not args.quiet)
+    print(format_summary(report))
+    print(f"report: {args.out / 'report.json'} and {args.out / 'report.html'}")
     return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from tacotrain.config import load_config
-    from tacotrain.demo import run_demo
+    from tacotrain.demo import describe_failure, run_demo
 
     cfg = load_config(args.config, args.set)
     s = run_demo(args.out, cfg, progress=not args.quiet)
-    print(f"aligned: {str(s['aligned']).lower()} after {s['steps']} steps, "
-          f"{s['wall_seconds'] / 60:.1f} min of training ({s['stop_reason']})")
-    print(f"free-running validation: diagonality {s['val_diagonality']:.2f}, "
-          f"focus {s['val_focus']:.2f}, coverage {s['val_coverage']:.2f}")
-    for smp in s["samples"]:
-        print(f"sample: {smp['wav']} ({smp['seconds']:.2f} s, stopped by gate: "
-              f"{str(smp['stopped_by_gate']).lower()}) <- {smp['input']!r}")
-    print(f"plots: {s['plots']['training_curves']}, {s['plots']['free_run_alignment']}")
-    print(f"summary: {Path(args.out) / 'summary.json'}")
-    return EXIT_OK if s["aligned"] else EXIT_ERROR
+    t, ck, held = s["training"], s["checkpoint"], s["heldout"]
+    print(f"training: {t['steps']} steps, {t['wall_seconds'] / 60:.1f} min ({t['stop_reason']})")
+    print(f"checkpoint {ck['path']} (step {ck['step']}): {ck['verdict']}")
+    print(f"held-out sentences: {held['aligned_share']:.0%} of {held['items']} pass the verdict")
+    for smp in held["samples"]:
+        status = "aligned" if smp["aligned"] else "not aligned: " + ", ".join(smp["reasons"])
+        print(f"  {smp['wav']}: {status} <- {smp['text']!r}")
+    print(f"report: {args.out / s['report']['html']}; plots: "
+          f"{args.out / s['plots']['training_curves']}, {args.out / s['plots']['free_run_mel']}")
+    print(f"summary: {args.out / 'summary.json'}")
+    if s["passed"]:
+        print("passed: the voice reads its validation sentences and the held-out sentences")
+        return EXIT_OK
+    for line in describe_failure(s):
+        print(f"not passed: {line}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 def cmd_track_sync(args: argparse.Namespace) -> int:
@@ -409,9 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
     yp = sub.add_parser(
         "synth", formatter_class=fmt, help="synthesise speech from a checkpoint",
         description="Synthesise TEXT with a trained checkpoint (Griffin-Lim vocoder built in). "
-                    "Next to each wav: x.json (frames, seconds, stopped_by_gate, diagonality, "
-                    "focus, coverage, monotonicity, synthesis_seconds, rtf) and x.png "
-                    "(the alignment). The decoder step limit scales with the text length.",
+                    "Next to each wav: x.json (frames, seconds, stopped_by_gate, the alignment "
+                    "verdict without ground truth: aligned, reasons, skipped/repeated/stalled "
+                    "tokens, diagonality, focus, coverage, monotonicity; synthesis_seconds, "
+                    "rtf) and x.png (the alignment). The decoder step limit scales with the "
+                    "text length. Whether the voice says the sentence needs ground truth: "
+                    "see `tacotrain eval`.",
     )
     yp.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.pt)")
     yp.add_argument("--text", default=None, help="the sentence to speak")
@@ -423,12 +444,48 @@ def build_parser() -> argparse.ArgumentParser:
     yp.add_argument("--seed", type=int, default=0, help="seed for the prenet's dropout")
     yp.set_defaults(func=cmd_synth)
 
+    ep = sub.add_parser(
+        "eval", formatter_class=fmt, help="does the voice say the sentence? a report",
+        description="Free-run CKPT on every validation item of DATA (with ground truth), every "
+                    "line of --sentences (no ground truth) and, with --robustness, a built-in "
+                    "hard set in the corpus language (sentences 2x and 3x the longest training "
+                    "text, repeated words, long numbers, comma lists, questions, capitals). "
+                    "Each item gets the alignment verdict (the `alignment` section of the "
+                    "checkpoint's config): stopped by the gate, length ratio within bounds, no "
+                    "skipped, repeated or stalled tokens, attention focus and coverage, and, "
+                    "with ground truth, MCD-DTW (dB) and the content test: nearer to its own "
+                    "recording than to any of at least alignment.min_candidates others.\n"
+                    "Writes OUT/report.json, OUT/report.html (one self-contained page: summary, "
+                    "a sortable table, audio and alignment per item, failures with reasons), "
+                    "OUT/wav/ and OUT/img/. English items also get ASR word/character error "
+                    "rates when pocketsphinx is installed (pip install 'tacotrain[asr]'; weak "
+                    "on espeak-ng voices). Exit 0 whatever the verdict; 2 on bad input.",
+    )
+    ep.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.pt)")
+    ep.add_argument("--data", type=Path, required=True,
+                    help="prepared data the checkpoint was trained on (validation split)")
+    ep.add_argument("--sentences", type=Path, default=None,
+                    help="text file, one sentence per line (no ground truth)")
+    ep.add_argument("--robustness", action="store_true", help="add the built-in hard set")
+    ep.add_argument("--out", type=Path, default=Path("eval"), help="report directory")
+    ep.add_argument("--vocoder", default=None, help="griffin_lim (default)")
+    ep.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    ep.add_argument("--seed", type=int, default=0, help="seed for the prenet's dropout")
+    ep.add_argument("--no-asr", action="store_true", help="skip ASR even where installed")
+    ep.add_argument("--quiet", action="store_true", help="no progress bar")
+    ep.set_defaults(func=cmd_eval)
+
     dp = sub.add_parser(
         "demo", formatter_class=fmt, help="the whole job on the built-in mini corpus",
         description="Build the espeak-ng mini corpus, prepare it, train the small preset on "
-                    "this machine until free-running validation synthesis is aligned (or the "
-                    "demo.time_budget_minutes budget runs out), synthesise two held-out "
-                    "sentences, and write OUT/summary.json and plots. Exit 0 when aligned.",
+                    "this machine until a validation round passes the alignment verdict (or "
+                    "the demo.time_budget_minutes budget runs out), then evaluate that "
+                    "checkpoint on its validation items and on demo.heldout_sentences "
+                    "sentences that are not in the corpus (espeak-ng speaks their ground "
+                    "truth), and write OUT/summary.json, OUT/eval/report.html and plots. "
+                    "Exit 0 only when the checkpoint's validation round and the held-out "
+                    "sentences pass the verdict; otherwise exit 1 and say which criterion "
+                    "failed.",
     )
     dp.add_argument("--out", type=Path, default=Path("demo"), help="output directory")
     dp.add_argument("--config", default="small", help="preset or YAML (default: small)")
@@ -462,10 +519,13 @@ def build_parser() -> argparse.ArgumentParser:
         "tune", formatter_class=fmt, help="hyperparameter search (Optuna) over trainings",
         description="Search hyperparameters with an Optuna study whose trials are `tacotrain "
                     "train` processes (one fresh process per trial, run directory "
-                    "OUT/trials/NNNN). Each trial is scored by its best validation mel loss, "
-                    "with a penalty of objective.unaligned_penalty (default 1000) when "
-                    "free-running attention never aligned (diagonality below "
-                    "alignment.diagonality), so an aligned trial always ranks first; a trial "
+                    "OUT/trials/NNNN). Each trial is scored by its best free-running MCD-DTW "
+                    "against the validation items' ground truth (objective.metric), with a "
+                    "penalty of objective.unaligned_penalty (default 1000) when no validation "
+                    "passed the alignment verdict (every free-running item read its text: "
+                    "gate stop, length, no skipped, repeated or stalled tokens, and nearer to "
+                    "its own recording than to any other), so an aligned trial always ranks "
+                    "first; a trial "
                     "stopped by the guard scores 3x the penalty. The same score, reported at "
                     "each validation, drives pruning. Crashed, killed or over-budget trials are "
                     "recorded FAIL with the reason; the study goes on.\n"
@@ -586,12 +646,13 @@ def main(argv: list[str] | None = None) -> int:
     from tacotrain.data.loader import DataError
     from tacotrain.data.mini import MiniCorpusError
     from tacotrain.data.prepare import PrepareError
+    from tacotrain.evaluate.run import EvalError
     from tacotrain.synth import SynthesisError
     from tacotrain.train.checkpoint import CheckpointError
     from tacotrain.train.trainer import TrainError
 
     known = (ConfigError, CorpusError, PrepareError, MiniCorpusError, DataError, TrainError,
-             CheckpointError, SynthesisError)
+             CheckpointError, SynthesisError, EvalError)
     try:
         return args.func(args)
     except known as exc:

@@ -208,12 +208,41 @@ class TrainConfig(Strict):
 
 
 class AlignmentConfig(Strict):
-    """When free-running synthesis counts as aligned (demo, early stopping, best checkpoint)."""
+    """The verdict on free-running synthesis (tacotrain/verdict.py): when an item reads its text.
 
+    Used by every decision that depends on alignment: early-stop phases, ``best.pt``, the tuner,
+    notifications, ``tacotrain demo`` and ``tacotrain eval``. An item must pass every check.
+    """
+
+    require_gate_stop: bool = True  # stopped by the gate, not by the step cap
+    length_ratio_min: float = Field(0.75, gt=0.0)  # free-running / ground-truth frames, where
+    length_ratio_max: float = Field(1.33, gt=0.0)  # the item has ground truth
+    # a token is read when its attention summed over decoder steps reaches this share of a step
+    read_threshold: float = Field(0.5, gt=0.0)
+    max_skipped_share: float = Field(0.1, ge=0.0, le=1.0)  # unread tokens allowed (share)
+    repeat_tolerance: int = Field(1, ge=0)  # argmax may step back this many tokens (jitter)
+    max_repeated_tokens: int = Field(0, ge=0)  # tokens returned to beyond the tolerance
+    # a token stalls when it holds more than stall_factor x the item's median per-token
+    # attention and at least stall_min_steps decoder steps
+    stall_factor: float = Field(8.0, gt=1.0)
+    stall_min_steps: float = Field(10.0, ge=0.0)
+    max_stalled_tokens: int = Field(0, ge=0)
+    # shape of the attention (see alignment.py); diagonality alone is not evidence of reading
     diagonality: float = Field(0.8, ge=0.0, le=1.0)
     focus: float = Field(0.5, ge=0.0, le=1.0)
     coverage: float = Field(0.5, ge=0.0, le=1.0)
-    require_gate_stop: bool = True  # every free-running item must be stopped by the gate
+    # content: nearer (MCD-DTW) to its own ground truth than to any other of >= min_candidates
+    require_identified: bool = True
+    min_candidates: int = Field(8, ge=2)
+    n_cepstra: int = Field(13, ge=1)  # mel-cepstral coefficients c1..cN in MCD-DTW
+    max_mcd_dtw_db: float | None = Field(None, gt=0.0)  # optional upper bound on MCD-DTW
+    round_share: float = Field(1.0, gt=0.0, le=1.0)  # share of a round's items that must pass
+
+    @model_validator(mode="after")
+    def _check(self) -> AlignmentConfig:
+        if self.length_ratio_min >= self.length_ratio_max:
+            raise ValueError("alignment.length_ratio_min must be < alignment.length_ratio_max")
+        return self
 
 
 # Parameters an intervention may set: each is read by the live training step (trainer.py,
@@ -270,17 +299,15 @@ class PhaseConfig(Strict):
     mode: Literal["min", "max"]
     patience: int = Field(10, ge=1)  # validation rounds without improvement
     min_delta: float = Field(0.0, ge=0.0)  # smaller changes are not improvements
-    # free-running diagonality a checkpoint needs in this phase to count as "best"; the
-    # alignment phase ends when validation reaches its own value
-    min_diagonality: float = Field(0.8, ge=0.0, le=1.0)
 
 
 class EarlyStopConfig(Strict):
-    """Three phases: alignment -> learning -> fine-tuning (see train/early_stop.py)."""
+    """Three phases: alignment -> learning -> fine-tuning (see train/early_stop.py). The
+    alignment phase ends at the first validation the verdict (``alignment``) judges aligned."""
 
     enabled: bool = False
-    alignment: PhaseConfig = PhaseConfig(metric="free/diagonality", mode="max", patience=20,
-                                         min_delta=0.01)
+    alignment: PhaseConfig = PhaseConfig(metric="free/mcd_dtw_db", mode="min", patience=20,
+                                         min_delta=0.05)
     learning: PhaseConfig = PhaseConfig(metric="val/mel_post", mode="min", patience=10,
                                         min_delta=0.001)
     fine_tuning: PhaseConfig = PhaseConfig(metric="val/mel_post", mode="min", patience=5,
@@ -360,9 +387,11 @@ class DemoConfig(Strict):
     corpus_size: int = Field(200, ge=10)  # espeak-ng mini corpus clips
     corpus_seed: int = 0
     time_budget_minutes: float = Field(28.0, gt=0.0)  # training stops here if not aligned
-    # sentences synthesised at the end; empty: two sentences from the mini-corpus generator
-    # (same vocabulary, other seed) that are not in the training corpus
+    # held-out sentences judged at the end (espeak-ng speaks their ground truth); empty:
+    # heldout_sentences sentences from the mini-corpus generator (same vocabulary, another
+    # seed) that are not in the training corpus
     sentences: list[str] = []
+    heldout_sentences: int = Field(8, ge=1)
 
 
 class Config(Strict):
@@ -378,6 +407,15 @@ class Config(Strict):
     track: TrackConfig = TrackConfig()
     notify: NotifyConfig = NotifyConfig()
     demo: DemoConfig = DemoConfig()
+
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> Config:
+        """The config stored in a checkpoint, including one written by an earlier version:
+        keys that no longer exist are dropped (their decisions now belong to the verdict)."""
+        data = copy.deepcopy(data)
+        for phase in ("alignment", "learning", "fine_tuning"):
+            data.get("early_stop", {}).get(phase, {}).pop("min_diagonality", None)
+        return cls.model_validate(data)
 
     @model_validator(mode="after")
     def _check(self) -> Config:

@@ -1,39 +1,52 @@
 """``tacotrain demo``: the whole job end to end on the built-in espeak-ng mini corpus.
 
-corpus mini -> prepare -> train the ``small`` preset until free-running validation synthesis is
-aligned (thresholds in ``alignment``) or ``demo.time_budget_minutes`` runs out -> synthesise
-two held-out sentences -> plots and ``DIR/summary.json``.
+corpus mini -> prepare -> train the ``small`` preset until a validation round passes the
+alignment verdict (tacotrain/verdict.py) or ``demo.time_budget_minutes`` runs out -> speak
+``demo.heldout_sentences`` sentences that are not in the corpus with espeak-ng (their ground
+truth) -> ``tacotrain eval`` of the checkpoint on the validation items and those held-out
+sentences -> plots and ``DIR/summary.json``. The demo passes only when the checkpoint's
+validation round *and* the held-out sentences pass the verdict.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
 
-from tacotrain.config import Config
-from tacotrain.data.mini import make_mini_corpus, sentence
+from tacotrain.config import Config, Settings
+from tacotrain.data.loader import PreparedData
+from tacotrain.data.mini import make_mini_corpus, sentence, speak_sentences
 from tacotrain.data.prepare import format_summary, prepare
+from tacotrain.evaluate.run import prepared_items, run_eval
 from tacotrain.fsutil import atomic_write_json
 from tacotrain.plots import plot_training_curves
-from tacotrain.synth import Synthesizer
+from tacotrain.train.checkpoint import load_checkpoint
 from tacotrain.train.trainer import Trainer
+from tacotrain.train.validation import PLOT_FREE_ALIGNMENT, PLOT_FREE_MEL, PLOT_TF_ALIGNMENT
 
 log = logging.getLogger(__name__)
 
 
-def held_out_sentences(cfg: Config, corpus_texts: set[str], n: int = 2) -> list[str]:
-    """Configured sentences, or ``n`` generator sentences that are not in the corpus."""
+def held_out_sentences(cfg: Config, corpus_texts: set[str]) -> list[str]:
+    """Configured sentences, or ``demo.heldout_sentences`` generator sentences (same vocabulary,
+    another seed) that are not in the corpus."""
     if cfg.demo.sentences:
         return list(cfg.demo.sentences)
     out, i = [], 0
-    while len(out) < n:
+    while len(out) < cfg.demo.heldout_sentences:
         s = sentence("en", cfg.demo.corpus_seed + 1000, i)
-        if s not in corpus_texts:
+        if s not in corpus_texts and s not in out:
             out.append(s)
         i += 1
     return out
+
+
+def _rel(path: Path | str | None, base: Path) -> str | None:
+    """A path relative to the summary's directory (where the summary can be moved with it)."""
+    return None if path is None else os.path.relpath(Path(path).resolve(), base.resolve())
 
 
 def run_demo(out: str | Path, cfg: Config, progress: bool = True) -> dict[str, Any]:
@@ -52,49 +65,86 @@ def run_demo(out: str | Path, cfg: Config, progress: bool = True) -> dict[str, A
     cfg = cfg.model_copy(deep=True)
     cfg.train.stop_when_aligned = True
     cfg.train.time_budget_minutes = cfg.demo.time_budget_minutes
-    trainer = Trainer(cfg, out / "data", run_dir, progress=progress)
-    result = trainer.fit()
+    result = Trainer(cfg, out / "data", run_dir, progress=progress).fit()
 
+    # the checkpoint the samples come from: best.pt exists only for an aligned round
     ckpt = result.best_checkpoint or result.last_checkpoint
-    synth = Synthesizer.from_checkpoint(ckpt)
+    verdict = load_checkpoint(ckpt)["verdict"]
+    data = PreparedData.load(out / "data")
     texts = {line.split("|")[1] for line in
              (corpus / "metadata.csv").read_text(encoding="utf-8").splitlines()}
-    samples = []
-    for k, text in enumerate(held_out_sentences(cfg, texts), start=1):
-        info = synth.save(synth.synthesize(text), out / "samples" / f"sample-{k}.wav")
-        samples.append({"input": text, "wav": str(out / "samples" / f"sample-{k}.wav"), **info})
-    a = cfg.alignment
-    plot_training_curves(run_dir, out / "training-curves.png",
-                         {"diagonality": a.diagonality, "focus": a.focus, "coverage": a.coverage})
+    heldout_dir = out / "heldout"
+    speak_sentences(heldout_dir / "corpus", "en", held_out_sentences(cfg, texts), "heldout")
+    settings = Settings(audio=data.settings.audio, text=data.settings.text)
+    prepare(heldout_dir / "corpus", heldout_dir / "data", settings, progress=False)
+    heldout = prepared_items(PreparedData.load(heldout_dir / "data"), "heldout")
+    report = run_eval(ckpt, out / "data", out / "eval", heldout=heldout, progress=progress)
 
-    v = result.last_val
+    held_rows = [r for r in report["items"] if r["source"] == "heldout"]
+    held_share = sum(r["aligned"] for r in held_rows) / max(len(held_rows), 1)
+    held_ok = bool(held_rows) and held_share >= cfg.alignment.round_share - 1e-9
+    failed: dict[str, int] = {}
+    for r in held_rows:
+        for reason in r["reasons"]:
+            failed[reason] = failed.get(reason, 0) + 1
+    plot_training_curves(run_dir, out / "training-curves.png")
+
     summary = {
-        "aligned": result.aligned,
-        "val_diagonality": v.get("free/diagonality"),
-        "val_focus": v.get("free/focus"),
-        "val_coverage": v.get("free/coverage"),
-        "val_stopped_by_gate": v.get("free/stopped_by_gate"),
-        "steps": result.step,
-        "wall_seconds": round(result.wall_seconds, 1),
+        "passed": bool(verdict.get("aligned")) and held_ok,
+        "checkpoint": {
+            "path": _rel(ckpt, out),
+            "step": verdict.get("step"),
+            "aligned": bool(verdict.get("aligned")),
+            "verdict": verdict.get("description", "no free-running validation"),
+            "figures": verdict.get("summary", {}),
+        },
+        "heldout": {
+            "items": len(held_rows),
+            "aligned_share": round(held_share, 4),
+            "aligned": held_ok,
+            "failed": failed,
+            "eval_summary": report["summary"]["by_source"].get("heldout"),
+            "samples": [{"text": r["text"], "wav": _rel(out / "eval" / r["wav"], out),
+                         "aligned": r["aligned"], "reasons": r["reasons"],
+                         "mcd_dtw_db": r["mcd_dtw_db"], "length_ratio": r["length_ratio"]}
+                        for r in held_rows],
+        },
+        "eval_summary": report["summary"],
+        "training": {
+            "steps": result.step,
+            "stop_reason": result.stop_reason,
+            "wall_seconds": round(result.wall_seconds, 1),
+            "last_validation_aligned": result.aligned,
+            "last_validation_verdict": result.verdict,
+        },
         "total_seconds": round(time.monotonic() - t_start, 1),
-        "stop_reason": result.stop_reason,
-        "stopped_by_gate": all(s["stopped_by_gate"] for s in samples),
-        "checkpoint": str(ckpt),
-        "run_dir": str(run_dir),
-        "samples": samples,
+        "run_dir": _rel(run_dir, out),
+        "report": {"json": _rel(out / "eval" / "report.json", out),
+                   "html": _rel(out / "eval" / "report.html", out)},
         "plots": {
-            "training_curves": str(out / "training-curves.png"),
-            "free_run_alignment": str(run_dir / "plots" / "val-free-run-alignment.png"),
-            "teacher_forced_alignment": str(run_dir / "plots" /
-                                            "val-teacher-forced-alignment.png"),
-            "mel": str(run_dir / "plots" / "val-mel.png"),
-            "samples": [str(Path(s["wav"]).with_suffix(".png")) for s in samples],
+            "training_curves": _rel(out / "training-curves.png", out),
+            "free_run_alignment": _rel(run_dir / "plots" / PLOT_FREE_ALIGNMENT, out),
+            "free_run_mel": _rel(run_dir / "plots" / PLOT_FREE_MEL, out),
+            "teacher_forced_alignment": _rel(run_dir / "plots" / PLOT_TF_ALIGNMENT, out),
         },
         "curve": [{"step": h["step"], "minutes": h["minutes"],
-                   "diagonality": h.get("free/diagonality"), "focus": h.get("free/focus"),
-                   "coverage": h.get("free/coverage"),
-                   "stopped_by_gate": h.get("free/stopped_by_gate")}
+                   **{k: h.get(f"free/{k}") for k in
+                      ("aligned_share", "identified_share", "skipped_share", "length_ratio",
+                       "mcd_dtw_db", "focus", "stopped_by_gate")}}
                   for h in result.history],
     }
     atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def describe_failure(summary: dict[str, Any]) -> list[str]:
+    """Which criterion failed, in words (empty when the demo passed)."""
+    lines = []
+    ck, held = summary["checkpoint"], summary["heldout"]
+    if not ck["aligned"]:
+        lines.append(f"the checkpoint's validation round failed the verdict: {ck['verdict']}")
+    if not held["aligned"]:
+        why = ", ".join(f"{k} ({v} item(s))" for k, v in held["failed"].items())
+        lines.append(f"held-out sentences: {held['aligned_share']:.0%} of {held['items']} passed "
+                     f"the verdict; failed: {why or 'no items'}")
+    return lines

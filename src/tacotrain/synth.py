@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tacotrain.alignment import alignment_metrics, plot_alignment
+from tacotrain.alignment import METRICS, plot_alignment
 from tacotrain.audio import load_vocoder, save_wav
 from tacotrain.audio.vocoder import Vocoder
 from tacotrain.config import AudioConfig, Config
@@ -24,6 +24,7 @@ from tacotrain.model import Tacotron2
 from tacotrain.text import clean_text, symbols_for, text_to_sequence, unknown_characters
 from tacotrain.train.checkpoint import load_checkpoint
 from tacotrain.train.trainer import resolve_device
+from tacotrain.verdict import judge_item
 
 
 class SynthesisError(ValueError):
@@ -48,13 +49,14 @@ class Synthesizer:
         self.audio = audio
         self.device = device
         self.vocoder = vocoder
+        self.symbols = symbols_for(language)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto",
                         vocoder: str | None = None) -> Synthesizer:
         dev = resolve_device(device)
         ck = load_checkpoint(path, map_location=dev)
-        cfg = Config.model_validate(ck["config"])
+        cfg = Config.from_saved(ck["config"])
         data = ck["data"]
         if data["symbols"] != symbols_for(data["language"]):
             raise SynthesisError(f"{path}: the checkpoint's symbol table differs from this "
@@ -64,7 +66,9 @@ class Synthesizer:
         model.load_state_dict(ck["model"])
         return cls(model, cfg, data["language"], audio, dev, load_vocoder(vocoder, audio))
 
-    def _sequence(self, text: str) -> tuple[str, list[int]]:
+    def sequence(self, text: str) -> tuple[str, list[int]]:
+        """Text -> (the cleaned text the model reads, its symbol ids); unspeakable characters
+        raise :class:`SynthesisError` naming them."""
         cleaned = clean_text(text, self.language)
         bad = unknown_characters(cleaned, self.language)
         if bad:
@@ -76,7 +80,7 @@ class Synthesizer:
 
     @torch.no_grad()
     def synthesize(self, text: str, seed: int = 0) -> Synthesis:
-        cleaned, seq = self._sequence(text)
+        cleaned, seq = self.sequence(text)
         t0 = time.perf_counter()
         torch.manual_seed(seed)  # prenet dropout stays on at inference: make it repeatable
         ids = torch.tensor([seq], dtype=torch.long, device=self.device)
@@ -88,14 +92,20 @@ class Synthesizer:
         elapsed = time.perf_counter() - t0
         dec = int(out.dec_lengths[0])
         align = out.alignments[0, :dec, : len(seq)].float().cpu()
-        m = alignment_metrics(out.alignments.float(), lengths, out.dec_lengths)
+        v = judge_item(align, bool(out.stopped_by_gate[0]), frames, self.cfg.alignment)
         seconds = len(wav) / self.audio.sample_rate
         info = {
             "text": cleaned,
             "frames": frames,
             "seconds": round(seconds, 3),
-            "stopped_by_gate": bool(out.stopped_by_gate[0]),
-            **{k: round(float(v[0]), 4) for k, v in m.items()},
+            "stopped_by_gate": v.stopped_by_gate,
+            # the verdict without ground truth: gate stop, skips, repeats, stalls, shape
+            "aligned": v.aligned,
+            "reasons": list(v.reasons),
+            "skipped_tokens": v.skipped_tokens,
+            "repeated_tokens": v.repeated_tokens,
+            "stalled_tokens": v.stalled_tokens,
+            **{k: round(getattr(v, k), 4) for k in METRICS},
             "synthesis_seconds": round(elapsed, 3),
             "rtf": round(elapsed / seconds, 4) if seconds > 0 else None,
         }
@@ -107,9 +117,9 @@ class Synthesizer:
         wav_path.parent.mkdir(parents=True, exist_ok=True)
         save_wav(wav_path, result.wav, self.audio.sample_rate)
         info = result.info
+        verdict = "aligned" if info["aligned"] else "NOT aligned: " + ", ".join(info["reasons"])
         plot_alignment(result.alignment, wav_path.with_suffix(".png"),
                        title=result.text[:60],
-                       info=", ".join(f"{k} {info[k]:.2f}" for k in
-                                      ("diagonality", "focus", "coverage", "monotonicity")))
+                       info=verdict + "; " + ", ".join(f"{k} {info[k]:.2f}" for k in METRICS))
         atomic_write_json(wav_path.with_suffix(".json"), info)
         return info

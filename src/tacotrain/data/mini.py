@@ -149,6 +149,12 @@ def _make_item(lang: str, seed: int, index: int, wav_path: Path) -> tuple[str, s
         data, seconds = speak(normalized, lang)
         if MIN_SECONDS <= seconds <= MAX_SECONDS:
             break
+    _write_clip(data, wav_path)
+    return raw, normalized
+
+
+def _write_clip(data: bytes, wav_path: Path) -> None:
+    """espeak-ng's WAV bytes -> a clip at the corpus sample rate, written atomically."""
     tmp = wav_path.with_suffix(".espeak.wav")
     tmp.write_bytes(data)
     try:
@@ -156,7 +162,6 @@ def _make_item(lang: str, seed: int, index: int, wav_path: Path) -> tuple[str, s
     finally:
         tmp.unlink(missing_ok=True)
     save_wav(wav_path, audio.samples, SAMPLE_RATE)
-    return raw, normalized
 
 
 def make_mini_corpus(out: str | Path, lang: str = "en", size: int = 200, seed: int = 0,
@@ -188,4 +193,23 @@ def make_mini_corpus(out: str | Path, lang: str = "en", size: int = 200, seed: i
     meta = out / "metadata.csv"
     atomic_write_text(meta, text)
     log.info("mini corpus: %d clips (%s) in %s", size, lang, out)
+    return meta
+
+
+def speak_sentences(out: str | Path, lang: str, sentences: list[str], prefix: str = "s") -> Path:
+    """Ground truth for given sentences: ``out/wavs/PREFIX-NNNN.wav`` spoken by espeak-ng (the
+    normalised text, as in the mini corpus) and ``out/metadata.csv``, written last. Returns the
+    metadata path."""
+    out = Path(out)
+    (out / "wavs").mkdir(parents=True, exist_ok=True)
+    (out / "metadata.csv").unlink(missing_ok=True)
+    rows = []
+    for k, raw in enumerate(sentences, start=1):
+        normalized = clean_text(raw, lang)
+        data, _ = speak(normalized, lang)
+        item = f"{prefix}-{k:04d}"
+        _write_clip(data, out / "wavs" / f"{item}.wav")
+        rows.append(f"{item}|{raw}|{normalized}\n")
+    meta = out / "metadata.csv"
+    atomic_write_text(meta, "".join(rows))
     return meta

@@ -189,19 +189,48 @@ def _prepare_out_dir(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def split_ids(ids: list[str], cfg: PrepareConfig) -> tuple[list[str], list[str]]:
-    """Deterministic train/validation split: an id's place depends only on (seed, id)."""
+def text_key(text: str) -> str:
+    """A sentence's identity for the split: lower case, letters and digits only, so that the
+    same sentence with other punctuation, case or spacing is one sentence."""
+    return " ".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
+
+
+def split_ids(ids: list[str], cfg: PrepareConfig,
+              texts: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """Deterministic train/validation split by sentence: items whose normalised texts are equal
+    (:func:`text_key`) go to the same side, so validation never holds a sentence the model was
+    trained on. A group's place depends only on (seed, its text; its id when no texts are given).
+    Groups are taken into validation in that order until the target count is reached."""
     n = len(ids)
     n_val = round(cfg.val_fraction * n)
     n_val = max(n_val, cfg.val_min_items)
     n_val = min(n_val, cfg.val_max_items, n - 1)
     n_val = max(n_val, 0)
+    keys = [text_key(t) for t in texts] if texts is not None else list(ids)
+    groups: dict[str, list[str]] = {}
+    for i, k in zip(ids, keys, strict=True):
+        groups.setdefault(k, []).append(i)
 
-    def rank(i: str) -> str:
-        return hashlib.sha1(f"{cfg.seed}:{i}".encode()).hexdigest()
+    def rank(key: str) -> str:
+        return hashlib.sha1(f"{cfg.seed}:{key}".encode()).hexdigest()
 
-    val = set(sorted(ids, key=rank)[:n_val])
+    order = sorted(groups, key=rank)
+    val: set[str] = set()
+    for key in order:
+        if len(val) + len(groups[key]) <= n_val:
+            val.update(groups[key])
+    if not val and n_val > 0:  # every group is larger than the target: take the smallest
+        smallest = min(order, key=lambda k: len(groups[k]))
+        if len(groups[smallest]) < n:
+            val.update(groups[smallest])
     return [i for i in ids if i not in val], [i for i in ids if i in val]
+
+
+def duplicate_texts(texts: list[str]) -> tuple[int, int]:
+    """-> (sentences that occur more than once, items holding them) after :func:`text_key`."""
+    counts = Counter(text_key(t) for t in texts)
+    dup = [c for c in counts.values() if c > 1]
+    return len(dup), sum(dup)
 
 
 def _check_text(entry: Entry, language: str) -> tuple[str | None, Rejection | None]:
@@ -317,7 +346,8 @@ def prepare(
         items.append({"id": entry.id, "text": cleaned, "mel": f"mels/{mel_files[entry.id]}",
                       "frames": res["frames"], "seconds": res["seconds"]})
 
-    train_ids, val_ids = split_ids([k["id"] for k in kept], pcfg)
+    train_ids, val_ids = split_ids([k["id"] for k in kept], pcfg, [k["text"] for k in kept])
+    dup_texts, dup_items = duplicate_texts([k["text"] for k in kept])
     val_set = set(val_ids)
     for item in items:
         item["split"] = "val" if item["id"] in val_set else "train"
@@ -337,6 +367,9 @@ def prepare(
         "seconds_kept": round(seconds, 2),
         "train_items": len(train_ids),
         "val_items": len(val_ids),
+        # sentences (normalised text) spoken by several items: each kept on one side of the split
+        "duplicate_texts_grouped": dup_texts,
+        "duplicate_text_items": dup_items,
         "converted": sum(1 for k in kept if k["notes"]),
         "reused_from_cache": cached,
         "clips_read": len(jobs),
@@ -379,6 +412,9 @@ def format_summary(report: dict[str, Any]) -> str:
         f"audio: {s['clips_read']} clip(s) read, {s['reused_from_cache']} reused from the cache; "
         f"{s['converted']} kept item(s) carry notes",
     ]
+    if s.get("duplicate_texts_grouped"):
+        lines.append(f"{s['duplicate_texts_grouped']} sentence(s) spoken by several items "
+                     f"({s['duplicate_text_items']} items): each kept on one side of the split")
     if s["rejected"]:
         lines.append(f"rejected {s['rejected']}:")
         for reason, n in s["rejected_by_reason"].items():

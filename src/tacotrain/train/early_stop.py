@@ -1,15 +1,14 @@
 """Phase-aware early stopping: alignment -> learning -> fine-tuning.
 
-* alignment: until free-running validation diagonality first reaches the phase's
-  ``min_diagonality``; stops the run if the watched metric (default free/diagonality) has not
-  improved by ``min_delta`` for ``patience`` validation rounds (the voice is not aligning).
+* alignment: until a validation round is first aligned by the verdict (tacotrain/verdict.py);
+  stops the run if the watched metric (default free/mcd_dtw_db, the free-running distance to the
+  ground truth) has not improved by ``min_delta`` for ``patience`` rounds (not aligning).
 * learning: watches validation mel loss; moves to fine-tuning when the step reaches
   ``fine_tuning_share`` of the step budget or when it plateaus (``patience`` rounds).
 * fine-tuning: stops the run when its metric plateaus.
 
-"Best" is the lowest validation mel loss among validations whose free-running diagonality is
-at least the current phase's ``min_diagonality`` (see :meth:`EarlyStopper.is_best`): a lower
-loss from a model that does not align is not better.
+"Best" is the lowest validation mel loss among validations the verdict judged aligned (see
+:meth:`EarlyStopper.is_best`): a lower loss from a model that does not read is not better.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from tacotrain.config import EarlyStopConfig, PhaseConfig
 
 PHASES = ("alignment", "learning", "fine_tuning")
 BEST_METRIC = "val/mel_post"
-DIAG_METRIC = "free/diagonality"
 
 
 @dataclass(frozen=True)
@@ -58,11 +56,11 @@ class EarlyStopper:
         self.best_metric, self.wait = None, 0
         return old
 
-    def update(self, step: int, metrics: dict[str, float]) -> StopDecision:
-        """Feed one validation round; returns the phase and whether to stop."""
+    def update(self, step: int, metrics: dict[str, float], aligned: bool) -> StopDecision:
+        """Feed one validation round (its figures and the verdict on it); returns the phase and
+        whether to stop."""
         changed = None
-        diag = metrics.get(DIAG_METRIC, float("nan"))
-        if self.phase == "alignment" and diag >= self.cfg.alignment.min_diagonality:
+        if self.phase == "alignment" and aligned:
             changed = self._enter("learning")
         if self.phase == "learning" and step >= self.cfg.fine_tuning_share * self.max_steps:
             changed = changed or self._enter("fine_tuning")
@@ -85,14 +83,11 @@ class EarlyStopper:
             return StopDecision(self.phase, True, reason, changed)
         return StopDecision(self.phase, phase_changed_from=changed)
 
-    def is_best(self, metrics: dict[str, float]) -> bool:
-        """Lowest validation mel loss so far among validations aligned for the current phase.
+    def is_best(self, metrics: dict[str, float], aligned: bool) -> bool:
+        """Lowest validation mel loss so far among validations the verdict judged aligned.
         Call after :meth:`update` and record with :meth:`mark_best`."""
         loss = metrics.get(BEST_METRIC)
-        diag = metrics.get(DIAG_METRIC, float("nan"))
-        if loss is None or not math.isfinite(loss):
-            return False
-        if not diag >= self.phase_cfg().min_diagonality:
+        if not aligned or loss is None or not math.isfinite(loss):
             return False
         return self.best_loss is None or loss < self.best_loss
 

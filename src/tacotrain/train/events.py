@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tacotrain.config import NotifyConfig
 from tacotrain.notify import Event, Notifier
+from tacotrain.train.validation import PLOT_FREE_ALIGNMENT
 
 
 class TrainingEvents:
@@ -35,12 +36,13 @@ class TrainingEvents:
                   f"{cause}; learning rate x{lr_factor:g}", step)
 
     def validation(self, step: int, val: dict[str, float], aligned: bool,
-                   old_phase: str | None, phase: str) -> None:
-        image = self.run_dir / "plots" / "val-free-run-alignment.png"
+                   old_phase: str | None, phase: str, verdict: str) -> None:
+        """``aligned`` and ``verdict`` (in words) come from the verdict on the round."""
+        image = self.run_dir / "plots" / PLOT_FREE_ALIGNMENT
         image = image if image.exists() else None
-        summary = (f"free-running diagonality {val.get('free/diagonality', float('nan')):.2f}, "
-                   f"focus {val.get('free/focus', float('nan')):.2f}, "
-                   f"coverage {val.get('free/coverage', float('nan')):.2f}; "
+        summary = (f"free-running: {verdict}; MCD-DTW "
+                   f"{val.get('free/mcd_dtw_db', float('nan')):.2f} dB, "
+                   f"focus {val.get('free/focus', float('nan')):.2f}; "
                    f"validation mel {val['val/mel_post']:.4f}")
         if aligned and not self.aligned:
             self.send("aligned", "info", "attention aligned", summary, step, image)

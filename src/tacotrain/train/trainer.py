@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from tacotrain.alignment import alignment_metrics, plot_alignment, plot_mel
+from tacotrain.alignment import METRICS, alignment_metrics
 from tacotrain.audio import GriffinLim
 from tacotrain.config import WIRED_PARAMETERS, Config, flatten, to_yaml
 from tacotrain.data.loader import BucketBatchSampler, Collate, PreparedData, TextMelDataset
@@ -44,9 +44,9 @@ from tacotrain.train.events import TrainingEvents
 from tacotrain.train.guard import Change, Guard, StepDecision
 from tacotrain.train.inject import SPIKE_FACTOR, InjectedCrash, from_env
 from tacotrain.train.schedules import entropy_weight_at, ga_weight_at, lr_at
+from tacotrain.train.validation import ValidationResult, Validator
 
 log = logging.getLogger(__name__)
-METRICS = ("diagonality", "focus", "coverage", "monotonicity")
 
 
 class TrainError(RuntimeError):
@@ -75,18 +75,6 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
-def is_aligned(val: dict[str, float], cfg: Config) -> bool:
-    """Free-running validation meets the configured alignment thresholds (means over items)."""
-    a = cfg.alignment
-    if "free/diagonality" not in val:
-        return False
-    ok = (val["free/diagonality"] >= a.diagonality and val["free/focus"] >= a.focus
-          and val["free/coverage"] >= a.coverage)
-    if a.require_gate_stop:
-        ok = ok and val["free/stopped_by_gate"] >= 1.0
-    return ok
-
-
 @dataclass
 class TrainResult:
     step: int
@@ -94,6 +82,7 @@ class TrainResult:
     aligned: bool
     wall_seconds: float
     last_val: dict[str, float] = field(default_factory=dict)
+    verdict: str = ""  # the last validation's verdict in words
     best_checkpoint: Path | None = None
     last_checkpoint: Path | None = None
     history: list[dict[str, float]] = field(default_factory=list)
@@ -123,6 +112,8 @@ class Trainer:
         n_mels = self.data.settings.audio.n_mels
         self.vocoder = GriffinLim(self.data.settings.audio)
         self.model = Tacotron2(cfg.model, len(self.data.symbols), n_mels).to(self.device)
+        self.validator = Validator(cfg, self.val_set, self.train_set, self.device, self.vocoder,
+                                   self.run_dir / "plots")
         self.criterion = Tacotron2Loss(cfg.loss, cfg.model.n_frames_per_step)
         oc = cfg.optim
         opt_cls = torch.optim.AdamW if oc.optimizer == "adamw" else torch.optim.Adam
@@ -181,7 +172,7 @@ class Trainer:
             torch.cuda.set_rng_state(state["cuda"], self.device)
 
     # ------------------------------------------------------------------ checkpoints
-    def checkpoint_payload(self, val: dict[str, float] | None) -> dict[str, Any]:
+    def checkpoint_payload(self, val: ValidationResult | None) -> dict[str, Any]:
         return {
             "format": 1,
             "step": self.step,
@@ -203,10 +194,11 @@ class Trainer:
             "data": {"language": self.data.language, "symbols": self.data.symbols,
                      "audio": self.data.settings.audio.model_dump(mode="json"),
                      "root": str(self.data.root)},
-            "val": val or {},
+            "val": val.metrics() if val else {},
+            "verdict": verdict_record(val),
         }
 
-    def save(self, val: dict[str, float] | None, best: bool = False) -> Path:
+    def save(self, val: ValidationResult | None, best: bool = False) -> Path:
         if self.guard.healthy():
             self._snapshot = self._take_snapshot()  # a checkpointed state is a good state
         payload = self.checkpoint_payload(val)
@@ -224,7 +216,7 @@ class Trainer:
             ck = load_checkpoint(path, map_location=self.device)
         except CheckpointError as exc:
             raise TrainError(f"cannot resume: {exc}") from None
-        saved = Config.model_validate(ck["config"])
+        saved = Config.from_saved(ck["config"])
         if saved.model != self.cfg.model:
             raise TrainError(f"cannot resume {path}: the model section of the config differs "
                              "from the one the checkpoint was trained with")
@@ -394,102 +386,18 @@ class Trainer:
             tracker.scalars(self.step, {f"guard/{ch.parameter}": self.param(ch.parameter)})
 
     # ------------------------------------------------------------------ validation
-    @torch.no_grad()
-    def validate(self, tracker: Tracker | None = None) -> dict[str, float]:
-        """Teacher-forced losses and metrics on the whole validation split, then free-running
-        synthesis of a few fixed validation items (alignment metrics, gate stops)."""
-        cfg = self.cfg
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(cfg.train.seed + 1)
-            self.model.eval()
-            try:
-                val = self._validate(tracker)
-            finally:
-                self.model.train()
-        return val
-
-    def _validate(self, tracker: Tracker | None) -> dict[str, float]:
-        cfg = self.cfg
-        r = cfg.model.n_frames_per_step
-        ga_w = self.param("loss.guided_attention.weight")
-        ent_w = entropy_weight_at(self.step, cfg.loss.attention_entropy)
-        sampler = BucketBatchSampler(self.val_set.lengths, cfg.train.batch_size, shuffle=False)
-        sums: dict[str, float] = {}
-        count = 0
-        first = None
-        for idx in sampler:
-            batch = self.collate([self.val_set[i] for i in idx]).to(self.device)
-            with self._autocast():
-                out = self.model(batch.text, batch.text_lengths, batch.mels, batch.mel_lengths)
-                losses = self.criterion(out, batch, ga_w, ent_w)
-            dec = (batch.mel_lengths + r - 1) // r
-            am = alignment_metrics(out.alignments.float(), batch.text_lengths, dec)
-            n = len(idx)
-            for k, v in losses.items():
-                sums[f"val/{k}"] = sums.get(f"val/{k}", 0.0) + float(v) * n
-            for k in METRICS:
-                sums[f"val/{k}"] = sums.get(f"val/{k}", 0.0) + float(am[k].sum())
-            count += n
-            if first is None:
-                first = (out.alignments[0, : int(dec[0]), : int(batch.text_lengths[0])].float(),
-                         batch.mels[0, :, : int(batch.mel_lengths[0])],
-                         out.mel_post[0, :, : int(batch.mel_lengths[0])].float())
-        val = {k: v / count for k, v in sums.items()}
-        val.update(self._free_run(tracker))
-        if tracker is not None and first is not None:
-            plots = self.run_dir / "plots"
-            plot_alignment(first[0].cpu(), plots / "val-teacher-forced-alignment.png",
-                           title=f"teacher-forced alignment, step {self.step}")
-            plot_mel(torch.cat([first[1], first[2]], dim=0).cpu(), plots / "val-mel.png",
-                     title=f"target (bottom) / predicted (top) mel, step {self.step}")
-            tracker.image(self.step, "val/alignment_teacher_forced",
-                          plots / "val-teacher-forced-alignment.png")
-            tracker.image(self.step, "val/mel", plots / "val-mel.png")
-        return val
-
-    def free_run_items(self) -> list[int]:
-        """Fixed validation items for free-running synthesis, spread over the length range."""
-        k = min(self.cfg.train.val_free_run_items, len(self.val_set))
-        if k == 0:
-            return []
-        order = sorted(range(len(self.val_set)), key=lambda i: self.val_set.lengths[i])
-        return [order[round(j * (len(order) - 1) / max(k - 1, 1))] for j in range(k)]
-
-    def _free_run(self, tracker: Tracker | None) -> dict[str, float]:
-        items = self.free_run_items()
-        if not items:
-            return {}
-        batch = self.collate([self.val_set[i] for i in items]).to(self.device)
-        with self._autocast():
-            out = self.model.infer(batch.text, batch.text_lengths)
-        am = alignment_metrics(out.alignments.float(), batch.text_lengths, out.dec_lengths)
-        res = {f"free/{k}": float(am[k].mean()) for k in METRICS}
-        res["free/stopped_by_gate"] = float(out.stopped_by_gate.float().mean())
-        target = batch.mel_lengths.float()
-        res["free/length_ratio"] = float((out.mel_lengths.float() / target).mean())
-        if tracker is not None and self.cfg.track.log_audio:
-            mel = out.mel_post[0, :, : int(out.mel_lengths[0])].float().cpu()
-            if torch.isfinite(mel).all():
-                tracker.audio(self.step, "val/free_run_audio", self.vocoder(mel),
-                              self.vocoder.sample_rate)
-            else:
-                log.warning("step %d: free-running validation mel is not finite; no audio",
-                            self.step)
-        if tracker is not None:
-            n, t = int(batch.text_lengths[0]), int(out.dec_lengths[0])
-            path = self.run_dir / "plots" / "val-free-run-alignment.png"
-            info = ", ".join(f"{k} {float(am[k][0]):.2f}" for k in METRICS)
-            plot_alignment(out.alignments[0, :t, :n].float().cpu(), path,
-                           title=f"free-running alignment, step {self.step}", info=info)
-            tracker.image(self.step, "val/alignment_free_run", path)
-        return res
+    def validate(self, tracker: Tracker | None = None) -> ValidationResult:
+        """Teacher-forced losses on the validation split and the verdict on free-running
+        synthesis of fixed validation items (see train/validation.py)."""
+        return self.validator.run(
+            self.model, self.criterion, self.step, self.param("loss.guided_attention.weight"),
+            entropy_weight_at(self.step, self.cfg.loss.attention_entropy), self._autocast,
+            tracker)
 
     def _finished_text(self, result: TrainResult) -> str:
         v = result.last_val
-        return (f"{result.stop_reason} at step {self.step}; aligned: {result.aligned}; "
-                f"validation mel {v.get('val/mel_post', float('nan')):.4f}, free-running "
-                f"diagonality {v.get('free/diagonality', float('nan')):.2f}; "
+        return (f"{result.stop_reason} at step {self.step}; aligned: {result.aligned} "
+                f"({result.verdict}); validation mel {v.get('val/mel_post', float('nan')):.4f}; "
                 f"{self.guard.rollbacks} rollback(s), {self.guard.skipped} skipped step(s)")
 
     # ------------------------------------------------------------------ the loop
@@ -514,7 +422,7 @@ class Trainer:
         if self.injector:
             log.warning("fault injection active: %s", self.injector)
         result = TrainResult(self.step, "max_steps", False, 0.0)
-        self._result = result
+        self._last_validation: ValidationResult | None = None
         acc: dict[str, float] = {}
         acc_n = 0
         t_log = time.monotonic()
@@ -573,7 +481,7 @@ class Trainer:
                 self.events.finished(self.step, self._finished_text(result))
             except KeyboardInterrupt:
                 result.stop_reason = "interrupted"
-                result.last_checkpoint = self.save(result.last_val or None)
+                result.last_checkpoint = self.save(self._last_validation)
                 log.warning("interrupted: checkpoint written to %s", result.last_checkpoint)
                 self.events.interrupted(self.step, result.last_checkpoint)
                 raise
@@ -600,7 +508,7 @@ class Trainer:
         result.best_checkpoint = best if best.exists() else None
         atomic_write_json(self.run_dir / "train_result.json", {
             "step": result.step, "iteration": self.iteration, "stop_reason": result.stop_reason,
-            "aligned": result.aligned, "phase": self.stopper.phase,
+            "aligned": result.aligned, "verdict": result.verdict, "phase": self.stopper.phase,
             "wall_seconds": round(result.wall_seconds, 1), "last_val": result.last_val,
             "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
             "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
@@ -610,14 +518,17 @@ class Trainer:
     def _validation_round(self, tracker: Tracker, result: TrainResult, elapsed: float) -> bool:
         """Validate, update early stopping, the best checkpoint and interventions, checkpoint.
         Returns True when training should stop."""
-        val = self.validate(tracker)
-        aligned = is_aligned(val, self.cfg)
+        res = self.validate(tracker)
+        self._last_validation = res
+        aligned = res.aligned
+        val = res.metrics()
         val["val/aligned"] = float(aligned)
-        decision = self.stopper.update(self.step, val)
+        decision = self.stopper.update(self.step, val, aligned)
         val["early_stop/phase"] = float(PHASES.index(decision.phase))
         tracker.scalars(self.step, val)
         result.aligned = aligned
         result.last_val = val
+        result.verdict = res.describe()
         minutes = (self.elapsed_before + elapsed) / 60
         result.history.append({"step": self.step, "minutes": round(minutes, 2),
                                "phase": decision.phase,
@@ -628,17 +539,19 @@ class Trainer:
             tracker.text(self.step, "early_stop",
                          f"phase {decision.phase_changed_from} -> {decision.phase}")
         self.events.validation(self.step, val, aligned, decision.phase_changed_from,
-                               decision.phase)
-        is_best = self.stopper.is_best(val)
+                               decision.phase, res.describe())
+        is_best = self.stopper.is_best(val, aligned)
         if is_best:
             self.stopper.mark_best(val)
         self._apply_changes(self.guard.observe(self.step, val, dict(self.overrides)), tracker)
-        result.last_checkpoint = self.save(val, best=is_best)
-        log.info("step %d (%.1f min, %s): val mel %.4f | free-run diag %.2f focus %.2f cov %.2f "
-                 "gate-stopped %.0f%%%s", self.step, minutes, decision.phase, val["val/mel_post"],
-                 val.get("free/diagonality", float("nan")), val.get("free/focus", float("nan")),
-                 val.get("free/coverage", float("nan")),
-                 100 * val.get("free/stopped_by_gate", 0.0), " ALIGNED" if aligned else "")
+        result.last_checkpoint = self.save(res, best=is_best)
+        log.info("step %d (%.1f min, %s): val mel %.4f | free-running: %s; focus %.2f, "
+                 "skipped %.0f%%, length ratio %.2f, MCD-DTW %.2f dB%s", self.step, minutes,
+                 decision.phase, val["val/mel_post"], res.describe(),
+                 val.get("free/focus", float("nan")),
+                 100 * val.get("free/skipped_share", float("nan")),
+                 val.get("free/length_ratio", float("nan")),
+                 val.get("free/mcd_dtw_db", float("nan")), " ALIGNED" if aligned else "")
         if self.cfg.train.stop_when_aligned and aligned:
             result.stop_reason = "aligned"
             return True
@@ -647,3 +560,13 @@ class Trainer:
             log.info("early stop at step %d: %s", self.step, decision.reason)
             return True
         return False
+
+
+def verdict_record(val: ValidationResult | None) -> dict[str, Any]:
+    """The verdict of the validation a checkpoint was written after, as stored in it."""
+    if val is None or val.free is None:
+        return {}
+    v = val.free.verdict
+    return {"step": val.step, "aligned": v.aligned, "aligned_share": v.aligned_share,
+            "description": v.describe(), "summary": v.summary(),
+            "items": [i.as_dict() for i in v.items]}

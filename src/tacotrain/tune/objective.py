@@ -1,10 +1,12 @@
-"""The score of a trial: validation loss, with alignment first. Lower is better.
+"""The score of a trial: free-running distance to the ground truth, with alignment first.
 
-Why alignment comes first: a Tacotron 2 whose attention never became diagonal cannot speak,
-however low its teacher-forced mel loss, so such a trial must never beat one that aligned.
-With P = ``objective.unaligned_penalty`` (default 1000, far above any plausible mel loss) and
-L = the validation ``objective.metric`` (default ``val/mel_post``, the teacher-forced mel loss
-after the postnet):
+Lower is better. Why alignment comes first: a Tacotron 2 that does not read its text cannot
+speak, however low its loss, so such a trial must never beat one that reads. Whether a validation
+is aligned is the verdict of the trainer (tacotrain/verdict.py, recorded as ``val/aligned``):
+the tuner has no rule of its own. With P = ``objective.unaligned_penalty`` (default 1000, far
+above any plausible value) and L = the validation ``objective.metric`` (default
+``free/mcd_dtw_db``, the free-running MCD-DTW against ground truth over the validation items,
+which, unlike a teacher-forced loss, does not move with r or dropout):
 
 =============  ==========================================================  ==============
 outcome        score                                                       range
@@ -14,21 +16,14 @@ unaligned      P + min(L, P) over all validations                          [P, 2
 diverged       3P (stopped by the guard, or no finite validation value)     3P
 =============  ==========================================================  ==============
 
-so ranks are lexicographic: aligned before unaligned before diverged, then by loss. A
-validation is *aligned* when its free-running ``free/diagonality`` reaches the config's
-``alignment.diagonality`` (``objective.alignment: diagonality``, the default) or when the
-trainer's whole criterion held (``full``: ``val/aligned``, which adds focus, coverage and stops
-by the gate). "Aligned" uses the validations of the trial: a trial that aligned and later lost
-it still counts as aligned, scored on its aligned validations only (the ones its ``best.pt`` can
-come from).
+so ranks are lexicographic: aligned before unaligned before diverged, then by L. A trial that
+aligned and later lost it still counts as aligned, scored on its aligned validations only (the
+ones its ``best.pt`` can come from).
 
 The same function, applied to the validations seen so far, gives the intermediate values
 reported to Optuna at each validation (for pruning), so intermediate and final values are on
-one scale.
-
-The predecessor's objective read a key (``val_loss``) that training never returned and scored
-every trial infinity; here the metric name is checked against what the trainer writes (a trial
-whose validations lack it fails with that reason instead of scoring).
+one scale. The metric name is checked against what the trainer writes (a trial whose
+validations lack it fails with that reason instead of scoring).
 """
 
 from __future__ import annotations
@@ -65,26 +60,20 @@ def _finite(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def is_aligned(row: dict[str, Any], spec: ObjectiveSpec, threshold: float) -> bool:
-    """Whether one validation (a row of ``train_result.json``'s history) counts as aligned."""
-    if spec.alignment == "full":
-        return (_finite(row.get("val/aligned")) or 0.0) >= 0.5
-    diag = _finite(row.get("free/diagonality"))
-    return diag is not None and diag >= threshold
+def _aligned(row: dict[str, Any]) -> bool:
+    """The trainer's verdict on one validation (a row of ``train_result.json``'s history)."""
+    return (_finite(row.get("val/aligned")) or 0.0) >= 0.5
 
 
-def score(history: list[dict[str, Any]], spec: ObjectiveSpec, threshold: float,
-          diverged: bool = False) -> Score:
-    """Score validations ``history`` (dicts with ``step``, metrics, optionally ``minutes``).
-
-    ``threshold`` is the config's ``alignment.diagonality``; ``diverged`` marks a trial the
-    guard stopped. Raises :class:`MetricMissing` when no validation has ``spec.metric``.
-    """
+def score(history: list[dict[str, Any]], spec: ObjectiveSpec, diverged: bool = False) -> Score:
+    """Score validations ``history`` (dicts with ``step``, ``val/aligned``, metrics, optionally
+    ``minutes``). ``diverged`` marks a trial the guard stopped. Raises :class:`MetricMissing`
+    when no validation has ``spec.metric``."""
     p = spec.unaligned_penalty
     if history and not any(spec.metric in row for row in history):
         raise MetricMissing(f"objective metric {spec.metric!r} is not among the validation "
                             f"metrics ({', '.join(sorted(history[0]))})")
-    aligned_rows = [r for r in history if is_aligned(r, spec, threshold)]
+    aligned_rows = [r for r in history if _aligned(r)]
     first = aligned_rows[0] if aligned_rows else None
     aligned_step = int(first["step"]) if first else None
     aligned_minutes = _finite(first.get("minutes")) if first else None

@@ -109,7 +109,7 @@ def _fmt(v: Any) -> str:
 def format_leaderboard(rows: list[Row]) -> str:
     names = sorted({k for r in rows for k in r.params})
     short = short_names(names)
-    head = ["rank", "trial", "state", "objective", "aligned", "val loss", "min", "params / note"]
+    head = ["rank", "trial", "state", "objective", "aligned", "metric", "min", "params / note"]
     table = []
     for r in rows:
         params = " ".join(f"{short[k]}={_fmt(r.params[k])}" for k in names if k in r.params)

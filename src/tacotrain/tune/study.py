@@ -454,7 +454,6 @@ def make_objective(ctx: _Context) -> Callable[[Any], float]:
     import optuna
 
     o, spec = ctx.opts, ctx.space.objective
-    threshold = ctx.base_cfg.alignment.diagonality
     host = socket.gethostname()
 
     def objective(trial: optuna.Trial) -> float:
@@ -494,7 +493,7 @@ def make_objective(ctx: _Context) -> Callable[[Any], float]:
                 and its result is worth more than a stop."""
                 reported.append(row)
                 step = int(row["step"])
-                trial.report(score(reported, spec, threshold).value, step)
+                trial.report(score(reported, spec).value, step)
                 return step < last_step and trial.should_prune()
 
             from tacotrain.tune.tracking import child_env
@@ -517,7 +516,7 @@ def make_objective(ctx: _Context) -> Callable[[Any], float]:
                 raise _fail(trial, run.reason)
             history = run.result.get("history", []) if run.result else run.validations
             try:
-                s = score(history, spec, threshold, diverged=run.status == "guard")
+                s = score(history, spec, diverged=run.status == "guard")
             except MetricMissing as exc:
                 raise _fail(trial, str(exc)) from None
             score_attrs = _score_attrs(s)

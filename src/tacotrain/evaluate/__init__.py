@@ -1,0 +1,1 @@
+"""Evaluation of trained voices: hard-input sets and intelligibility checks."""

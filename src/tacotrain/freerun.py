@@ -1,0 +1,122 @@
+"""Free-running synthesis of a set of items, each judged by the verdict (tacotrain/verdict.py).
+
+One place for what validation during training and ``tacotrain eval`` both do: synthesise texts
+without teacher forcing, compare each synthesis with its ground truth where it has one (length
+ratio, MCD-DTW, the content test against at least ``alignment.min_candidates`` ground truths)
+and judge every item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from tacotrain.config import AlignmentConfig
+from tacotrain.model import Tacotron2
+from tacotrain.verdict import (
+    ItemVerdict,
+    RoundVerdict,
+    identify,
+    judge_item,
+    judge_round,
+    mel_cepstra,
+)
+
+
+@dataclass(frozen=True)
+class FreeRunItem:
+    """One free-running synthesis and its verdict."""
+
+    mel: Tensor  # [n_mels, frames] float32 on the CPU
+    attention: Tensor  # [T_dec, N] float32 on the CPU
+    verdict: ItemVerdict
+
+
+@dataclass(frozen=True)
+class FreeRunRound:
+    items: tuple[FreeRunItem, ...]
+    verdict: RoundVerdict
+
+
+@torch.no_grad()
+def synthesize(model: Tacotron2, texts: Sequence[Tensor], batch_size: int = 8,
+               autocast: Callable[[], object] = nullcontext
+               ) -> list[tuple[Tensor, Tensor, bool]]:
+    """Free-run each text ``[N]`` long -> ``(mel [n_mels, T], attention [T_dec, N],
+    stopped_by_gate)`` on the CPU, in input order. The caller sets ``model.eval()`` and seeds.
+
+    Items are batched in order of length (the model's output does not depend on padding)."""
+    dev = next(model.parameters()).device
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out: dict[int, tuple[Tensor, Tensor, bool]] = {}
+    for k in range(0, len(order), batch_size):
+        idx = order[k:k + batch_size]
+        lengths = torch.tensor([len(texts[i]) for i in idx], dtype=torch.long)
+        ids = torch.zeros(len(idx), int(lengths.max()), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids[row, : len(texts[i])] = texts[i]
+        with autocast():
+            res = model.infer(ids.to(dev), lengths.to(dev))
+        for row, i in enumerate(idx):
+            frames, steps, n = int(res.mel_lengths[row]), int(res.dec_lengths[row]), int(
+                lengths[row])
+            out[i] = (res.mel_post[row, :, :frames].float().cpu(),
+                      res.alignments[row, :steps, :n].float().cpu(),
+                      bool(res.stopped_by_gate[row]))
+    return [out[i] for i in range(len(texts))]
+
+
+def judge(synth: Sequence[tuple[Tensor, Tensor, bool]], ground_truth: Sequence[Tensor | None],
+          cfg: AlignmentConfig, extra_candidates: Sequence[Tensor] = ()) -> FreeRunRound:
+    """Judge syntheses (from :func:`synthesize`) against their ground-truth mels (None where an
+    item has none). The content test compares each synthesis with every ground truth here plus
+    ``extra_candidates`` (mels of other sentences, e.g. training items), which should bring the
+    number of candidates to ``cfg.min_candidates``; with fewer, identification is not tested
+    and the items' ``identified`` stays None."""
+    with_gt = [i for i, g in enumerate(ground_truth) if g is not None]
+    candidates = [ground_truth[i] for i in with_gt] + list(extra_candidates)
+    mcd: dict[int, float] = {}
+    ident: dict[int, bool] = {}
+    if with_gt:
+        n = cfg.n_cepstra
+        cand_ceps = [mel_cepstra(c, n) for c in candidates]
+        synth_ceps = [mel_cepstra(synth[i][0], n) for i in with_gt]
+        flags, dist = identify(synth_ceps, cand_ceps, list(range(len(with_gt))))
+        for row, i in enumerate(with_gt):
+            mcd[i] = float(dist[row, row])
+            if len(candidates) >= cfg.min_candidates:
+                ident[i] = flags[row]
+    items = []
+    for i, (mel, attn, by_gate) in enumerate(synth):
+        gt = ground_truth[i]
+        v = judge_item(attn, by_gate, mel.shape[1], cfg,
+                       gt_frames=int(gt.shape[1]) if gt is not None else None,
+                       mcd_dtw_db=mcd.get(i), identified=ident.get(i))
+        items.append(FreeRunItem(mel, attn, v))
+    return FreeRunRound(tuple(items), judge_round([it.verdict for it in items], cfg))
+
+
+def nearest_in_length(lengths: Sequence[int], targets: Sequence[int], k: int,
+                      exclude: set[int] | None = None) -> list[int]:
+    """``k`` indices into ``lengths`` nearest to the ``targets`` lengths, taken round-robin so
+    each target gets neighbours: candidates as long as the judged items, so that length alone
+    cannot identify a synthesis."""
+    taken = set(exclude or ())
+    out: list[int] = []
+    queues = [sorted(range(len(lengths)), key=lambda i, t=t: (abs(lengths[i] - t), i))
+              for t in targets]
+    while len(out) < k and any(queues):
+        for q in queues:
+            while q and q[0] in taken:
+                q.pop(0)
+            if q and len(out) < k:
+                taken.add(q[0])
+                out.append(q.pop(0))
+    return out
+
+
+__all__ = ["FreeRunItem", "FreeRunRound", "judge", "nearest_in_length", "synthesize"]

@@ -1,0 +1,187 @@
+"""The verdict must fail every attention that does not read its text, and name why."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tacotrain.config import AlignmentConfig
+from tacotrain.verdict import (
+    MCD_CONST,
+    dtw_mean_cost,
+    identify,
+    judge_item,
+    judge_round,
+    mcd_dtw,
+    mel_cepstra,
+    reading,
+)
+
+CFG = AlignmentConfig()
+PRIOR = np.array([0.5, 0.3, 0.15, 0.05])  # the small preset's forward prior: stay, +1, +2, +3
+
+
+def sharp(path: list[int], n: int, peak: float = 0.9) -> np.ndarray:
+    """Attention ``[T, n]`` with ``peak`` on path[t] and the rest on the next token."""
+    a = np.zeros((len(path), n), dtype=np.float32)
+    for t, k in enumerate(path):
+        a[t, k] = peak
+        a[t, min(k + 1, n - 1)] += 1.0 - peak
+    return a
+
+
+def diagonal(n: int, steps_per_token: float = 2.5) -> list[int]:
+    t = round(n * steps_per_token)
+    return [min(int(i * n / t), n - 1) for i in range(t)]
+
+
+def forward_walk(n: int) -> np.ndarray:
+    """Attention that ignores the text: the prior applied to itself, from the first token."""
+    t = round(n / float((PRIOR * np.arange(4)).sum()))
+    a = np.zeros((t, n))
+    cur = np.zeros(n)
+    cur[0] = 1.0
+    for i in range(t):
+        a[i] = cur
+        nxt = np.zeros(n)
+        for move, p in enumerate(PRIOR):
+            nxt[move:] += p * cur[: n - move]
+            nxt[-1] += p * cur[n - move:].sum() if move else 0.0
+        cur = nxt
+    return a.astype(np.float32)
+
+
+def judge(attn: np.ndarray, gate: bool = True, **kw):
+    return judge_item(attn, gate, frames=2 * attn.shape[0], cfg=CFG, **kw)
+
+
+def test_clean_gate_stopped_diagonal_is_aligned():
+    for n in (8, 20, 40, 60):
+        v = judge(sharp(diagonal(n), n), gt_frames=2 * round(n * 2.5), identified=True,
+                  mcd_dtw_db=5.0)
+        assert v.aligned, (n, v.reasons)
+        assert v.reasons == ()
+        assert v.skipped_tokens == 0 and v.repeated_tokens == 0 and v.stalled_tokens == 0
+        assert v.length_ratio == pytest.approx(1.0)
+
+
+def test_clean_diagonal_that_hit_the_step_cap_fails():
+    v = judge(sharp(diagonal(30), 30), gate=False)
+    assert not v.aligned
+    assert v.reasons == ("no_gate_stop",)
+
+
+@pytest.mark.parametrize("n", [20, 40, 60])
+def test_text_ignoring_forward_walk_fails(n):
+    a = forward_walk(n)
+    v = judge(a)
+    assert v.diagonality > 0.8  # the shape metric it fools ...
+    assert not v.aligned  # ... is not enough
+    assert "focus" in v.reasons
+    assert v.focus < 0.3
+
+
+def test_every_other_token_skip_fails():
+    n = 40
+    path = [2 * t for t in range(n // 2)]
+    a = np.zeros((len(path), n), dtype=np.float32)
+    a[np.arange(len(path)), path] = 1.0
+    v = judge(a)
+    assert v.diagonality == pytest.approx(1.0) and v.focus == pytest.approx(1.0)
+    assert v.coverage == pytest.approx(0.5)
+    assert not v.aligned
+    assert "skipped_tokens" in v.reasons
+    assert v.skipped_tokens == n // 2 and v.skipped_share == pytest.approx(0.5)
+
+
+def test_jump_back_fails():
+    n = 40
+    d = diagonal(n)
+    to30 = [k for k in d if k <= 30]
+    path = to30 + [k for k in d if 15 <= k <= 30] + [k for k in d if k > 30]
+    v = judge(sharp(path, n))
+    assert not v.aligned
+    assert "repeats" in v.reasons
+    assert 14 <= v.repeated_tokens <= 16
+
+
+def test_stall_on_one_token_fails():
+    n = 30
+    d = diagonal(n)
+    i = d.index(12)
+    path = d[:i] + [12] * 40 + d[i:]
+    v = judge(sharp(path, n))
+    assert not v.aligned
+    assert v.reasons == ("stalls",)
+    assert v.stalled_tokens == 1
+
+
+def test_boundary_jitter_is_not_a_repeat():
+    n = 20
+    path = diagonal(n)
+    path[10], path[11] = path[11], path[10]  # one step back by one token
+    assert reading(sharp(path, n), CFG).repeated_tokens == 0
+
+
+def test_length_ratio_and_identification_reasons():
+    a = sharp(diagonal(20), 20)
+    v = judge(a, gt_frames=a.shape[0] * 4)  # half the ground truth's length
+    assert v.reasons == ("length_ratio",)
+    v = judge(a, gt_frames=a.shape[0] * 2, identified=False)
+    assert v.reasons == ("not_identified",)
+    v = judge(a)  # no ground truth: neither check applies
+    assert v.aligned and v.length_ratio is None and v.identified is None
+
+
+def test_round_needs_every_item_by_default():
+    good = judge(sharp(diagonal(20), 20))
+    bad = judge(sharp(diagonal(20), 20), gate=False)
+    r = judge_round([good, good, good, bad], CFG)
+    assert not r.aligned and r.aligned_share == pytest.approx(0.75)
+    assert r.failures() == {"no_gate_stop": 1}
+    assert "3/4 items aligned" in r.describe()
+    lenient = AlignmentConfig(round_share=0.75)
+    assert judge_round([good, good, good, bad], lenient).aligned
+    assert not judge_round([], CFG).aligned
+
+
+# ---------------------------------------------------------------------------- MCD-DTW
+
+
+def test_dtw_mean_cost_by_hand():
+    cost = np.array([[0.0, 5.0, 5.0], [5.0, 1.0, 5.0], [5.0, 5.0, 2.0]])
+    assert dtw_mean_cost(cost) == pytest.approx(1.0)  # diagonal: (0 + 1 + 2) / 3
+    cost = np.array([[1.0, 1.0, 1.0, 9.0]])  # one row: the path must cross every column
+    assert dtw_mean_cost(cost) == pytest.approx(3.0)
+
+
+def test_mcd_of_a_known_cepstral_offset():
+    rng = np.random.default_rng(0)
+    mel = rng.normal(size=(80, 50))
+    c = mel_cepstra(mel, 13)
+    assert c.shape == (50, 13)
+    # c_k = 1/M sum_m x_m cos(pi k (m + 1/2) / M): adding cos(pi (m + 1/2) / M) to every frame
+    # shifts c1 by exactly 1/2 and nothing else, so MCD = MCD_CONST * 0.5 per frame
+    m = np.arange(80)
+    shifted = mel + np.cos(np.pi * (m + 0.5) / 80)[:, None]
+    assert mcd_dtw(mel, shifted) == pytest.approx(MCD_CONST * 0.5, rel=1e-5)
+    # c0 (overall level) is excluded
+    assert mcd_dtw(mel, mel + 3.0) == pytest.approx(0.0, abs=1e-4)
+    # a time-stretched copy aligns perfectly
+    assert mcd_dtw(mel, np.repeat(mel, 2, axis=1)) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_identification_tells_reading_from_an_average():
+    rng = np.random.default_rng(1)
+    gts = [rng.normal(size=(80, int(rng.integers(40, 60)))) for _ in range(8)]
+    ceps = [mel_cepstra(g, 13) for g in gts]
+    noisy = [mel_cepstra(g + 0.3 * rng.normal(size=g.shape), 13) for g in gts]
+    flags, dist = identify(noisy, ceps, list(range(8)))
+    assert all(flags) and dist.shape == (8, 8)
+    mean = np.mean([g.mean(axis=1) for g in gts], axis=0)
+    average = mel_cepstra(np.repeat(mean[:, None], 50, axis=1), 13)
+    flags, _ = identify([average] * 8, ceps, list(range(8)))
+    assert sum(flags) <= 1  # the same synthesis cannot be nearest to every sentence
+    assert math.isfinite(float(dist.min()))
