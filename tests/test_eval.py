@@ -96,8 +96,15 @@ def test_report_page_in_a_browser(evaluated, tmp_path):
         page.wait_for_function(
             "() => [...document.querySelectorAll('#items audio')].every(a => a.duration > 0)",
             timeout=30_000)
-        widths = page.eval_on_selector_all("#items img", "imgs => imgs.map(i => i.naturalWidth)")
+        widths = page.eval_on_selector_all("#items img.align",
+                                           "imgs => imgs.map(i => i.naturalWidth)")
         assert len(widths) == len(rep["items"]) and min(widths) > 0
+        # the mel under its ground truth, for the items that have one (validation)
+        n_gt = sum(i["mel_png"] is not None for i in rep["items"])
+        assert n_gt == sum(i["source"] == "validation" for i in rep["items"]) > 0
+        assert page.eval_on_selector_all("#items img.mel",
+                                         "imgs => imgs.filter(i => i.naturalWidth > 0).length"
+                                         ) == n_gt
         page.screenshot(path=str(tmp_path / "eval.png"), full_page=True)
         browser.close()
     assert (tmp_path / "eval.png").stat().st_size > 20_000

@@ -183,5 +183,11 @@ def test_identification_tells_reading_from_an_average():
     mean = np.mean([g.mean(axis=1) for g in gts], axis=0)
     average = mel_cepstra(np.repeat(mean[:, None], 50, axis=1), 13)
     flags, _ = identify([average] * 8, ceps, list(range(8)))
-    assert sum(flags) <= 1  # the same synthesis cannot be nearest to every sentence
+    assert sum(flags) == 0  # the same synthesis is never strictly nearest to its own sentence
+    # a "hub" voice: every synthesis is a slightly perturbed copy of one sentence's ground
+    # truth; one-way, the hub's own item would be identified by chance; both ways it is not
+    hub = [mel_cepstra(gts[3] + 0.3 * rng.normal(size=gts[3].shape), 13) for _ in range(8)]
+    one_way = [int(np.argmin(d)) == i for i, d in enumerate(identify(hub, ceps, range(8))[1])]
+    assert one_way[3] and sum(one_way) == 1
+    assert not any(identify(hub, ceps, list(range(8)))[0])
     assert math.isfinite(float(dist.min()))

@@ -19,8 +19,9 @@ when every check below holds; each failed check adds a machine-readable reason:
   diagonality alone is never evidence of reading;
 * ``not_identified``: the content test. Among the ground truths of a round (at least
   ``min_candidates``, padded with training items when the round has fewer), an item's synthesis
-  must be nearer to its own ground truth than to any other (MCD-DTW, below). A voice that only
-  fills the right length with an average spectrum matches its own sentence by chance alone;
+  must be nearer to its own ground truth than to any other (MCD-DTW, below), and its ground
+  truth nearer to it than to the round's other syntheses (see :func:`identify`). A voice that
+  only fills the right length with an average spectrum matches its own sentence by chance;
 * ``mcd``: MCD-DTW above ``max_mcd_dtw_db`` (only when that bound is set).
 
 MCD-DTW, exactly: the cepstrum of a frame is the real cepstrum of its mel-warped natural-log
@@ -104,14 +105,22 @@ def mcd_dtw(mel_a: np.ndarray | torch.Tensor, mel_b: np.ndarray | torch.Tensor,
 
 def identify(synth_ceps: Sequence[np.ndarray], gt_ceps: Sequence[np.ndarray],
              own: Sequence[int]) -> tuple[list[bool], np.ndarray]:
-    """The content test. ``synth_ceps[i]`` is identified when ``gt_ceps[own[i]]`` is strictly
-    the nearest of all ``gt_ceps``. Returns the flags and the distance matrix ``[S, G]`` (dB)."""
+    """The content test, both ways. ``synth_ceps[i]`` is identified when its own ground truth
+    ``gt_ceps[own[i]]`` is strictly the nearest of all ``gt_ceps`` to it, *and* it is strictly
+    the nearest of the syntheses to that ground truth (mutual nearest neighbours; the second
+    half needs two or more syntheses). The second half matters: a voice that does not read
+    produces about the same spectrum for every sentence, which lies nearest to one "hub" ground
+    truth, and the one synthesis whose own sentence is the hub would pass a one-way test by
+    chance. Returns the flags and the distance matrix ``[S, G]`` (dB)."""
     dist = np.array([[cepstral_distance(s, g) for g in gt_ceps] for s in synth_ceps])
+    dist = dist.reshape(len(synth_ceps), len(gt_ceps))
     flags = []
     for i, o in enumerate(own):
-        others = np.delete(dist[i], o)
-        flags.append(bool(others.size == 0 or dist[i, o] < others.min()))
-    return flags, dist.reshape(len(synth_ceps), len(gt_ceps))
+        d = dist[i, o]
+        row = np.delete(dist[i], o)
+        col = np.delete(dist[:, o], i)
+        flags.append(bool((row.size == 0 or d < row.min()) and (col.size == 0 or d < col.min())))
+    return flags, dist
 
 
 # ---------------------------------------------------------------------------- reading

@@ -26,6 +26,8 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("length_ratio", "length ratio", "num"),
     ("skipped_tokens", "skipped", "num"),
     ("repeated_tokens", "repeated", "num"),
+    ("stalled_tokens", "stalled", "num"),
+    ("identified", "identified", "bool"),
     ("diagonality", "diagonality", "num"),
     ("focus", "focus", "num"),
     ("coverage", "coverage", "num"),
@@ -34,6 +36,7 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("rtf", "RTF", "num"),
     ("wav", "audio", "audio"),
     ("alignment_png", "alignment", "img"),
+    ("mel_png", "mel: ground truth above, synthesis below", "melimg"),
 ]
 
 # (key, words, unit) of the scalar summary figures; shares also get their "(k/n)" count.
@@ -60,6 +63,7 @@ td.c-text { max-width: 22em; }
 tr.fail { background: #fde2e2; }
 tr.fail td.c-reasons { color: #a00; font-weight: bold; }
 img.align { width: 300px; display: block; }
+img.mel { width: 420px; display: block; }
 .missing { color: #a00; font-style: italic; }
 """
 
@@ -126,6 +130,10 @@ def _cell(item: dict[str, Any], key: str, kind: str, out_dir: Path) -> str:
         uri = _data_uri(out_dir, value, "image/png")
         body = (f'<img class="align" alt="alignment {escape(str(item.get("id")))}" src="{uri}">'
                 if uri else '<span class="missing">missing</span>')
+    elif kind == "melimg":  # only items with ground truth have one: "-" elsewhere
+        uri = _data_uri(out_dir, value, "image/png")
+        body = (f'<img class="mel" alt="mel {escape(str(item.get("id")))}" src="{uri}">'
+                if uri else "-" if not value else '<span class="missing">missing</span>')
     else:
         body = escape(_fmt(value))
     return f"<td {attrs}>{body}</td>"
