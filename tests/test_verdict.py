@@ -178,16 +178,26 @@ def test_identification_tells_reading_from_an_average():
     gts = [rng.normal(size=(80, int(rng.integers(40, 60)))) for _ in range(8)]
     ceps = [mel_cepstra(g, 13) for g in gts]
     noisy = [mel_cepstra(g + 0.3 * rng.normal(size=g.shape), 13) for g in gts]
-    flags, dist = identify(noisy, ceps, list(range(8)))
-    assert all(flags) and dist.shape == (8, 8)
+    flags, margins, dist = identify(noisy, ceps, list(range(8)))
+    assert all(flags) and dist.shape == (8, 8) and min(margins) > 0.1
     mean = np.mean([g.mean(axis=1) for g in gts], axis=0)
     average = mel_cepstra(np.repeat(mean[:, None], 50, axis=1), 13)
-    flags, _ = identify([average] * 8, ceps, list(range(8)))
+    flags, _, _ = identify([average] * 8, ceps, list(range(8)))
     assert sum(flags) == 0  # the same synthesis is never strictly nearest to its own sentence
     # a "hub" voice: every synthesis is a slightly perturbed copy of one sentence's ground
     # truth; one-way, the hub's own item would be identified by chance; both ways it is not
     hub = [mel_cepstra(gts[3] + 0.3 * rng.normal(size=gts[3].shape), 13) for _ in range(8)]
-    one_way = [int(np.argmin(d)) == i for i, d in enumerate(identify(hub, ceps, range(8))[1])]
+    one_way = [int(np.argmin(d)) == i for i, d in enumerate(identify(hub, ceps, range(8))[2])]
     assert one_way[3] and sum(one_way) == 1
     assert not any(identify(hub, ceps, list(range(8)))[0])
     assert math.isfinite(float(dist.min()))
+
+
+def test_identification_needs_a_margin_not_a_near_tie():
+    synth = [np.ones((1, 13))]
+    gts = [np.full((1, 13), 1.100), np.full((1, 13), 1.101), np.full((1, 13), 3.0)]
+    flags, margins, _ = identify(synth, gts, [0], margin=0.0)
+    assert flags == [True] and margins[0] == pytest.approx(0.01, abs=1e-3)
+    assert identify(synth, gts, [0], margin=0.02)[0] == [False]  # 1% nearer is a tie
+    gts[1] = np.full((1, 13), 1.2)
+    assert identify(synth, gts, [0], margin=0.02)[0] == [True]

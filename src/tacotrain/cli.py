@@ -65,10 +65,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"stopped at step {result.step} ({result.stop_reason}) after "
           f"{result.wall_seconds / 60:.1f} min; aligned: {str(result.aligned).lower()}")
     if v:
-        print(f"validation: mel {v.get('val/mel_post', float('nan')):.4f}, free-running "
-              f"diagonality {v.get('free/diagonality', float('nan')):.2f}, "
+        print(f"validation: mel {v.get('val/mel_post', float('nan')):.4f}; free-running: "
+              f"{result.verdict}; MCD-DTW {v.get('free/mcd_dtw_db', float('nan')):.2f} dB, "
               f"focus {v.get('free/focus', float('nan')):.2f}, "
-              f"coverage {v.get('free/coverage', float('nan')):.2f}, "
               f"stopped by gate {100 * v.get('free/stopped_by_gate', 0):.0f}%")
     print(f"checkpoint: {result.last_checkpoint}")
     return EXIT_OK
@@ -97,11 +96,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from tacotrain.evaluate.run import format_summary, run_eval
+    from tacotrain.data.loader import PreparedData
+    from tacotrain.evaluate.run import format_summary, prepared_items, run_eval
 
+    heldout = prepared_items(PreparedData.load(args.heldout), "heldout") if args.heldout \
+        else None
     report = run_eval(args.checkpoint, args.data, args.out, sentences=args.sentences,
                       robustness=args.robustness, vocoder=args.vocoder, device=args.device,
-                      seed=args.seed, asr=not args.no_asr, progress=not args.quiet)
+                      seed=args.seed, asr=not args.no_asr, progress=not args.quiet,
+                      heldout=heldout)
     print(format_summary(report))
     print(f"report: {args.out / 'report.json'} and {args.out / 'report.html'}")
     return EXIT_OK
@@ -466,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="prepared data the checkpoint was trained on (validation split)")
     ep.add_argument("--sentences", type=Path, default=None,
                     help="text file, one sentence per line (no ground truth)")
+    ep.add_argument("--heldout", type=Path, default=None,
+                    help="prepared data (from `tacotrain prepare`) of other recorded sentences: "
+                         "every item is judged against its ground truth (source 'heldout')")
     ep.add_argument("--robustness", action="store_true", help="add the built-in hard set")
     ep.add_argument("--out", type=Path, default=Path("eval"), help="report directory")
     ep.add_argument("--vocoder", default=None, help="griffin_lim (default)")

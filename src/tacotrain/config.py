@@ -234,6 +234,8 @@ class AlignmentConfig(Strict):
     # content: nearer (MCD-DTW) to its own ground truth than to any other of >= min_candidates
     require_identified: bool = True
     min_candidates: int = Field(8, ge=2)
+    # own distance x (1 + margin) must be below every other: a near tie is not a match
+    identify_margin: float = Field(0.02, ge=0.0, le=1.0)
     n_cepstra: int = Field(13, ge=1)  # mel-cepstral coefficients c1..cN in MCD-DTW
     max_mcd_dtw_db: float | None = Field(None, gt=0.0)  # optional upper bound on MCD-DTW
     round_share: float = Field(1.0, gt=0.0, le=1.0)  # share of a round's items that must pass
@@ -254,7 +256,7 @@ class InterventionConfig(Strict):
     """A bounded, reversible change made when a metric misbehaves (see train/guard.py)."""
 
     name: str
-    metric: str  # e.g. free/diagonality, val/mel_post (keys of the validation metrics)
+    metric: str  # e.g. free/aligned_share, free/mcd_dtw_db, val/mel_post (validation figures)
     compare: Literal["<", ">"]  # trigger when metric < threshold (or > threshold)
     threshold: float
     not_before_step: int = Field(0, ge=0)

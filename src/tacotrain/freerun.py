@@ -81,21 +81,24 @@ def judge(synth: Sequence[tuple[Tensor, Tensor, bool]], ground_truth: Sequence[T
     candidates = [ground_truth[i] for i in with_gt] + list(extra_candidates)
     mcd: dict[int, float] = {}
     ident: dict[int, bool] = {}
+    margin: dict[int, float] = {}
     if with_gt:
         n = cfg.n_cepstra
         cand_ceps = [mel_cepstra(c, n) for c in candidates]
         synth_ceps = [mel_cepstra(synth[i][0], n) for i in with_gt]
-        flags, dist = identify(synth_ceps, cand_ceps, list(range(len(with_gt))))
+        flags, margins, dist = identify(synth_ceps, cand_ceps, list(range(len(with_gt))),
+                                        cfg.identify_margin)
         for row, i in enumerate(with_gt):
             mcd[i] = float(dist[row, row])
             if len(candidates) >= cfg.min_candidates:
-                ident[i] = flags[row]
+                ident[i], margin[i] = flags[row], margins[row]
     items = []
     for i, (mel, attn, by_gate) in enumerate(synth):
         gt = ground_truth[i]
         v = judge_item(attn, by_gate, mel.shape[1], cfg,
                        gt_frames=int(gt.shape[1]) if gt is not None else None,
-                       mcd_dtw_db=mcd.get(i), identified=ident.get(i))
+                       mcd_dtw_db=mcd.get(i), identified=ident.get(i),
+                       content_margin=margin.get(i))
         items.append(FreeRunItem(mel, attn, v))
     return FreeRunRound(tuple(items), judge_round([it.verdict for it in items], cfg))
 

@@ -104,23 +104,30 @@ def mcd_dtw(mel_a: np.ndarray | torch.Tensor, mel_b: np.ndarray | torch.Tensor,
 
 
 def identify(synth_ceps: Sequence[np.ndarray], gt_ceps: Sequence[np.ndarray],
-             own: Sequence[int]) -> tuple[list[bool], np.ndarray]:
+             own: Sequence[int], margin: float = 0.0
+             ) -> tuple[list[bool], list[float], np.ndarray]:
     """The content test, both ways. ``synth_ceps[i]`` is identified when its own ground truth
-    ``gt_ceps[own[i]]`` is strictly the nearest of all ``gt_ceps`` to it, *and* it is strictly
-    the nearest of the syntheses to that ground truth (mutual nearest neighbours; the second
-    half needs two or more syntheses). The second half matters: a voice that does not read
-    produces about the same spectrum for every sentence, which lies nearest to one "hub" ground
-    truth, and the one synthesis whose own sentence is the hub would pass a one-way test by
-    chance. Returns the flags and the distance matrix ``[S, G]`` (dB)."""
+    ``gt_ceps[own[i]]`` is the nearest of all ``gt_ceps`` to it, *and* it is the nearest of the
+    syntheses to that ground truth (mutual nearest neighbours; the second half needs two or
+    more syntheses), each by a relative ``margin``: ``d_own * (1 + margin) < d_other``. The
+    second half matters: a voice that does not read produces about the same spectrum for every
+    sentence, which lies nearest to one "hub" ground truth, and the one synthesis whose own
+    sentence is the hub would pass a one-way test by chance; the margin keeps a near tie (a
+    match by chance among similar distances) from counting.
+
+    Returns the flags, each item's content margin ``min(d_other) / d_own - 1`` over both
+    directions (positive: nearer to its own than to anything else by that share; ``inf`` with
+    nothing to compare) and the distance matrix ``[S, G]`` (dB)."""
     dist = np.array([[cepstral_distance(s, g) for g in gt_ceps] for s in synth_ceps])
     dist = dist.reshape(len(synth_ceps), len(gt_ceps))
-    flags = []
+    margins = []
     for i, o in enumerate(own):
-        d = dist[i, o]
-        row = np.delete(dist[i], o)
-        col = np.delete(dist[:, o], i)
-        flags.append(bool((row.size == 0 or d < row.min()) and (col.size == 0 or d < col.min())))
-    return flags, dist
+        others = np.concatenate([np.delete(dist[i], o), np.delete(dist[:, o], i)])
+        nearest_other = float(others.min()) if others.size else math.inf
+        d = float(dist[i, o])
+        margins.append(nearest_other / d - 1.0 if d > 0 else
+                       math.inf if nearest_other > 0 else 0.0)
+    return [m > margin for m in margins], margins, dist
 
 
 # ---------------------------------------------------------------------------- reading
@@ -176,6 +183,7 @@ class ItemVerdict:
     monotonicity: float
     mcd_dtw_db: float | None
     identified: bool | None
+    content_margin: float | None  # how much nearer to its own ground truth (see identify)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -185,9 +193,11 @@ class ItemVerdict:
 
 def judge_item(attn: np.ndarray | torch.Tensor, stopped_by_gate: bool, frames: int,
                cfg: AlignmentConfig, gt_frames: int | None = None,
-               mcd_dtw_db: float | None = None, identified: bool | None = None) -> ItemVerdict:
+               mcd_dtw_db: float | None = None, identified: bool | None = None,
+               content_margin: float | None = None) -> ItemVerdict:
     """The verdict on one free-running item. ``attn [T_dec, N]`` is its valid region;
-    ``gt_frames``, ``mcd_dtw_db`` and ``identified`` are None where it has no ground truth."""
+    ``gt_frames``, ``mcd_dtw_db``, ``identified`` and ``content_margin`` are None where it has
+    no ground truth."""
     a = attn.detach().float().cpu() if isinstance(attn, torch.Tensor) \
         else torch.as_tensor(np.asarray(attn, dtype=np.float32))
     t, n = a.shape
@@ -213,7 +223,7 @@ def judge_item(attn: np.ndarray | torch.Tensor, stopped_by_gate: bool, frames: i
     return ItemVerdict(not reasons, reasons, bool(stopped_by_gate), int(frames), ratio,
                        rd.skipped_tokens, rd.skipped_share, rd.repeated_tokens,
                        rd.stalled_tokens, m["diagonality"], m["focus"], m["coverage"],
-                       m["monotonicity"], mcd_dtw_db, identified)
+                       m["monotonicity"], mcd_dtw_db, identified, content_margin)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("repeated_tokens", "repeated", "num"),
     ("stalled_tokens", "stalled", "num"),
     ("identified", "identified", "bool"),
+    ("content_margin", "content margin", "num"),
     ("diagonality", "diagonality", "num"),
     ("focus", "focus", "num"),
     ("coverage", "coverage", "num"),

@@ -61,7 +61,10 @@ def _median(values: Sequence[float | None]) -> float | None:
 
 
 def _round(x: Any) -> Any:
-    return round(float(x), 4) if isinstance(x, float) and np.isfinite(x) else x
+    """Floats to 4 decimals; a non-finite float (nothing to compare with) to null."""
+    if isinstance(x, float):
+        return round(x, 4) if np.isfinite(x) else None
+    return x
 
 
 def sentence_items(synth: Synthesizer, path: Path) -> list[EvalItem]:
