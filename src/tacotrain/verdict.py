@@ -8,7 +8,9 @@ when every check below holds; each failed check adds a machine-readable reason:
 * ``length_ratio``: free-running frames / ground-truth frames outside
   ``[length_ratio_min, length_ratio_max]`` (ground truth only);
 * ``skipped_tokens``: a token is *read* when its attention summed over decoder steps reaches
-  ``read_threshold`` (a share of one step); more than ``max_skipped_share`` unread tokens fails;
+  ``read_threshold`` (a share of one step); more than ``max_skipped_share`` unread tokens fails.
+  The last token is not counted: the gate fires as attention reaches it (often the final
+  punctuation), so a reading voice gives it little attention;
 * ``repeats``: the attention argmax returns more than ``repeat_tolerance`` tokens behind the
   furthest token it had reached; the distinct tokens returned to are counted;
 * ``stalls``: a token holds more than ``stall_factor`` x the item's median per-token attention
@@ -151,7 +153,8 @@ def reading(attn: np.ndarray, cfg: AlignmentConfig) -> Reading:
         return Reading(n, 1.0, 0, 0)
     dwell = a.sum(axis=0)  # [N]: decoder steps' worth of attention on each token
     read = dwell >= cfg.read_threshold
-    skipped = int(n - read.sum())
+    counted = max(n - 1, 1)  # the last token is where the gate fires: not counted
+    skipped = int(counted - read[:counted].sum())
     path = a.argmax(axis=1)  # [T]
     furthest = np.maximum.accumulate(path)
     back = np.zeros(t, dtype=bool)
@@ -160,7 +163,7 @@ def reading(attn: np.ndarray, cfg: AlignmentConfig) -> Reading:
     median = float(np.median(dwell[read])) if read.any() else 0.0
     limit = max(cfg.stall_factor * median, cfg.stall_min_steps)
     stalled = int((dwell > limit).sum())
-    return Reading(skipped, skipped / n, repeated, stalled)
+    return Reading(skipped, skipped / counted, repeated, stalled)
 
 
 # ---------------------------------------------------------------------------- verdicts
