@@ -50,9 +50,11 @@ def test_report_has_every_item_and_figure(evaluated, tiny_data):
     assert len(by["validation"]) == n_val and len(by["sentences"]) == 2
     assert {i["category"] for i in by["robustness"]} == set(CATEGORIES)
     assert rep["summary"]["items"] == len(items)
+    assert rep["summary"]["content_tested_items"] == n_val  # only items with ground truth
     assert rep["summary"]["by_source"]["sentences"]["items"] == 2
     # ground truth only for validation items: length ratio and MCD there, null elsewhere
-    assert all(i["length_ratio"] > 0 and i["mcd_dtw_db"] > 0 for i in by["validation"])
+    assert all(i["length_ratio"] > 0 and i["mcd_dtw_db"] > 0 and i["mel_mcd_dtw_db"] > 0
+               for i in by["validation"])
     assert all(i["length_ratio"] is None and i["mcd_dtw_db"] is None
                for i in by["sentences"] + by["robustness"])
     # a four-step model reads nothing: every item is judged not aligned, with its reasons

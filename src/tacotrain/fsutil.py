@@ -20,6 +20,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; reports and plots are meant to be read
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -43,6 +43,8 @@ COLUMNS: list[tuple[str, str, str]] = [
 # (key, words, unit) of the scalar summary figures; shares also get their "(k/n)" count.
 SUMMARY: list[tuple[str, str, str]] = [
     ("items", "items", ""),
+    ("content_tested_items", "items with ground truth (content test applied; the others are "
+     "judged on attention and the gate alone)", ""),
     ("aligned_share", "aligned share", ""),
     ("gate_stop_share", "stopped by the gate", ""),
     ("median_length_ratio", "median length ratio (output / expected)", ""),
