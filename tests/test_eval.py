@@ -10,6 +10,8 @@ import pytest
 import soundfile as sf
 
 from tacotrain.cli import main
+from tacotrain.config import AudioConfig, Settings
+from tacotrain.data.prepare import prepare
 from tacotrain.evaluate.robustness import CATEGORIES
 from tacotrain.train.trainer import Trainer
 
@@ -33,7 +35,7 @@ def evaluated(tiny_data, tmp_path_factory) -> tuple[Path, dict, Path]:
     out = root / "eval"
     code = main(["eval", "--checkpoint", str(res.last_checkpoint), "--data", str(tiny_data),
                  "--sentences", str(sentences), "--robustness", "--out", str(out), "--quiet",
-                 "--no-asr"])
+                 "--no-asr", "--heldout", str(tiny_data)])
     assert code == 0
     return out, json.loads((out / "report.json").read_text()), res.last_checkpoint
 
@@ -50,7 +52,10 @@ def test_report_has_every_item_and_figure(evaluated, tiny_data):
     assert len(by["validation"]) == n_val and len(by["sentences"]) == 2
     assert {i["category"] for i in by["robustness"]} == set(CATEGORIES)
     assert rep["summary"]["items"] == len(items)
-    assert rep["summary"]["content_tested_items"] == n_val  # only items with ground truth
+    n_all = len(json.loads((tiny_data / "manifest.json").read_text())["items"])
+    assert rep["summary"]["by_source"]["heldout"]["items"] == n_all
+    # only items with ground truth get the content test
+    assert rep["summary"]["content_tested_items"] == n_val + n_all
     assert rep["summary"]["by_source"]["sentences"]["items"] == 2
     # ground truth only for validation items: length ratio and MCD there, null elsewhere
     assert all(i["length_ratio"] > 0 and i["mcd_dtw_db"] > 0 and i["mel_mcd_dtw_db"] > 0
@@ -81,6 +86,12 @@ def test_bad_input_is_a_clear_error(evaluated, tiny_data, tmp_path, capsys):
     code = main(["eval", "--checkpoint", str(tmp_path / "none.pt"), "--data", str(tiny_data),
                  "--out", str(tmp_path / "e")])
     assert code == 2 and "none.pt" in capsys.readouterr().err
+    other = tmp_path / "other"  # held-out data prepared with other mel settings
+    prepare(tiny_data.parent / "corpus", other, Settings(audio=AudioConfig(fmax=7000.0)),
+            workers=1, progress=False)
+    code = main(["eval", "--checkpoint", str(ckpt), "--data", str(tiny_data), "--heldout",
+                 str(other), "--out", str(tmp_path / "e"), "--quiet"])
+    assert code == 2 and "audio settings differ" in capsys.readouterr().err
 
 
 def test_report_page_in_a_browser(evaluated, tmp_path):
@@ -101,9 +112,9 @@ def test_report_page_in_a_browser(evaluated, tmp_path):
         widths = page.eval_on_selector_all("#items img.align",
                                            "imgs => imgs.map(i => i.naturalWidth)")
         assert len(widths) == len(rep["items"]) and min(widths) > 0
-        # the mel under its ground truth, for the items that have one (validation)
+        # the mel under its ground truth, for the items that have one (validation, held-out)
         n_gt = sum(i["mel_png"] is not None for i in rep["items"])
-        assert n_gt == sum(i["source"] == "validation" for i in rep["items"]) > 0
+        assert n_gt == sum(i["source"] in ("validation", "heldout") for i in rep["items"]) > 0
         assert page.eval_on_selector_all("#items img.mel",
                                          "imgs => imgs.filter(i => i.naturalWidth > 0).length"
                                          ) == n_gt

@@ -97,10 +97,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from tacotrain.data.loader import PreparedData
-    from tacotrain.evaluate.run import format_summary, prepared_items, run_eval
+    from tacotrain.evaluate.run import EvalError, format_summary, prepared_items, run_eval
 
-    heldout = prepared_items(PreparedData.load(args.heldout), "heldout") if args.heldout \
-        else None
+    heldout = None
+    if args.heldout:
+        held, data = PreparedData.load(args.heldout), PreparedData.load(args.data)
+        if held.language != data.language or held.settings.audio != data.settings.audio:
+            raise EvalError(f"--heldout {args.heldout}: its language or audio settings differ "
+                            f"from {args.data}'s; prepare it with the same settings "
+                            f"(DATA/settings.yaml) and language")
+        heldout = prepared_items(held, "heldout")
     report = run_eval(args.checkpoint, args.data, args.out, sentences=args.sentences,
                       robustness=args.robustness, vocoder=args.vocoder, device=args.device,
                       seed=args.seed, asr=not args.no_asr, progress=not args.quiet,
