@@ -362,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tacotrain", formatter_class=fmt,
         description="Train Tacotron 2 voices and keep the training honest.\n\n"
-                    "Typical flow: corpus mini (or your own corpus) -> prepare -> train -> synth.",
+                    "Typical flow: corpus mini (or your own corpus) -> prepare -> train -> eval "
+                    "-> synth.",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
