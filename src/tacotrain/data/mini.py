@@ -117,6 +117,9 @@ def _ru_sentence(rng: random.Random, words: int) -> str:
     return text + rng.choice([".", ".", "!"])
 
 
+# the word lists per language, also the material of the robustness set (evaluate/robustness.py)
+VOCABULARY: dict[str, dict[str, list[str]]] = {"en": _EN, "ru": _RU}
+
 GENERATORS: dict[str, Callable[[random.Random, int], str]] = {
     "en": _en_sentence, "ru": _ru_sentence}
 

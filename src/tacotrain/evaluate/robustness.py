@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from tacotrain.data.mini import _EN, _RU  # the mini-corpus vocabularies
+from tacotrain.data.mini import VOCABULARY as _VOCAB  # the mini-corpus word lists
 from tacotrain.text import clean_text, unknown_characters
 from tacotrain.text.symbols import check_language
 
@@ -38,7 +38,6 @@ DECIMAL_WHOLE = (1, 99)
 DECIMAL_FRACTION = (10_000, 99_999)
 """Five decimal places: long, but within the Russian fraction names num2words declines."""
 
-_VOCAB = {"en": _EN, "ru": _RU}
 _JOINERS = {"en": (", ", ", and ", " and "), "ru": (", ", ", и ", " и ")}
 _REPEATED = {"en": ("go", "no", "stop", "yes", "hello"), "ru": ("да", "нет", "стоп", "иди", "ну")}
 _VERY = {"en": ("It was {} good.", "very"), "ru": ("Это было {} хорошо.", "очень")}
