@@ -19,7 +19,7 @@ def test_demo_that_does_not_read_fails_and_says_why(tmp_path, capsys):
     assert "not passed: the checkpoint's validation round failed the verdict" in captured.err
     assert "held-out sentences: 0% of 3 passed the verdict; failed:" in captured.err
     s = json.loads((out / "summary.json").read_text())
-    assert s["passed"] is False
+    assert s["passed"] is False and s["language"] == "en"
     # the summary describes the checkpoint the samples came from (no aligned round: the last)
     ck = s["checkpoint"]
     assert ck["step"] == 4 and ck["aligned"] is False and "0/2 items aligned" in ck["verdict"]

@@ -102,8 +102,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     heldout = None
     if args.heldout:
         held, data = PreparedData.load(args.heldout), PreparedData.load(args.data)
-        if held.language != data.language or held.settings.audio != data.settings.audio:
-            raise EvalError(f"--heldout {args.heldout}: its language or audio settings differ "
+        if (held.language, held.symbols, held.settings.audio) != (
+                data.language, data.symbols, data.settings.audio):
+            raise EvalError(f"--heldout {args.heldout}: its language, symbol table "
+                            f"(text.phonemes) or audio settings differ "
                             f"from {args.data}'s; prepare it with the same settings "
                             f"(DATA/settings.yaml) and language")
         heldout = prepared_items(held, "heldout")
@@ -120,7 +122,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tacotrain.config import load_config
     from tacotrain.demo import describe_failure, run_demo
 
-    cfg = load_config(args.config, args.set)
+    lang = [f"demo.language={args.lang}"] if args.lang else []  # --lang wins over --set
+    cfg = load_config(args.config, args.set + lang)
     s = run_demo(args.out, cfg, progress=not args.quiet)
     t, ck, held = s["training"], s["checkpoint"], s["heldout"]
     print(f"training: {t['steps']} steps, {t['wall_seconds'] / 60:.1f} min ({t['stop_reason']})")
@@ -490,7 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     dp = sub.add_parser(
         "demo", formatter_class=fmt, help="the whole job on the built-in mini corpus",
-        description="Build the espeak-ng mini corpus, prepare it, train the small preset on "
+        description="Build the espeak-ng mini corpus (English, or Russian with --lang ru), "
+                    "prepare it, train the small preset on "
                     "this machine until a validation round passes the alignment verdict (or "
                     "the demo.time_budget_minutes budget runs out), then evaluate that "
                     "checkpoint on its validation items and on demo.heldout_sentences "
@@ -504,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--config", default="small", help="preset or YAML (default: small)")
     dp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key, e.g. --set demo.time_budget_minutes=20")
+    dp.add_argument("--lang", choices=["en", "ru"], default=None,
+                    help="language of the mini corpus, held-out sentences and espeak-ng voice "
+                         "(sets demo.language; default en)")
     dp.add_argument("--quiet", action="store_true", help="no progress bars")
     dp.set_defaults(func=cmd_demo)
 

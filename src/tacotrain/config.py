@@ -58,6 +58,8 @@ class AudioConfig(Strict):
 class TextConfig(Strict):
     # auto: chosen from the script (Latin or Cyrillic) of the corpus text
     language: Literal["auto", "en", "ru"] = "auto"
+    # feed espeak-ng IPA phonemes instead of letters (needs espeak-ng; Russian "+" stress kept)
+    phonemes: bool = False
 
 
 class PrepareConfig(Strict):
@@ -100,18 +102,32 @@ class ModelConfig(Strict):
     attention_location_kernel_size: int = Field(31, ge=1)
     attention_dropout: float = Field(0.1, ge=0.0, lt=1.0)  # dropout on the attention LSTM output
     # "location": Tacotron 2's location-sensitive attention; "location_prior": the same plus a
-    # static forward prior (beta-binomial filter over the previous weights), alignment-robust
-    attention: Literal["location", "location_prior"] = "location"
+    # static forward prior (beta-binomial filter over the previous weights), alignment-robust;
+    # "dca": dynamic convolution attention (Battenberg et al. 2020), location-relative only (no
+    # content term), its MLP and energy layer attention_dim wide (the paper's 128 by default)
+    attention: Literal["location", "location_prior", "dca"] = "location"
     attention_prior_filter_len: int = Field(11, ge=2)  # largest forward move + 1 (tokens)
     attention_prior_alpha: float = Field(0.1, gt=0.0)  # beta-binomial shape: small alpha and
     attention_prior_beta: float = Field(0.9, gt=0.0)  # beta favour staying or small moves
+    dca_static_filters: int = Field(8, ge=1)  # DCA: static filters over the previous weights
+    dca_static_filter_len: int = Field(21, ge=1)  # DCA: their length (tokens)
+    dca_dynamic_filters: int = Field(8, ge=1)  # DCA: filters predicted from the attention query
+    dca_dynamic_filter_len: int = Field(21, ge=1)  # DCA: their length (tokens)
+    dca_prior_filter_len: int = Field(11, ge=2)  # DCA prior: largest forward move + 1 (tokens)
+    dca_prior_alpha: float = Field(0.1, gt=0.0)  # DCA prior: beta-binomial alpha
+    dca_prior_beta: float = Field(0.9, gt=0.0)  # DCA prior: beta-binomial beta
     prenet_dim: int = Field(256, ge=8)
     prenet_n_layers: int = Field(2, ge=1)
     prenet_dropout: float = Field(0.5, ge=0.0, lt=1.0)
     prenet_dropout_at_inference: bool = True  # the paper keeps prenet dropout on when synthesising
     decoder_rnn_dim: int = Field(1024, ge=8)
     decoder_dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    n_frames_per_step: int = Field(1, ge=1, le=8)  # reduction factor r
+    # reduction factor r: frames per decoder step; with an r_schedule, the largest r in it
+    # (the size of the frame and stop projections, whose first r slots a smaller r uses)
+    n_frames_per_step: int = Field(1, ge=1, le=8)
+    # gradual training: [[step, r], ...] from step 0, steps increasing; r from the last pair
+    # whose step <= the training step (train/schedules.r_at). Empty: r = n_frames_per_step
+    r_schedule: list[tuple[int, int]] = []
     postnet_embedding_dim: int = Field(512, ge=8)
     postnet_kernel_size: int = Field(5, ge=1)
     postnet_n_convolutions: int = Field(5, ge=1)
@@ -119,6 +135,35 @@ class ModelConfig(Strict):
     gate_threshold: float = Field(0.5, gt=0.0, lt=1.0)  # stop when sigmoid(gate) exceeds this
     max_decoder_steps: int = Field(2000, ge=1)  # absolute cap on decoder steps at inference
     max_decoder_steps_per_token: float = Field(12.0, gt=0.0)  # cap that scales with text length
+    # Synthesis-only safeguards (never used in teacher-forced training), 0 = off:
+    # attend only tokens p..p+window, p = the previous step's attention argmax (forward-only)
+    infer_attention_window: int = Field(0, ge=0)
+    # stop an item once its attention argmax has rested this many steps on its last token
+    infer_stop_after_last_token: int = Field(0, ge=0)
+    # after more steps than this on one token, attention may never again reach it or earlier
+    # tokens (a stuck voice moves on); on the last token the item stops
+    infer_max_steps_per_token: float = Field(0.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        sched = self.r_schedule
+        if not sched:
+            return self
+        if sched[0][0] != 0:
+            raise ValueError(f"model.r_schedule must start at step 0, got {sched[0][0]}")
+        for (a, _), (b, _) in zip(sched[:-1], sched[1:], strict=True):
+            if b <= a:
+                raise ValueError(f"model.r_schedule steps must be strictly increasing: "
+                                 f"{b} follows {a}")
+        bad = [r for _, r in sched if not 1 <= r <= 8]
+        if bad:
+            raise ValueError(f"model.r_schedule: r must be in 1..8, got {bad[0]}")
+        top = max(r for _, r in sched)
+        if self.n_frames_per_step != top:
+            raise ValueError(f"model.n_frames_per_step ({self.n_frames_per_step}) must equal "
+                             f"the largest r in model.r_schedule ({top}): it sizes the output "
+                             "projections")
+        return self
 
 
 class GuidedAttentionConfig(Strict):
@@ -400,6 +445,16 @@ class DemoConfig(Strict):
     # seed) that are not in the training corpus
     sentences: list[str] = []
     heldout_sentences: int = Field(8, ge=1)
+    language: Literal["en", "ru"] = "en"  # mini corpus, held-out sentences and espeak-ng voice
+
+
+class SynthConfig(Strict):
+    """``Synthesizer.synthesize``: long text is read sentence by sentence (text/sentences.py)."""
+
+    # a sentence longer than this (raw characters) is cut at ; : , or a space; about the length
+    # of a training clip's transcript, so every piece is as long as what the model learnt
+    max_sentence_chars: int = Field(150, ge=10)
+    sentence_pause_seconds: float = Field(0.3, ge=0.0, le=10.0)  # silence between pieces
 
 
 class Config(Strict):
@@ -415,6 +470,7 @@ class Config(Strict):
     track: TrackConfig = TrackConfig()
     notify: NotifyConfig = NotifyConfig()
     demo: DemoConfig = DemoConfig()
+    synth: SynthConfig = SynthConfig()
 
     @classmethod
     def from_saved(cls, data: dict[str, Any]) -> Config:

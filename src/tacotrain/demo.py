@@ -1,11 +1,12 @@
 """``tacotrain demo``: the whole job end to end on the built-in espeak-ng mini corpus.
 
-corpus mini -> prepare -> train the ``small`` preset until a validation round passes the
-alignment verdict (tacotrain/verdict.py) or ``demo.time_budget_minutes`` runs out -> speak
-``demo.heldout_sentences`` sentences that are not in the corpus with espeak-ng (their ground
-truth) -> ``tacotrain eval`` of the checkpoint on the validation items and those held-out
-sentences -> plots and ``DIR/summary.json``. The demo passes only when the checkpoint's
-validation round *and* the held-out sentences pass the verdict.
+mini corpus in ``demo.language`` (en or ru) -> prepare -> train the ``small`` preset until a
+validation round passes the alignment verdict (tacotrain/verdict.py) or
+``demo.time_budget_minutes`` runs out -> speak ``demo.heldout_sentences`` sentences that are
+not in the corpus with espeak-ng (their ground truth) -> ``tacotrain eval`` of the checkpoint
+on the validation items and those held-out sentences -> plots and ``DIR/summary.json``. The
+demo passes only when the checkpoint's validation round *and* the held-out sentences pass the
+verdict.
 """
 
 from __future__ import annotations
@@ -13,16 +14,18 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tacotrain.config import Config, Settings
 from tacotrain.data.loader import PreparedData
-from tacotrain.data.mini import make_mini_corpus, sentence, speak_sentences
+from tacotrain.data.mini import MiniCorpusError, make_mini_corpus, sentence, speak_sentences
 from tacotrain.data.prepare import format_summary, prepare
 from tacotrain.evaluate.run import prepared_items, run_eval
 from tacotrain.fsutil import atomic_write_json
 from tacotrain.plots import plot_training_curves
+from tacotrain.text import STRESS, detect_language
 from tacotrain.train.checkpoint import load_checkpoint
 from tacotrain.train.trainer import Trainer
 from tacotrain.train.validation import PLOT_FREE_ALIGNMENT, PLOT_FREE_MEL, PLOT_TF_ALIGNMENT
@@ -30,18 +33,73 @@ from tacotrain.train.validation import PLOT_FREE_ALIGNMENT, PLOT_FREE_MEL, PLOT_
 log = logging.getLogger(__name__)
 
 
+# what generated held-out sentences must include (where there is room): numbers, and in
+# Russian the stress mark "+" (text/symbols.STRESS), which the cleaner keeps for the model
+HELDOUT_FEATURES: dict[str, tuple[Callable[[str], bool], ...]] = {
+    "en": (lambda s: any(c.isdigit() for c in s),),
+    "ru": (lambda s: STRESS in s, lambda s: any(c.isdigit() for c in s)),
+}
+_MAX_GENERATED = 10_000  # generator sentences tried for the held-out set
+
+
 def held_out_sentences(cfg: Config, corpus_texts: set[str]) -> list[str]:
-    """Configured sentences, or ``demo.heldout_sentences`` generator sentences (same vocabulary,
-    another seed) that are not in the corpus."""
+    """Configured sentences, or ``demo.heldout_sentences`` generator sentences in
+    ``demo.language`` (same vocabulary, another seed) that are not in the corpus, in generator
+    order: the first ones, where needed swapping the last in for the first sentence with each
+    of ``HELDOUT_FEATURES`` (a number, a stress mark)."""
     if cfg.demo.sentences:
         return list(cfg.demo.sentences)
-    out, i = [], 0
-    while len(out) < cfg.demo.heldout_sentences:
-        s = sentence("en", cfg.demo.corpus_seed + 1000, i)
-        if s not in corpus_texts and s not in out:
-            out.append(s)
-        i += 1
-    return out
+    lang, n = cfg.demo.language, cfg.demo.heldout_sentences
+    features = HELDOUT_FEATURES[lang][:n]
+    found: list[str] = []
+    for i in range(_MAX_GENERATED):
+        if len(found) >= n and all(any(f(s) for s in found) for f in features):
+            break
+        s = sentence(lang, cfg.demo.corpus_seed + 1000, i)
+        if s not in corpus_texts and s not in found:
+            found.append(s)
+    if len(found) < n:
+        raise MiniCorpusError(f"only {len(found)} generator sentences are not in the corpus; "
+                              f"lower demo.heldout_sentences or give demo.sentences")
+    firsts: list[int] = []  # the first sentence with each feature
+    for f in features:
+        k = next((k for k, s in enumerate(found) if f(s)), None)
+        if k is not None and k not in firsts:
+            firsts.append(k)
+    rest = [k for k in range(len(found)) if k not in firsts]
+    return [found[k] for k in sorted(firsts + rest[:n - len(firsts)])]
+
+
+def demo_corpus(out: Path, cfg: Config, progress: bool = True) -> Path:
+    """``OUT/corpus``: the mini corpus in ``demo.language``, made once and reused; a corpus
+    there in another language is an error (the demo would train on it silently)."""
+    corpus = out / "corpus"
+    lang = cfg.demo.language
+    meta = corpus / "metadata.csv"
+    if not meta.exists():
+        make_mini_corpus(corpus, lang, cfg.demo.corpus_size, cfg.demo.corpus_seed,
+                         progress=progress)
+    found = detect_language(corpus_texts(corpus))
+    if found != lang:
+        raise MiniCorpusError(f"{meta} is a {found} corpus but demo.language is {lang}; "
+                              f"choose another --out for the {lang} demo")
+    return corpus
+
+
+def corpus_texts(corpus: Path) -> set[str]:
+    """The raw transcripts of a corpus in LJSpeech format."""
+    return {line.split("|")[1] for line in
+            (corpus / "metadata.csv").read_text(encoding="utf-8").splitlines()}
+
+
+def heldout_corpus(out: Path, cfg: Config, corpus: Path) -> Path:
+    """``OUT/heldout/corpus``: the held-out sentences, their ground truth spoken by espeak-ng in
+    ``demo.language`` as in the mini corpus (the normalised text; a stress mark is kept in the
+    transcript and not given to espeak-ng, see data/mini.speak)."""
+    sentences = held_out_sentences(cfg, corpus_texts(corpus))
+    root = out / "heldout" / "corpus"
+    speak_sentences(root, cfg.demo.language, sentences, "heldout")
+    return root
 
 
 def _rel(path: Path | str | None, base: Path) -> str | None:
@@ -52,10 +110,7 @@ def _rel(path: Path | str | None, base: Path) -> str | None:
 def run_demo(out: str | Path, cfg: Config, progress: bool = True) -> dict[str, Any]:
     out = Path(out)
     t_start = time.monotonic()
-    corpus = out / "corpus"
-    if not (corpus / "metadata.csv").exists():
-        make_mini_corpus(corpus, "en", cfg.demo.corpus_size, cfg.demo.corpus_seed,
-                         progress=progress)
+    corpus = demo_corpus(out, cfg, progress)
     prepared = prepare(corpus, out / "data", progress=progress)
     log.info("prepared data:\n%s", format_summary(prepared.report))
 
@@ -71,10 +126,7 @@ def run_demo(out: str | Path, cfg: Config, progress: bool = True) -> dict[str, A
     ckpt = result.best_checkpoint or result.last_checkpoint
     verdict = load_checkpoint(ckpt)["verdict"]
     data = PreparedData.load(out / "data")
-    texts = {line.split("|")[1] for line in
-             (corpus / "metadata.csv").read_text(encoding="utf-8").splitlines()}
-    heldout_dir = out / "heldout"
-    speak_sentences(heldout_dir / "corpus", "en", held_out_sentences(cfg, texts), "heldout")
+    heldout_dir = heldout_corpus(out, cfg, corpus).parent
     settings = Settings(audio=data.settings.audio, text=data.settings.text)
     prepare(heldout_dir / "corpus", heldout_dir / "data", settings, progress=False)
     heldout = prepared_items(PreparedData.load(heldout_dir / "data"), "heldout")
@@ -91,6 +143,7 @@ def run_demo(out: str | Path, cfg: Config, progress: bool = True) -> dict[str, A
 
     summary = {
         "passed": bool(verdict.get("aligned")) and held_ok,
+        "language": cfg.demo.language,
         "checkpoint": {
             "path": _rel(ckpt, out),
             "step": verdict.get("step"),

@@ -7,8 +7,9 @@ what training saw.
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,19 @@ from tacotrain.alignment import METRICS, plot_alignment
 from tacotrain.audio import load_vocoder, save_wav
 from tacotrain.audio.vocoder import Vocoder
 from tacotrain.config import AudioConfig, Config
+from tacotrain.freerun import synthesize as free_run
 from tacotrain.fsutil import atomic_write_json
 from tacotrain.model import Tacotron2
-from tacotrain.text import clean_text, symbols_for, text_to_sequence, unknown_characters
+from tacotrain.text import (
+    PhonemeError,
+    clean_text,
+    encode_text,
+    symbol_table,
+    unknown_characters,
+)
+from tacotrain.text.sentences import split_sentences
 from tacotrain.train.checkpoint import load_checkpoint
+from tacotrain.train.schedules import r_at
 from tacotrain.train.trainer import resolve_device
 from tacotrain.verdict import judge_item
 
@@ -33,23 +43,30 @@ class SynthesisError(ValueError):
 
 @dataclass
 class Synthesis:
+    """One synthesis. For text read in several pieces, ``wav`` and ``mel`` are the pieces joined
+    with pauses, ``alignment`` stacks the pieces' alignments along the decoder axis (each from
+    token 0, zero-padded to the longest piece), ``info`` sums up the pieces (their verdicts
+    joined, metrics of the worst piece) and ``info["pieces"]`` / ``pieces`` hold each one."""
+
     text: str  # cleaned text the model read
     wav: np.ndarray  # float32 waveform
     mel: torch.Tensor  # [n_mels, T] log-mel
     alignment: torch.Tensor  # [T_dec, N]
     info: dict[str, Any]  # frames, seconds, stopped_by_gate, metrics, synthesis_seconds, rtf
+    pieces: list[Synthesis] = field(default_factory=list)  # empty: read in one piece
 
 
 class Synthesizer:
     def __init__(self, model: Tacotron2, cfg: Config, language: str, audio: AudioConfig,
-                 device: torch.device, vocoder: Vocoder) -> None:
+                 device: torch.device, vocoder: Vocoder, phonemes: bool = False) -> None:
         self.model = model.eval()
         self.cfg = cfg
         self.language = language
         self.audio = audio
         self.device = device
         self.vocoder = vocoder
-        self.symbols = symbols_for(language)
+        self.phonemes = phonemes  # the model reads espeak-ng IPA (text.phonemes)
+        self.symbols = symbol_table(language, phonemes)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto",
@@ -58,17 +75,24 @@ class Synthesizer:
         ck = load_checkpoint(path, map_location=dev)
         cfg = Config.from_saved(ck["config"])
         data = ck["data"]
-        if data["symbols"] != symbols_for(data["language"]):
+        phonemes = bool(data.get("phonemes", False))  # older checkpoints read letters
+        if data["symbols"] != symbol_table(data["language"], phonemes):
+            kind = "phoneme" if phonemes else "letter"
             raise SynthesisError(f"{path}: the checkpoint's symbol table differs from this "
-                                 f"version's {data['language']} symbols; it cannot be used here")
+                                 f"version's {data['language']} {kind} table; it cannot be "
+                                 "used here")
         audio = AudioConfig.model_validate(data["audio"])
         model = Tacotron2(cfg.model, len(data["symbols"]), audio.n_mels).to(dev)
         model.load_state_dict(ck["model"])
-        return cls(model, cfg, data["language"], audio, dev, load_vocoder(vocoder, audio))
+        # the reduction factor the checkpoint was validated with (gradual training); older
+        # checkpoints do not record it: the schedule's r at their step
+        model.set_r(ck.get("r") or r_at(ck.get("step", 0), cfg.model))
+        return cls(model, cfg, data["language"], audio, dev, load_vocoder(vocoder, audio),
+                   phonemes)
 
     def sequence(self, text: str) -> tuple[str, list[int]]:
-        """Text -> (the cleaned text the model reads, its symbol ids); unspeakable characters
-        raise :class:`SynthesisError` naming them."""
+        """Text -> (the cleaned text the model reads, its symbol ids: of its espeak-ng phonemes
+        for a phoneme model); unspeakable characters raise :class:`SynthesisError` naming them."""
         cleaned = clean_text(text, self.language)
         bad = unknown_characters(cleaned, self.language)
         if bad:
@@ -76,10 +100,32 @@ class Synthesizer:
                                  f"set: {' '.join(repr(c) for c in bad)} in {text!r}")
         if not cleaned.strip():
             raise SynthesisError(f"nothing to say in {text!r}")
-        return cleaned, text_to_sequence(cleaned, self.language)
+        try:
+            return cleaned, encode_text(cleaned, self.language, self.phonemes)
+        except PhonemeError as exc:
+            raise SynthesisError(f"cannot phonemise {text!r}: {exc}") from None
 
     @torch.no_grad()
     def synthesize(self, text: str, seed: int = 0) -> Synthesis:
+        """Text -> speech. Text longer than a sentence or ``synth.max_sentence_chars`` is read
+        piece by piece (text/sentences.py; the model learnt clip-length sentences and loses its
+        place on a page), the pieces batched, their audio joined with
+        ``synth.sentence_pause_seconds`` of silence. Text that is one piece is read as a whole."""
+        pieces = split_sentences(text, self.language, self.cfg.synth.max_sentence_chars)
+        if len(pieces) <= 1:
+            return self._synthesize_one(text, seed)
+        parsed = [self.sequence(p) for p in pieces]
+        t0 = time.perf_counter()
+        torch.manual_seed(seed)  # prenet dropout stays on at inference: make it repeatable
+        runs = free_run(self.model, [torch.tensor(seq, dtype=torch.long) for _, seq in parsed])
+        parts = []
+        for (cleaned, _), (mel, align, by_gate) in zip(parsed, runs, strict=True):
+            wav = self.vocoder(mel.to(self.device))
+            parts.append(Synthesis(cleaned, wav, mel, align,
+                                   self._info(cleaned, wav, mel.shape[1], align, by_gate, None)))
+        return self._join(parts, time.perf_counter() - t0)
+
+    def _synthesize_one(self, text: str, seed: int) -> Synthesis:
         cleaned, seq = self.sequence(text)
         t0 = time.perf_counter()
         torch.manual_seed(seed)  # prenet dropout stays on at inference: make it repeatable
@@ -92,9 +138,16 @@ class Synthesizer:
         elapsed = time.perf_counter() - t0
         dec = int(out.dec_lengths[0])
         align = out.alignments[0, :dec, : len(seq)].float().cpu()
-        v = judge_item(align, bool(out.stopped_by_gate[0]), frames, self.cfg.alignment)
+        info = self._info(cleaned, wav, frames, align, bool(out.stopped_by_gate[0]), elapsed)
+        return Synthesis(cleaned, wav, mel.cpu(), align, info)
+
+    def _info(self, cleaned: str, wav: np.ndarray, frames: int, align: torch.Tensor,
+              stopped_by_gate: bool, elapsed: float | None) -> dict[str, Any]:
+        """The verdict and figures of one piece; ``elapsed`` None where it was synthesised in a
+        batch (its own time is not known)."""
+        v = judge_item(align, stopped_by_gate, frames, self.cfg.alignment)
         seconds = len(wav) / self.audio.sample_rate
-        info = {
+        return {
             "text": cleaned,
             "frames": frames,
             "seconds": round(seconds, 3),
@@ -106,20 +159,56 @@ class Synthesizer:
             "repeated_tokens": v.repeated_tokens,
             "stalled_tokens": v.stalled_tokens,
             **{k: round(getattr(v, k), 4) for k in METRICS},
+            "synthesis_seconds": None if elapsed is None else round(elapsed, 3),
+            "rtf": round(elapsed / seconds, 4) if elapsed is not None and seconds > 0 else None,
+        }
+
+    def _join(self, parts: list[Synthesis], elapsed: float) -> Synthesis:
+        """Pieces -> one synthesis: audio and mel joined with pauses, the verdicts summed up."""
+        pause_s = self.cfg.synth.sentence_pause_seconds
+        silence = np.zeros(round(pause_s * self.audio.sample_rate), dtype=np.float32)
+        pause_frames = round(len(silence) / self.audio.hop_length)
+        floor = torch.full((self.audio.n_mels, pause_frames), math.log(self.audio.log_clamp))
+        wavs: list[np.ndarray] = []
+        mels: list[torch.Tensor] = []
+        for k, p in enumerate(parts):
+            wavs += [silence, p.wav] if k else [p.wav]
+            mels += [floor, p.mel] if k else [p.mel]
+        wav = np.concatenate(wavs).astype(np.float32)
+        n_max = max(p.alignment.shape[1] for p in parts)
+        align = torch.cat([torch.nn.functional.pad(p.alignment, (0, n_max - p.alignment.shape[1]))
+                           for p in parts])
+        infos = [p.info for p in parts]
+        reasons = [r for i in infos for r in i["reasons"]]
+        seconds = len(wav) / self.audio.sample_rate
+        text = " ".join(p.text for p in parts)
+        info = {
+            "text": text,
+            "frames": sum(i["frames"] for i in infos),
+            "seconds": round(seconds, 3),
+            "stopped_by_gate": all(i["stopped_by_gate"] for i in infos),
+            "aligned": all(i["aligned"] for i in infos),
+            "reasons": list(dict.fromkeys(reasons)),  # each failing piece says which in "pieces"
+            **{k: sum(i[k] for i in infos)
+               for k in ("skipped_tokens", "repeated_tokens", "stalled_tokens")},
+            **{k: min(i[k] for i in infos) for k in METRICS},  # the worst piece
             "synthesis_seconds": round(elapsed, 3),
             "rtf": round(elapsed / seconds, 4) if seconds > 0 else None,
+            "pause_seconds": pause_s,
+            "pieces": infos,
         }
-        return Synthesis(cleaned, wav, mel.cpu(), align, info)
+        return Synthesis(text, wav, torch.cat(mels, dim=1), align, info, parts)
 
     def save(self, result: Synthesis, wav_path: str | Path) -> dict[str, Any]:
-        """Write ``x.wav``, ``x.json`` (the info) and ``x.png`` (the alignment)."""
+        """Write ``x.wav``, ``x.json`` (the info, with each piece's) and ``x.png`` (the alignment;
+        for several pieces, theirs one after another)."""
         wav_path = Path(wav_path)
         wav_path.parent.mkdir(parents=True, exist_ok=True)
         save_wav(wav_path, result.wav, self.audio.sample_rate)
         info = result.info
         verdict = "aligned" if info["aligned"] else "NOT aligned: " + ", ".join(info["reasons"])
-        plot_alignment(result.alignment, wav_path.with_suffix(".png"),
-                       title=result.text[:60],
+        title = result.text[:60] + (f" ({len(result.pieces)} pieces)" if result.pieces else "")
+        plot_alignment(result.alignment, wav_path.with_suffix(".png"), title=title,
                        info=verdict + "; " + ", ".join(f"{k} {info[k]:.2f}" for k in METRICS))
         atomic_write_json(wav_path.with_suffix(".json"), info)
         return info

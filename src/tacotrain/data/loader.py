@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, Sampler
 from tacotrain.batch import Batch, make_gate_targets
 from tacotrain.config import Settings
 from tacotrain.data.prepare import MANIFEST, MANIFEST_VERSION
-from tacotrain.text import text_to_sequence
+from tacotrain.text import phonemes_to_sequence, symbol_table, text_to_sequence
 
 
 class DataError(RuntimeError):
@@ -36,6 +36,7 @@ class PreparedData:
     symbols: list[str]
     settings: Settings
     items: list[dict[str, Any]]
+    phonemes: bool = False  # the items carry espeak-ng IPA, which the model reads
 
     @classmethod
     def load(cls, root: str | Path) -> PreparedData:
@@ -49,8 +50,19 @@ class PreparedData:
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("version") != MANIFEST_VERSION:
             raise DataError(f"{path}: version {data.get('version')} not supported; re-run prepare")
+        phonemes = bool(data.get("phonemes", False))
+        if data["symbols"] != symbol_table(data["language"], phonemes):
+            kind = "phoneme" if phonemes else "letter"
+            raise DataError(f"{path}: its {data['language']} {kind} table differs from this "
+                            "version's; re-run prepare")
         return cls(root, data["language"], list(data["symbols"]),
-                   Settings.model_validate(data["settings"]), list(data["items"]))
+                   Settings.model_validate(data["settings"]), list(data["items"]), phonemes)
+
+    def sequence(self, item: dict[str, Any]) -> list[int]:
+        """The symbol ids the model reads for ``item``: its cached phonemes or its text."""
+        if self.phonemes:
+            return phonemes_to_sequence(item["phonemes"], self.language)
+        return text_to_sequence(item["text"], self.language)
 
     def split(self, name: str) -> list[dict[str, Any]]:
         return [i for i in self.items if i["split"] == name]
@@ -65,7 +77,7 @@ class TextMelDataset(Dataset):
         if not self.items:
             raise DataError(f"{data.root}: the {split!r} split is empty")
         self.lengths = [int(i["frames"]) for i in self.items]
-        self._sequences = [text_to_sequence(i["text"], data.language) for i in self.items]
+        self._sequences = [data.sequence(i) for i in self.items]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -136,7 +148,10 @@ class BucketBatchSampler(Sampler[list[int]]):
 
 class Collate:
     """Pad a list of dataset items to the batch maximum (mel length rounded up to a multiple of
-    ``n_frames_per_step``), with length tensors and gate targets."""
+    ``n_frames_per_step``), with length tensors and gate targets.
+
+    ``r`` may be changed between batches (gradual training); a DataLoader's worker processes
+    hold their own copy, so a loader with workers must be rebuilt to see the change."""
 
     def __init__(self, n_frames_per_step: int = 1) -> None:
         if n_frames_per_step < 1:

@@ -6,7 +6,8 @@ Bad items never stop the run; each becomes a rejection with a reason code. Outpu
   over the audio settings and the source file (path, size, mtime), so a re-run with the same
   settings reuses them and changed audio settings recompute them;
 - ``report.json``: kept and rejected items with reasons, and a summary;
-- ``train.txt`` / ``val.txt``: ``id|text`` of the deterministic split;
+- ``train.txt`` / ``val.txt``: ``id|text`` of the deterministic split (``id|text|phonemes``
+  with ``text.phonemes``: the espeak-ng IPA the model reads, also in each manifest item);
 - ``settings.yaml``: audio, text and prepare settings used (language resolved);
 - ``manifest.json``: everything the training loader needs. Written last: a directory without it
   is incomplete, and a new run removes it (and the report and split) before doing anything.
@@ -33,7 +34,14 @@ from tacotrain.audio import AudioReadError, load_audio, mel_spectrogram, peak_db
 from tacotrain.config import AudioConfig, PrepareConfig, Settings, to_yaml
 from tacotrain.data.corpus import REASONS, Entry, Rejection, read_corpus
 from tacotrain.fsutil import atomic_write, atomic_write_json, atomic_write_text
-from tacotrain.text import clean_text, detect_language, symbols_for, unknown_characters
+from tacotrain.text import (
+    PhonemeError,
+    clean_text,
+    detect_language,
+    phonemize_each,
+    symbol_table,
+    unknown_characters,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,8 @@ MANIFEST_VERSION = 1
 # Starting worker processes costs ~1-2 s; below this many clips one process is faster
 # (measured: 200 mini-corpus clips take 0.9 s in-process, 2.2 s with 2 spawned workers).
 PARALLEL_MIN_JOBS = 400
+PHONEME_REASON = "phonemes_failed"
+"""Rejection reason, with ``text.phonemes``, for text espeak-ng cannot turn into table symbols."""
 _LETTER = re.compile(r"[^\W\d_]")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -249,6 +259,26 @@ def _check_text(entry: Entry, language: str) -> tuple[str | None, Rejection | No
     return cleaned, None
 
 
+def _phonemize_candidates(candidates: list[tuple[Entry, str]], language: str,
+                          phonemes: dict[str, str], rejected: list[Rejection], workers: int,
+                          progress: bool) -> list[tuple[Entry, str]]:
+    """Fill ``phonemes`` (id -> IPA) for the candidates espeak-ng can read; reject the rest.
+    espeak-ng missing or crashing stops the run (every item would fail the same way)."""
+    try:
+        results = phonemize_each([cleaned for _, cleaned in candidates], language,
+                                 workers=workers, progress=progress)
+    except PhonemeError as exc:
+        raise PrepareError(f"text.phonemes: {exc}") from None
+    kept = []
+    for (entry, cleaned), ipa in zip(candidates, results, strict=True):
+        if isinstance(ipa, PhonemeError):
+            rejected.append(Rejection(entry.id, entry.line, PHONEME_REASON, str(ipa)))
+        else:
+            phonemes[entry.id] = ipa
+            kept.append((entry, cleaned))
+    return kept
+
+
 def _run_jobs(jobs: list[AudioJob], workers: int, progress: bool) -> list[dict[str, Any]]:
     bar = tqdm(total=len(jobs), desc="extracting mels", unit="clip", disable=not progress)
     results: list[dict[str, Any]] = []
@@ -305,6 +335,11 @@ def prepare(
         else:
             candidates.append((entry, cleaned))
 
+    phonemes: dict[str, str] = {}
+    if settings.text.phonemes:
+        candidates = _phonemize_candidates(candidates, language, phonemes, rejected,
+                                           workers or os.cpu_count() or 1, progress)
+
     # cached items are checked from their sidecar; the rest go to the workers
     jobs: list[AudioJob] = []
     results: dict[str, dict[str, Any]] = {}
@@ -342,9 +377,12 @@ def prepare(
         rate = len(cleaned) / max(res["seconds"], 1e-6)
         if not 4.0 <= rate <= 35.0:
             notes.append(f"unusual speaking rate {rate:.1f} characters/s: check the transcript")
-        kept.append({"id": entry.id, "text": cleaned, "seconds": res["seconds"], "notes": notes})
-        items.append({"id": entry.id, "text": cleaned, "mel": f"mels/{mel_files[entry.id]}",
-                      "frames": res["frames"], "seconds": res["seconds"]})
+        ipa = {"phonemes": phonemes[entry.id]} if phonemes else {}
+        kept.append({"id": entry.id, "text": cleaned, **ipa, "seconds": res["seconds"],
+                     "notes": notes})
+        items.append({"id": entry.id, "text": cleaned, **ipa,
+                      "mel": f"mels/{mel_files[entry.id]}", "frames": res["frames"],
+                      "seconds": res["seconds"]})
 
     train_ids, val_ids = split_ids([k["id"] for k in kept], pcfg, [k["text"] for k in kept])
     dup_texts, dup_items = duplicate_texts([k["text"] for k in kept])
@@ -354,15 +392,17 @@ def prepare(
 
     rejected.sort(key=lambda r: (r.line, r.id))
     counts = Counter(r.reason for r in rejected)
+    reasons = (*REASONS, PHONEME_REASON) if settings.text.phonemes else REASONS
     seconds = sum(k["seconds"] for k in kept)
     summary = {
         "corpus": str(listing.metadata),
         "format": listing.format,
         "language": language,
+        "phonemes": settings.text.phonemes,
         "lines": len(listing.entries) + len(listing.rejected),
         "kept": len(kept),
         "rejected": len(rejected),
-        "rejected_by_reason": {r: counts.get(r, 0) for r in REASONS},
+        "rejected_by_reason": {r: counts.get(r, 0) for r in reasons},
         "hours_kept": round(seconds / 3600.0, 4),
         "seconds_kept": round(seconds, 2),
         "train_items": len(train_ids),
@@ -376,9 +416,10 @@ def prepare(
     }
     report = {"kept": kept, "rejected": [r.as_dict() for r in rejected], "summary": summary}
 
-    used = Settings(audio=acfg, text={"language": language}, prepare=pcfg)
+    used = Settings(audio=acfg, text={"language": language,
+                                      "phonemes": settings.text.phonemes}, prepare=pcfg)
     atomic_write_json(out / "report.json", report)
-    text_of = {k["id"]: k["text"] for k in kept}
+    text_of = {k["id"]: "|".join(filter(None, (k["text"], k.get("phonemes")))) for k in kept}
     atomic_write_text(out / "train.txt", "".join(f"{i}|{text_of[i]}\n" for i in train_ids))
     atomic_write_text(out / "val.txt", "".join(f"{i}|{text_of[i]}\n" for i in val_ids))
     atomic_write_text(out / "settings.yaml", to_yaml(used))
@@ -386,7 +427,8 @@ def prepare(
     manifest = {
         "version": MANIFEST_VERSION,
         "language": language,
-        "symbols": symbols_for(language),
+        "symbols": symbol_table(language, settings.text.phonemes),
+        "phonemes": settings.text.phonemes,
         "settings": used.model_dump(mode="json"),
         "items": items,
     }
@@ -406,7 +448,8 @@ def format_summary(report: dict[str, Any]) -> str:
     """The human summary printed after a run."""
     s = report["summary"]
     lines = [
-        f"corpus: {s['corpus']} ({s['format']}, language {s['language']})",
+        f"corpus: {s['corpus']} ({s['format']}, language {s['language']}"
+        f"{', phonemes' if s.get('phonemes') else ''})",
         f"kept {s['kept']} of {s['lines']} items, {s['hours_kept']:.3f} h "
         f"({s['seconds_kept']:.1f} s); train {s['train_items']}, validation {s['val_items']}",
         f"audio: {s['clips_read']} clip(s) read, {s['reused_from_cache']} reused from the cache; "

@@ -38,7 +38,6 @@ from tacotrain.evaluate.robustness import robustness_set
 from tacotrain.freerun import judge, nearest_in_length, synthesize
 from tacotrain.fsutil import atomic_write_json
 from tacotrain.synth import SynthesisError, Synthesizer
-from tacotrain.text import text_to_sequence
 from tacotrain.verdict import mcd_dtw
 
 log = logging.getLogger(__name__)
@@ -104,7 +103,7 @@ def prepared_items(data: PreparedData, source: str, split: str | None = None) ->
     """Items of prepared data (one split, or all) with their ground-truth mels."""
     rows = data.items if split is None else data.split(split)
     return [EvalItem(r["id"], source, None, r["text"],
-                     torch.tensor(text_to_sequence(r["text"], data.language)),
+                     torch.tensor(data.sequence(r)),
                      torch.from_numpy(np.load(data.root / r["mel"], allow_pickle=False)))
             for r in rows]
 

@@ -1,15 +1,17 @@
 """Attention mechanisms for the Tacotron 2 decoder.
 
-Every mechanism has the same small, stateless interface so the decoder never needs to know which
-one it runs, and other kinds (dynamic convolution attention, a static diagonal prior) can be
-added next to the location-sensitive one:
+Three mechanisms: Tacotron 2's location-sensitive attention, the same with a static forward
+prior, and dynamic convolution attention. All have the same small, stateless interface so the
+decoder never needs to know which one it runs:
 
 * ``preprocess_memory(memory) -> processed_memory``: per-utterance work done once, not per step;
 * ``init_state(memory, mask) -> state``: the mechanism's own recurrent state (a NamedTuple);
 * ``step(query, memory, processed_memory, mask, state) -> (context, weights, new_state)``.
 
 Nothing is stored on ``self`` between calls. ``mask`` is ``[B, N]`` bool, True at real tokens;
-padded tokens get exactly zero weight. Energies are masked with ``finfo(float32).min`` and the
+padded tokens get exactly zero weight. In free-running synthesis the decoder may pass a narrower
+mask (its attention window), so a mechanism uses ``mask`` only to say where weight may go, never
+to compute features. Energies are masked with ``finfo(float32).min`` and the
 softmax runs in float32, so fp16/bf16 autocast cannot produce NaN from ``-inf`` arithmetic.
 """
 
@@ -192,6 +194,15 @@ def beta_binomial_filter(length: int, alpha: float, beta: float) -> Tensor:
     return torch.tensor(pmf, dtype=torch.float32)
 
 
+def causal_log_prior(prev: Tensor, flipped_filter: Tensor, floor: float) -> Tensor:
+    """log of the forward prior: ``prev [B, N]`` convolved causally with a filter of forward
+    moves (``flipped_filter [1, 1, L]``, reversed for conv1d), clamped at ``floor`` so the log
+    stays finite -> ``[B, N]``. prior[n] = sum_k f[k] * prev[n - k]."""
+    k = flipped_filter.shape[-1]
+    prior = F.conv1d(F.pad(prev.unsqueeze(1), (k - 1, 0)), flipped_filter.to(prev.dtype))
+    return torch.log(prior.squeeze(1).clamp(min=floor))
+
+
 class PriorLocationSensitiveAttention(LocationSensitiveAttention):
     """Location-sensitive attention with a static forward prior (alignment-robust option).
 
@@ -218,10 +229,120 @@ class PriorLocationSensitiveAttention(LocationSensitiveAttention):
 
     def log_prior(self, prev: Tensor) -> Tensor:
         """``[B, N]`` previous weights -> ``[B, N]`` log prior of the next weights."""
-        k = self.prior_filter.shape[-1]
-        prior = F.conv1d(F.pad(prev.unsqueeze(1), (k - 1, 0)), self.prior_filter.to(prev.dtype))
-        return torch.log(prior.squeeze(1).clamp(min=math.exp(self.log_floor)))
+        return causal_log_prior(prev, self.prior_filter, math.exp(self.log_floor))
 
     def adjust(self, energies: Tensor, state: AttentionState) -> Tensor:
         """Add the log prior of the previous step's weights to the energies ``[B, N]``."""
         return energies.float() + self.log_prior(state.weights)
+
+
+class DCAState(NamedTuple):
+    """Recurrent state of dynamic convolution attention."""
+
+    weights: Tensor  # [B, N] float32 attention weights of the previous decoder step
+
+
+def sliding_windows(x: Tensor, k: int) -> Tensor:
+    """``[B, N]`` -> ``[B, N, k]`` windows with "same" padding ((k - 1) // 2 zeros on the left,
+    the rest on the right), so ``windows @ w`` equals a cross-correlation with ``w [k]``."""
+    left = (k - 1) // 2
+    return F.pad(x, (left, k - 1 - left)).unfold(1, k, 1)
+
+
+class DynamicConvolutionAttention(AttentionMechanism):
+    """Dynamic convolution attention (DCA, Battenberg et al. 2020).
+
+    e[t, n] = v^T tanh(W f[t, n] + U g[t, n] + b) + log p[t, n], where f are static filters
+    and g dynamic filters over the previous weights (the dynamic taps come from the attention
+    RNN query through an MLP: tanh hidden layer, then linear), and p is the causal
+    beta-binomial prior over the previous weights. There is no content (memory) term: the
+    attention is purely location-relative, so it cannot jump to a look-alike token elsewhere in
+    the text, and the prior lets it only stay or move forward. Starts on the first token.
+
+    The MLP hidden layer and the energy layer are ``attention_dim`` wide (the paper uses 128).
+    Filters are applied as matmuls over sliding windows of the previous weights (see
+    ``features``): the static conv composed with W once per batch (as
+    ``LocationLayer.apply_fused`` does), each item's dynamic conv composed with U once per step,
+    all items in one batched matmul.
+    """
+
+    def __init__(
+        self,
+        attention_rnn_dim: int,
+        attention_dim: int,
+        static_filters: int = 8,
+        static_filter_len: int = 21,
+        dynamic_filters: int = 8,
+        dynamic_filter_len: int = 21,
+        prior_filter_len: int = 11,
+        prior_alpha: float = 0.1,
+        prior_beta: float = 0.9,
+        floor: float = 1e-8,
+    ) -> None:
+        super().__init__()
+        self.static_filter_len = static_filter_len
+        self.dynamic_filters = dynamic_filters
+        self.dynamic_filter_len = dynamic_filter_len
+        self.static_conv = ConvNorm(1, static_filters, static_filter_len, bias=False)
+        self.static_dense = LinearNorm(static_filters, attention_dim, bias=False,
+                                       w_init_gain="tanh")  # W
+        self.dynamic_hidden = LinearNorm(attention_rnn_dim, attention_dim, w_init_gain="tanh")
+        self.dynamic_taps = LinearNorm(attention_dim, dynamic_filters * dynamic_filter_len,
+                                       bias=False)
+        self.dynamic_dense = LinearNorm(dynamic_filters, attention_dim, w_init_gain="tanh")  # U, b
+        self.v = LinearNorm(attention_dim, 1, bias=False)
+        self.register_buffer("prior_filter", beta_binomial_filter(
+            prior_filter_len, prior_alpha, prior_beta).flip(0).view(1, 1, -1), persistent=False)
+        self.floor = floor
+
+    def preprocess_memory(self, memory: Tensor) -> Tensor:
+        """The static conv composed with W: ``[static_filter_len, attention_dim]`` (the memory
+        itself is not needed: DCA has no content term)."""
+        conv_w = self.static_conv.conv.weight  # [F_s, 1, K_s]
+        return (self.static_dense.linear_layer.weight @ conv_w.flatten(1)).t()  # [K_s, A]
+
+    def init_state(self, memory: Tensor, mask: Tensor) -> DCAState:
+        """Previous weights one-hot on the first token, ``[B, N]`` float32."""
+        weights = torch.zeros(mask.shape, dtype=torch.float32, device=memory.device)
+        weights[:, 0] = 1.0
+        return DCAState(weights)
+
+    def features(self, query: Tensor, prev: Tensor, static_weight: Tensor) -> Tensor:
+        """``W f + U g + b`` ``[B, N, A]`` for query ``[B, Q]``, previous weights ``[B, N]``
+        and ``static_weight`` from ``preprocess_memory``.
+
+        The dynamic conv (no bias) followed by U is also one linear map per item,
+        ``taps^T U^T`` ``[B, K_d, A]``; with equal static and dynamic lengths (the default) the
+        static map is added to it and both filters cost a single batched matmul.
+        """
+        b = query.size(0)
+        taps = self.dynamic_taps(torch.tanh(self.dynamic_hidden(query)))
+        taps = taps.view(b, self.dynamic_filters, self.dynamic_filter_len)  # [B, F_d, K_d]
+        dense = self.dynamic_dense.linear_layer
+        dynamic_weight = taps.transpose(1, 2) @ dense.weight.t()  # [B, K_d, A]
+        windows = sliding_windows(prev, self.dynamic_filter_len).to(dynamic_weight.dtype)
+        if self.static_filter_len == self.dynamic_filter_len:
+            x = torch.bmm(windows, dynamic_weight + static_weight.to(dynamic_weight.dtype))
+        else:
+            static = sliding_windows(prev, self.static_filter_len).to(static_weight.dtype)
+            x = torch.bmm(windows, dynamic_weight) + (static @ static_weight).to(windows.dtype)
+        return x + dense.bias.to(x.dtype)  # [B, N, A]
+
+    def step(
+        self,
+        query: Tensor,
+        memory: Tensor,
+        processed_memory: Tensor,
+        mask: Tensor,
+        state: DCAState,
+    ) -> tuple[Tensor, Tensor, DCAState]:
+        """query ``[B, attention_rnn_dim]``, memory ``[B, N, E]``, processed_memory from
+        ``preprocess_memory``, mask ``[B, N]`` -> context ``[B, E]``, weights ``[B, N]``
+        float32, new state."""
+        prev = state.weights
+        x = self.features(query, prev, processed_memory)  # [B, N, A]
+        energies = self.v(torch.tanh(x)).squeeze(-1)  # [B, N]
+        energies = energies.float() + causal_log_prior(prev, self.prior_filter, self.floor)
+        weights = masked_softmax(energies, mask)  # [B, N] float32
+        context = torch.bmm(weights.unsqueeze(1).to(memory.dtype), memory).squeeze(1)  # [B, E]
+        return context, weights, DCAState(weights)

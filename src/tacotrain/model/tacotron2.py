@@ -10,7 +10,8 @@ One class per block of the paper: ``Encoder``, ``Prenet``, ``Decoder`` (with the
   from the attention softmax; padded mel frames are zeroed before and inside the postnet, so an
   item's output never depends on how much padding the other items in its batch carry;
 * any reduction factor r >= 1: each decoder step emits r frames and r stop logits (one per
-  frame), and teacher forcing feeds the *last* frame of each r-group to the prenet;
+  frame), and teacher forcing feeds the *last* frame of each r-group to the prenet; ``set_r``
+  lowers r at run time below ``n_frames_per_step`` (gradual training, ``model.r_schedule``);
 * batched free-running inference in which every item stops independently;
 * tensors follow the inputs' device; no ``.cuda()``.
 
@@ -34,6 +35,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from ..config import ModelConfig
 from .attention import (
     AttentionMechanism,
+    DynamicConvolutionAttention,
     LocationSensitiveAttention,
     PriorLocationSensitiveAttention,
 )
@@ -57,6 +59,21 @@ class InferenceOutput(NamedTuple):
     alignments: Tensor  # [B, T_dec, N] float32, 0 at steps >= dec_lengths
     dec_lengths: Tensor  # [B] long: decoder steps used
     stopped_by_gate: Tensor  # [B] bool: False when the item hit its step limit instead
+    # [B] long: why each item stopped, an index into STOP_REASONS (None from older callers)
+    stop_reason: Tensor | None = None
+
+    def stop_reasons(self) -> list[str]:
+        """Why each item stopped, as names from ``STOP_REASONS``."""
+        if self.stop_reason is None:
+            return ["gate" if g else "step_limit" for g in self.stopped_by_gate.tolist()]
+        return [STOP_REASONS[i] for i in self.stop_reason.tolist()]
+
+
+# Why a free-running item stopped (InferenceOutput.stop_reason indexes this): its gate fired;
+# it hit its step limit; it rested on its last token model.infer_stop_after_last_token steps;
+# it dwelt on its last token more than model.infer_max_steps_per_token steps.
+STOP_REASONS = ("gate", "step_limit", "last_token", "dwell")
+STOP_GATE, STOP_LIMIT, STOP_LAST_TOKEN, STOP_DWELL = range(len(STOP_REASONS))
 
 
 class DecoderState(NamedTuple):
@@ -217,6 +234,8 @@ class Decoder(nn.Module):
     def __init__(self, cfg: ModelConfig, n_mels: int, encoder_dim: int) -> None:
         super().__init__()
         self.n_mels = n_mels
+        # the projections are sized for max_r frames; the active r (see set_r) uses the first r
+        self.max_r = cfg.n_frames_per_step
         self.r = cfg.n_frames_per_step
         self.attention_rnn_dim = cfg.attention_rnn_dim
         self.decoder_rnn_dim = cfg.decoder_rnn_dim
@@ -236,13 +255,30 @@ class Decoder(nn.Module):
             self.attention_layer = PriorLocationSensitiveAttention(
                 *att_args, filter_len=cfg.attention_prior_filter_len,
                 alpha=cfg.attention_prior_alpha, beta=cfg.attention_prior_beta)
+        elif cfg.attention == "dca":
+            self.attention_layer = DynamicConvolutionAttention(
+                cfg.attention_rnn_dim, cfg.attention_dim,
+                cfg.dca_static_filters, cfg.dca_static_filter_len,
+                cfg.dca_dynamic_filters, cfg.dca_dynamic_filter_len,
+                cfg.dca_prior_filter_len, cfg.dca_prior_alpha, cfg.dca_prior_beta)
         else:
             self.attention_layer = LocationSensitiveAttention(*att_args)
+        # synthesis-only safeguards, used by infer alone (see ModelConfig)
+        self.infer_attention_window = cfg.infer_attention_window
+        self.infer_stop_after_last_token = cfg.infer_stop_after_last_token
+        self.infer_max_steps_per_token = cfg.infer_max_steps_per_token
         self.decoder_rnn = nn.LSTMCell(cfg.attention_rnn_dim + encoder_dim, cfg.decoder_rnn_dim)
-        self.linear_projection = LinearNorm(cfg.decoder_rnn_dim + encoder_dim, n_mels * self.r)
+        self.linear_projection = LinearNorm(cfg.decoder_rnn_dim + encoder_dim, n_mels * self.max_r)
         self.gate_layer = LinearNorm(
-            cfg.decoder_rnn_dim + encoder_dim, self.r, bias=True, w_init_gain="sigmoid"
+            cfg.decoder_rnn_dim + encoder_dim, self.max_r, bias=True, w_init_gain="sigmoid"
         )
+
+    def set_r(self, r: int) -> None:
+        """Switch the active reduction factor (gradual training): 1 <= r <= max_r."""
+        if not 1 <= r <= self.max_r:
+            raise ValueError(f"reduction factor r must be in 1..{self.max_r} (the projection "
+                             f"size, model.n_frames_per_step), got {r}")
+        self.r = r
 
     def init_state(self, memory: Tensor, mask: Tensor) -> DecoderState:
         """Zero LSTM states and context for memory ``[B, N, E]``, mask ``[B, N]``."""
@@ -281,8 +317,14 @@ class Decoder(nn.Module):
         return out, weights, DecoderState(att_h, att_c, dec_h, dec_c, context, att_state)
 
     def project(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
-        """``[..., D + E]`` -> frames ``[..., r * n_mels]``, gate logits ``[..., r]``."""
-        return self.linear_projection(hidden), self.gate_layer(hidden)
+        """``[..., D + E]`` -> frames ``[..., r * n_mels]``, gate logits ``[..., r]``.
+
+        With r < max_r the first r frame slots and gate slots are used.
+        """
+        frames, gate = self.linear_projection(hidden), self.gate_layer(hidden)
+        if self.r < self.max_r:
+            frames, gate = frames[..., : self.r * self.n_mels], gate[..., : self.r]
+        return frames, gate
 
     def step(
         self,
@@ -330,14 +372,25 @@ class Decoder(nn.Module):
 
     def infer(
         self, memory: Tensor, mask: Tensor, step_limits: Tensor, gate_threshold: float
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Free-running decoding; each item stops on its own.
 
         memory ``[B, N, E]``, mask ``[B, N]``, step_limits ``[B]`` long (>= 1) ->
         mel ``[B, n_mels, steps * r]`` (unmasked), alignments ``[B, steps, N]``,
-        mel_lengths ``[B]``, dec_lengths ``[B]``, stopped_by_gate ``[B]``.
+        mel_lengths ``[B]``, dec_lengths ``[B]``, stopped_by_gate ``[B]``, stop_reason ``[B]``
+        (an index into ``STOP_REASONS``).
         An item stops at the first step where sigmoid(any of its r gate logits) > threshold;
-        its mel length counts frames up to and including the first frame that fired.
+        its mel length counts frames up to and including the first frame that fired. Otherwise
+        it stops at its step limit or by a safeguard, keeping all r frames of its last step.
+
+        The safeguards (all off by default) follow p, the argmax of the previous step's
+        weights (the first token before step 0): ``infer_attention_window`` lets attention
+        reach only tokens p..p+window; ``infer_stop_after_last_token`` stops an item whose p
+        has been its last real token for that many steps; ``infer_max_steps_per_token``: once
+        p has stayed on one token for more steps than that, that token and all before it are
+        closed to the attention for the rest of the item (forcing a stuck voice on to the next
+        token, rather than cutting the sentence short), or the item stops if it is the last.
+        They narrow the mask the attention sees; they never change the mechanism.
         """
         b = memory.size(0)
         r, n_mels = self.r, self.n_mels
@@ -350,10 +403,25 @@ class Decoder(nn.Module):
         by_gate = torch.zeros(b, dtype=torch.bool, device=dev)
         mel_lengths = torch.zeros(b, dtype=torch.long, device=dev)
         dec_lengths = torch.zeros(b, dtype=torch.long, device=dev)
+        reason = torch.full((b,), STOP_LIMIT, dtype=torch.long, device=dev)
+        window, rest, max_dwell = (self.infer_attention_window, self.infer_stop_after_last_token,
+                                   self.infer_max_steps_per_token)
+        tokens = torch.arange(mask.size(1), device=dev)[None, :]  # [1, N]
+        last = mask.sum(dim=1) - 1  # [B] each item's last real token
+        pos = torch.zeros(b, dtype=torch.long, device=dev)  # p: previous step's argmax
+        dwell = torch.zeros(b, dtype=torch.long, device=dev)  # steps p has stayed put
+        floor = torch.zeros(b, dtype=torch.long, device=dev)  # tokens before it are closed
+        no = torch.zeros(b, dtype=torch.bool, device=dev)
         frames_out: list[Tensor] = []
         weights_out: list[Tensor] = []
         for k in range(int(step_limits.max())):
-            out = self.step(frame, memory, processed_memory, mask, state)
+            step_mask = mask
+            if window or max_dwell:
+                lo = torch.maximum(floor, pos) if window else floor
+                step_mask = mask & (tokens >= lo[:, None])
+                if window:
+                    step_mask = step_mask & (tokens <= (pos + window)[:, None])
+            out = self.step(frame, memory, processed_memory, step_mask, state)
             state = out.state
             frames_out.append(out.frames)
             weights_out.append(out.weights)
@@ -362,17 +430,33 @@ class Decoder(nn.Module):
             new_gate = fired.any(dim=1) & ~done
             first = fired.to(torch.uint8).argmax(dim=1)  # first frame that fired
             mel_lengths = torch.where(new_gate, k * r + first + 1, mel_lengths)
-            hit_limit = ~done & ~new_gate & (step_limits == k + 1)
-            mel_lengths = torch.where(hit_limit, (k + 1) * r, mel_lengths)
-            finished = new_gate | hit_limit
+            rested = dwelt = no
+            if window or rest or max_dwell:
+                new_pos = out.weights.argmax(dim=1)
+                dwell = torch.where(new_pos == pos, dwell + 1, 1)
+                pos = new_pos
+                at_last = pos == last
+                if rest:
+                    rested = ~done & ~new_gate & at_last & (dwell >= rest)
+                if max_dwell:
+                    over = dwell > max_dwell
+                    floor = torch.where(over & ~at_last, pos + 1, floor)
+                    dwelt = ~done & ~new_gate & ~rested & over & at_last
+            hit_limit = ~done & ~new_gate & ~rested & ~dwelt & (step_limits == k + 1)
+            cut = hit_limit | rested | dwelt
+            mel_lengths = torch.where(cut, (k + 1) * r, mel_lengths)
+            finished = new_gate | cut
             dec_lengths = torch.where(finished, k + 1, dec_lengths)
+            reason = torch.where(new_gate, STOP_GATE, reason)
+            reason = torch.where(rested, STOP_LAST_TOKEN, reason)
+            reason = torch.where(dwelt, STOP_DWELL, reason)
             by_gate = by_gate | new_gate
             done = done | finished
             if bool(done.all()):
                 break
         steps = len(frames_out)
         mel = torch.stack(frames_out, dim=1).reshape(b, steps * r, n_mels).transpose(1, 2)
-        return mel, torch.stack(weights_out, dim=1), mel_lengths, dec_lengths, by_gate
+        return mel, torch.stack(weights_out, dim=1), mel_lengths, dec_lengths, by_gate, reason
 
 
 class Tacotron2(nn.Module):
@@ -386,7 +470,6 @@ class Tacotron2(nn.Module):
                 "the BiLSTM has encoder_embedding_dim/2 units per direction"
             )
         self.n_mels = n_mels
-        self.r = cfg.n_frames_per_step
         self.gate_threshold = cfg.gate_threshold
         self.max_decoder_steps = cfg.max_decoder_steps
         self.max_decoder_steps_per_token = cfg.max_decoder_steps_per_token
@@ -412,6 +495,15 @@ class Tacotron2(nn.Module):
             cfg.postnet_dropout,
         )
 
+    @property
+    def r(self) -> int:
+        """The active reduction factor (frames per decoder step)."""
+        return self.decoder.r
+
+    def set_r(self, r: int) -> None:
+        """Switch the active reduction factor, 1 <= r <= model.n_frames_per_step."""
+        self.decoder.set_r(r)
+
     def encode(self, text: Tensor, text_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """text ``[B, N]`` long, text_lengths ``[B]`` -> memory ``[B, N, E]``, mask ``[B, N]``."""
         mask = frame_mask(text_lengths, text.size(1))
@@ -434,7 +526,7 @@ class Tacotron2(nn.Module):
         """
         if mels.size(2) % self.r:
             raise ValueError(
-                f"mel length {mels.size(2)} is not a multiple of n_frames_per_step {self.r}"
+                f"mel length {mels.size(2)} is not a multiple of the reduction factor r={self.r}"
             )
         memory, mask = self.encode(text, text_lengths)
         # zero the padding so even inf/NaN there cannot reach a gradient through padded steps
@@ -468,15 +560,16 @@ class Tacotron2(nn.Module):
 
         text ``[B, N]`` long, text_lengths ``[B]`` -> ``InferenceOutput``. Prenet dropout stays
         on iff ``prenet_dropout_at_inference``. Each item stops when sigmoid of any of its r
-        gate logits exceeds ``gate_threshold``, or at its step limit (see ``step_limits``).
+        gate logits exceeds ``gate_threshold``, or at its step limit (see ``step_limits``), or
+        by one of the synthesis safeguards (``Decoder.infer``); ``stop_reason`` says which.
         """
         memory, mask = self.encode(text, text_lengths)
         limits = self.step_limits(text_lengths, max_decoder_steps)
-        mel, alignments, mel_lengths, dec_lengths, by_gate = self.decoder.infer(
+        mel, alignments, mel_lengths, dec_lengths, by_gate, reason = self.decoder.infer(
             memory, mask, limits, self.gate_threshold
         )
         _, mel_post = self._postnet(mel, mel_lengths)
         mel_post = mel_post[:, :, : int(mel_lengths.max())]
         step_mask = frame_mask(dec_lengths, alignments.size(1)).unsqueeze(2)
         alignments = torch.where(step_mask, alignments, 0.0)
-        return InferenceOutput(mel_post, mel_lengths, alignments, dec_lengths, by_gate)
+        return InferenceOutput(mel_post, mel_lengths, alignments, dec_lengths, by_gate, reason)

@@ -2,10 +2,23 @@
 
 Typical use: ``seq = text_to_sequence(clean_text(raw, lang), lang)``, after checking
 ``unknown_characters(clean_text(raw, lang), lang) == []`` to reject, not mangle, bad items.
+With ``text.phonemes`` the model reads espeak-ng IPA instead (``phonemes.py``); either way
+``encode_text(cleaned, lang, phonemes)`` is how text becomes model input.
 """
 
 from .cleaners import clean_text, detect_language
 from .numbers import expand_numbers
+from .phonemes import (
+    PhonemeError,
+    encode_text,
+    phoneme_symbols,
+    phonemes_to_sequence,
+    phonemize,
+    phonemize_each,
+    phonemize_many,
+    sequence_to_phonemes,
+    symbol_table,
+)
 from .symbols import (
     LANGUAGES,
     PAD,
@@ -20,10 +33,19 @@ __all__ = [
     "LANGUAGES",
     "PAD",
     "STRESS",
+    "PhonemeError",
     "clean_text",
     "detect_language",
+    "encode_text",
     "expand_numbers",
+    "phoneme_symbols",
+    "phonemes_to_sequence",
+    "phonemize",
+    "phonemize_each",
+    "phonemize_many",
+    "sequence_to_phonemes",
     "sequence_to_text",
+    "symbol_table",
     "symbols_for",
     "text_to_sequence",
     "unknown_characters",

@@ -125,6 +125,9 @@ class Tracker:
         import soundfile as sf
 
         wav = np.asarray(wav, dtype=np.float32).reshape(-1)
+        if wav.size == 0:  # e.g. a free-running item stopped by its gate on the first step
+            log.warning("step %d: %s: no audio samples; nothing recorded", step, tag)
+            return
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in tag)
         rel = Path("audio") / safe / f"step-{step:07d}.wav"
         (self.run_dir / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 from tacotrain.alignment import METRICS, alignment_metrics
 from tacotrain.audio import GriffinLim
+from tacotrain.batch import Batch
 from tacotrain.config import WIRED_PARAMETERS, Config, flatten, to_yaml
 from tacotrain.data.loader import BucketBatchSampler, Collate, PreparedData, TextMelDataset
 from tacotrain.fsutil import atomic_write_json, atomic_write_text
@@ -43,7 +45,7 @@ from tacotrain.train.early_stop import PHASES, EarlyStopper
 from tacotrain.train.events import TrainingEvents
 from tacotrain.train.guard import Change, Guard, StepDecision
 from tacotrain.train.inject import SPIKE_FACTOR, InjectedCrash, from_env
-from tacotrain.train.schedules import entropy_weight_at, ga_weight_at, lr_at
+from tacotrain.train.schedules import entropy_weight_at, ga_weight_at, lr_at, r_at
 from tacotrain.train.validation import ValidationResult, Validator
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,34 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     if name == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+@dataclass(frozen=True)
+class BarLimit:
+    """What the progress bar counts towards: ``total`` steps (None: not known yet) and the
+    limit that will stop the run, in words."""
+
+    total: int | None
+    label: str
+
+
+def bar_limit(max_steps: int, budget_seconds: float | None, elapsed_seconds: float, step: int,
+              steps_per_second: float | None) -> BarLimit:
+    """The nearer of ``train.max_steps`` and ``train.time_budget_minutes`` for the progress bar.
+
+    With a time budget the total is the step the budget runs out at, at the measured speed
+    (capped at ``max_steps``), so the bar's ETA is the time the run has left; before the speed
+    is measured the total is unknown. ``elapsed_seconds`` counts resumed time too."""
+    if budget_seconds is None:
+        return BarLimit(max_steps, f"max_steps {max_steps}")
+    minutes = f"{elapsed_seconds / 60:.1f}/{budget_seconds / 60:g} min"
+    if not steps_per_second:
+        return BarLimit(None, f"time budget {minutes}")
+    # the step that crosses the budget still runs: round up
+    reach = step + math.ceil(max(budget_seconds - elapsed_seconds, 0.0) * steps_per_second)
+    if reach < max_steps:
+        return BarLimit(reach, f"time budget {minutes}")
+    return BarLimit(max_steps, f"max_steps {max_steps} (before the time budget, {minutes})")
 
 
 @dataclass
@@ -137,6 +167,7 @@ class Trainer:
             self._resume()
         else:
             atomic_write_text(self.run_dir / "config.yaml", to_yaml(cfg))
+        self._set_r()
         self._snapshot: dict[str, Any] = self._take_snapshot()
         self._trigger_snapshots: dict[str, dict[str, Any]] = {}
 
@@ -189,9 +220,12 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "schedule": {"lr": self.param("optim.lr"),
                          "ga_weight": self.param("loss.guided_attention.weight")},
+            # the reduction factor of this step: validation used it, synthesis sets it
+            "r": r_at(self.step, self.cfg.model),
             "rng": self._rng_state(),
             "config": self.cfg.model_dump(mode="json"),
             "data": {"language": self.data.language, "symbols": self.data.symbols,
+                     "phonemes": self.data.phonemes,
                      "audio": self.data.settings.audio.model_dump(mode="json"),
                      "root": str(self.data.root)},
             "val": val.metrics() if val else {},
@@ -234,6 +268,17 @@ class Trainer:
         log.info("resumed from %s at step %d", path, self.step)
 
     # ------------------------------------------------------------------ one step
+    def _set_r(self) -> int:
+        """Bring the model, the loss and the training collate to the reduction factor of the
+        current step (``model.r_schedule``); a change is logged. Returns that r."""
+        r = r_at(self.step, self.cfg.model)
+        if r != self.model.r:
+            log.info("step %d: reduction factor r %d -> %d", self.step, self.model.r, r)
+        self.model.set_r(r)
+        self.criterion.r = r
+        self.collate.r = r
+        return r
+
     def _autocast(self):
         if self.amp_dtype is None:
             return nullcontext()
@@ -303,13 +348,13 @@ class Trainer:
                     b.copy_(buffers[k])
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.update()
-        r = cfg.model.n_frames_per_step
+        r = self.model.r  # the reduction factor this batch was collated and run with
         dec_lengths = (batch.mel_lengths + r - 1) // r
         am = alignment_metrics(out.alignments.float(), batch.text_lengths, dec_lengths)
         metrics = {f"train/{k}": float(v.detach()) for k, v in losses.items()}
         metrics.update({f"train/{k}": float(am[k].mean()) for k in METRICS})
         metrics.update({"train/grad_norm": grad_norm, "train/lr": lr, "train/ga_weight": ga_w,
-                        "train/clipped": float(grad_norm > clip),
+                        "train/clipped": float(grad_norm > clip), "train/r": float(r),
                         "train/frames": float(batch.mel_lengths.sum())})
         return decision, metrics
 
@@ -388,7 +433,9 @@ class Trainer:
     # ------------------------------------------------------------------ validation
     def validate(self, tracker: Tracker | None = None) -> ValidationResult:
         """Teacher-forced losses on the validation split and the verdict on free-running
-        synthesis of fixed validation items (see train/validation.py)."""
+        synthesis of fixed validation items (see train/validation.py), at the reduction
+        factor of the current step (the one the checkpoint records)."""
+        self._set_r()
         return self.validator.run(
             self.model, self.criterion, self.step, self.param("loss.guided_attention.weight"),
             entropy_weight_at(self.step, self.cfg.loss.attention_entropy), self._autocast,
@@ -409,6 +456,19 @@ class Trainer:
                           num_workers=self.cfg.train.num_workers, generator=gen,
                           pin_memory=self.device.type == "cuda")
 
+    def _epoch_batches(self) -> Iterator[Batch]:
+        """The rest of the epoch's batches, each collated with the reduction factor of the step
+        it is used at. When the schedule (or a rollback) changes r, the loader is rebuilt at
+        the current position: worker processes hold their own copy of the collate."""
+        while True:
+            r = self._set_r()
+            for batch in self._loader():
+                yield batch
+                if r_at(self.step, self.cfg.model) != r:
+                    break
+            else:
+                return
+
     def fit(self, max_steps: int | None = None) -> TrainResult:
         cfg, tc = self.cfg, self.cfg.train
         max_steps = max_steps or tc.max_steps
@@ -419,6 +479,9 @@ class Trainer:
         log.info("training %.2fM parameters on %s (%s), %d train / %d val items, from step %d",
                  n_params / 1e6, self.device, self.amp_dtype or "fp32", len(self.train_set),
                  len(self.val_set), self.step)
+        if cfg.model.r_schedule:
+            log.info("reduction factor r %d at step %d (model.r_schedule %s)", self.model.r,
+                     self.step, [list(p) for p in cfg.model.r_schedule])
         if self.injector:
             log.warning("fault injection active: %s", self.injector)
         result = TrainResult(self.step, "max_steps", False, 0.0)
@@ -428,6 +491,19 @@ class Trainer:
         t_log = time.monotonic()
         bar = tqdm(total=max_steps, initial=self.step, unit="step", disable=not self.progress,
                    dynamic_ncols=True, desc=self.stopper.phase)
+        speed_from = (self.step, time.monotonic())
+
+        def show_limit() -> None:
+            """Bar total and description from the nearer limit (steps or time budget)."""
+            now = time.monotonic()
+            steps, secs = self.step - speed_from[0], now - speed_from[1]
+            lim = bar_limit(max_steps, None if math.isinf(budget) else budget,
+                            self.elapsed_before + now - self._t0, self.step,
+                            steps / secs if steps > 0 and secs > 0 else None)
+            bar.total = lim.total
+            bar.set_description(f"{self.stopper.phase} | {lim.label}", refresh=False)
+
+        show_limit()
         self.events = TrainingEvents(cfg.notify, self.run_dir)
         self.events.started(self.step, f"{n_params / 1e6:.2f}M parameters on {self.device}")
         with Tracker(self.run_dir, cfg.track,
@@ -437,7 +513,7 @@ class Trainer:
             stop = self.step >= max_steps
             try:
                 while not stop:
-                    for batch in self._loader():
+                    for batch in self._epoch_batches():
                         decision, m = self.train_step(batch)
                         self.batch_in_epoch += 1
                         if decision.action != "ok":
@@ -457,7 +533,9 @@ class Trainer:
                             vals["train/steps_per_second"] = acc_n / (now - t_log)
                             vals["train/frames_per_second"] = acc["train/frames"] / (now - t_log)
                             vals["guard/skipped_steps"] = self.guard.skipped
+                            vals["train/r"] = m["train/r"]  # in effect now, not averaged
                             tracker.scalars(self.step, vals)
+                            show_limit()
                             bar.set_postfix(loss=f"{vals['train/loss']:.3f}",
                                             diag=f"{vals['train/diagonality']:.2f}",
                                             focus=f"{vals['train/focus']:.2f}")
@@ -465,7 +543,8 @@ class Trainer:
                         elapsed = time.monotonic() - self._t0
                         if self.step % tc.val_interval == 0 or self.step >= max_steps:
                             stop = self._validation_round(tracker, result, elapsed)
-                            bar.set_description(self.stopper.phase)
+                            show_limit()
+                            bar.refresh()
                         if self.step >= max_steps:
                             stop = True
                         elif not stop and self.elapsed_before + elapsed >= budget:

@@ -75,7 +75,6 @@ class Validator:
         self.device = device
         self.vocoder = vocoder
         self.plots = plots_dir
-        self.collate = Collate(cfg.model.n_frames_per_step)
         self.items = free_run_items(val_set.lengths, cfg.train.val_free_run_items)
         # other ground truths for the content test: the other validation items first, then
         # training items as long as the free-run items
@@ -92,7 +91,8 @@ class Validator:
             entropy_weight: float, autocast: Callable, tracker: Tracker | None
             ) -> ValidationResult:
         """Validate under a forked, fixed RNG (so validation never changes what training does
-        next), with the model in eval mode; restores train mode."""
+        next), with the model in eval mode and at its active reduction factor ``model.r`` (the
+        criterion's ``r`` must match); restores train mode."""
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.cfg.train.seed + 1)
@@ -107,14 +107,17 @@ class Validator:
 
     def _teacher_forced(self, model, criterion, step, ga_w, ent_w, autocast,
                         tracker) -> dict[str, float]:
-        r = self.cfg.model.n_frames_per_step
+        r = model.r  # the reduction factor in effect (gradual training may lower it)
+        if criterion.r != r:
+            raise ValueError(f"the loss uses r={criterion.r} but the model r={r}")
+        collate = Collate(r)
         sampler = BucketBatchSampler(self.val_set.lengths, self.cfg.train.batch_size,
                                      shuffle=False)
         sums: dict[str, float] = {}
         count = 0
         first = None
         for idx in sampler:
-            batch = self.collate([self.val_set[i] for i in idx]).to(self.device)
+            batch = collate([self.val_set[i] for i in idx]).to(self.device)
             with autocast():
                 out = model(batch.text, batch.text_lengths, batch.mels, batch.mel_lengths)
                 losses = criterion(out, batch, ga_w, ent_w)
@@ -143,7 +146,10 @@ class Validator:
         if not self.items:
             return None
         entries = [self.val_set[i] for i in self.items]
-        synth = synthesize(model, [t for t, _, _ in entries], autocast=autocast)
+        # frames past the verdict's longest accepted length cannot change the verdict
+        bound = self.cfg.alignment.length_ratio_max * 1.05
+        synth = synthesize(model, [t for t, _, _ in entries], autocast=autocast,
+                           max_frames=[int(m.shape[1] * bound) + 1 for _, m, _ in entries])
         rnd = judge(synth, [m for _, m, _ in entries], self.cfg.alignment, self.candidates)
         if tracker is not None:
             self._report(rnd, entries[0][1], step, tracker)
