@@ -43,6 +43,7 @@ from .symbols import (
     PUNCTUATION,
     STRESS,
     check_language,
+    decode,
     describe_characters,
     symbols_for,
     text_to_sequence,
@@ -105,15 +106,7 @@ def phonemes_to_sequence(phonemes: str, language: str) -> list[int]:
 
 def sequence_to_phonemes(sequence: Sequence[int], language: str) -> str:
     """Inverse of :func:`phonemes_to_sequence`; pad indices (0) are dropped."""
-    table = _TABLES[check_language(language)]
-    out = []
-    for index in sequence:
-        i = int(index)
-        if not 0 <= i < len(table):
-            raise ValueError(f"phoneme index {i} outside 0..{len(table) - 1} for {language!r}")
-        if i:
-            out.append(table[i])
-    return "".join(out)
+    return decode(sequence, _TABLES[check_language(language)], f"{language!r} phoneme")
 
 
 def symbol_table(language: str, phonemes: bool) -> list[str]:

@@ -98,12 +98,17 @@ def text_to_sequence(text: str, language: str) -> list[int]:
 def sequence_to_text(sequence: Sequence[int], language: str) -> str:
     """Inverse of ``text_to_sequence``. Pad indices (0) are dropped, so a padded batch row
     decodes to its transcript; an index outside the table raises ``ValueError``."""
-    table = _TABLES[check_language(language)]
+    return decode(sequence, _TABLES[check_language(language)], f"{language!r} symbol")
+
+
+def decode(sequence: Sequence[int], table: Sequence[str], what: str) -> str:
+    """Symbols of ``sequence`` in ``table`` joined, pad indices (0) dropped; an index outside
+    the table raises ``ValueError`` naming ``what`` table it was meant for."""
     out: list[str] = []
     for index in sequence:
         i = int(index)
         if not 0 <= i < len(table):
-            raise ValueError(f"symbol index {i} outside 0..{len(table) - 1} for {language!r}")
+            raise ValueError(f"index {i} outside 0..{len(table) - 1} of the {what} table")
         if i:
             out.append(table[i])
     return "".join(out)
