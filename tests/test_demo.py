@@ -20,6 +20,8 @@ def test_demo_that_does_not_read_fails_and_says_why(tmp_path, capsys):
     assert "held-out sentences: 0% of 3 passed the verdict; failed:" in captured.err
     s = json.loads((out / "summary.json").read_text())
     assert s["passed"] is False and s["language"] == "en"
+    # the demo reads espeak-ng phonemes by default (demo.phonemes)
+    assert json.loads((out / "data" / "manifest.json").read_text())["phonemes"] is True
     # the summary describes the checkpoint the samples came from (no aligned round: the last)
     ck = s["checkpoint"]
     assert ck["step"] == 4 and ck["aligned"] is False and "0/2 items aligned" in ck["verdict"]

@@ -1,4 +1,5 @@
-"""``tacotrain demo --lang ru``: the pieces of the demo in Russian, without training."""
+"""``tacotrain demo --lang ru``: the pieces of the demo in Russian, without training (and
+the demo's phoneme setting)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from tacotrain.cli import main
 from tacotrain.config import load_config
 from tacotrain.data import mini
 from tacotrain.data.mini import MiniCorpusError, sentence
-from tacotrain.demo import corpus_texts, demo_corpus, held_out_sentences, heldout_corpus
+from tacotrain.demo import corpus_texts, demo_corpus, held_out_sentences, heldout_corpus, run_demo
 from tacotrain.text import clean_text, detect_language, unknown_characters
 
 
@@ -111,3 +112,20 @@ def test_unknown_language_is_refused(capsys):
     assert "invalid choice: 'de'" in capsys.readouterr().err
     assert main(["demo", "--config", "tiny", "--set", "demo.language=de"]) == 2
     assert "demo.language" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("phonemes", [True, False])
+def test_demo_prepares_its_corpus_as_phonemes_when_configured(tmp_path, monkeypatch, phonemes):
+    seen = []
+
+    def fake_prepare(corpus, out, settings=None, progress=True):
+        seen.append((corpus, settings.text.language, settings.text.phonemes))
+        raise MiniCorpusError("stopped at prepare")
+
+    monkeypatch.setattr("tacotrain.demo.demo_corpus",
+                        lambda out, cfg, progress=True: tmp_path / "corpus")
+    monkeypatch.setattr("tacotrain.demo.prepare", fake_prepare)
+    cfg = load_config("tiny", ["demo.language=ru", f"demo.phonemes={str(phonemes).lower()}"])
+    with pytest.raises(MiniCorpusError, match="stopped at prepare"):
+        run_demo(tmp_path, cfg, progress=False)
+    assert seen == [(tmp_path / "corpus", "ru", phonemes)]

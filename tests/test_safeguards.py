@@ -196,3 +196,18 @@ def test_stop_reasons_without_the_new_field() -> None:
                           torch.tensor([3, 2]), torch.tensor([True, False]))
     assert old.stop_reason is None and old.stop_reasons() == ["gate", "step_limit"]
     assert STOP_REASONS[:2] == ("gate", "step_limit")
+
+
+def test_gate_is_heeded_only_near_the_end_of_the_text() -> None:
+    model = make_model(gate_bias=100.0)  # a gate that fires at once: a stop in mid-sentence
+    script(model, read_then_rest)
+    out = synth(model)
+    assert out.dec_lengths.tolist() == [1, 1] and out.stop_reasons() == ["gate", "gate"]
+    model = make_model(gate_bias=100.0, infer_gate_last_tokens=2)
+    script(model, read_then_rest)
+    out = synth(model)
+    # token k at step k: the gate counts from the second-last token on, at step len - 2
+    assert out.dec_lengths.tolist() == [n - 1 for n in LENGTHS]
+    assert out.stop_reasons() == ["gate", "gate"] and out.stopped_by_gate.tolist() == [True] * 2
+    assert out.mel_lengths.tolist() == [R * (n - 2) + 1 for n in LENGTHS]  # first frame fired
+    assert path(out, 0) == list(range(LENGTHS[0] - 1))

@@ -61,7 +61,7 @@ def test_entropy_weight_schedule():
 def test_config_overrides_are_validated():
     cfg = load_config("small", ["optim.lr=5e-4", "model.n_frames_per_step=2"])
     assert cfg.optim.lr == 5e-4 and cfg.model.n_frames_per_step == 2
-    assert cfg.model.decoder_rnn_dim == 512  # from the preset
+    assert cfg.model.decoder_rnn_dim == 256  # from the preset
     with pytest.raises(ConfigError, match="optim.lrr"):
         load_config("small", ["optim.lrr=1"])
     with pytest.raises(ConfigError, match="train.batch_size"):

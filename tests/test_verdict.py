@@ -211,3 +211,44 @@ def test_identification_needs_a_margin_not_a_near_tie():
     assert identify(synth, gts, [0], margin=0.02)[0] == [False]  # 1% nearer is a tie
     gts[1] = np.full((1, 13), 1.2)
     assert identify(synth, gts, [0], margin=0.02)[0] == [True]
+
+
+def test_the_same_sentence_twice_is_not_another_sentence():
+    # two ground truths of one sentence (the mini corpus and real corpora repeat sentences; the
+    # split keeps them on one side, so both can be validation items): a synthesis that reads
+    # it is as near to either, which must not count as a failure to read ...
+    rng = np.random.default_rng(2)
+    gts = [rng.normal(size=(80, int(rng.integers(40, 60)))) for _ in range(8)]
+    gts.append(gts[0] + 0.05 * rng.normal(size=gts[0].shape))  # sentence 0 spoken again
+    ceps = [mel_cepstra(g, 13) for g in gts]
+    synth = [mel_cepstra(gts[i] + 0.3 * rng.normal(size=gts[i].shape), 13) for i in (0, 1, 2)]
+    keys = ["s0"] + [f"s{k}" for k in range(1, 8)] + ["s0"]
+    assert identify(synth, ceps, [0, 1, 2], margin=0.1)[0] == [False, True, True]
+    flags, margins, _ = identify(synth, ceps, [0, 1, 2], margin=0.1, keys=keys)
+    assert flags == [True, True, True] and min(margins) > 0.1
+    # ... while a voice that does not read still fails, keys or not
+    mean = np.mean([g.mean(axis=1) for g in gts], axis=0)
+    average = mel_cepstra(np.repeat(mean[:, None], 50, axis=1), 13)
+    assert not any(identify([average] * 3, ceps, [0, 1, 2], margin=0.1, keys=keys)[0])
+
+
+def test_a_round_with_a_repeated_sentence_is_judged_by_text():
+    import torch
+
+    from tacotrain.freerun import judge
+
+    rng = np.random.default_rng(3)
+    gts = [torch.tensor(rng.normal(size=(80, 50)), dtype=torch.float32) for _ in range(9)]
+    gts[8] = gts[0] + 0.05 * torch.randn(80, 50)  # a candidate that repeats item 0's sentence
+    attn = torch.tensor(sharp(diagonal(20), 20), dtype=torch.float32)
+    synth = [(gts[i] + 0.3 * torch.randn(80, 50), attn, True) for i in range(2)]
+    texts = ["Sentence zero.", "sentence one"]
+    others = [f"sentence {k}" for k in range(2, 8)] + ["sentence ZERO!"]
+    cfg = AlignmentConfig(identify_margin=0.1)
+    blind = judge(synth, gts[:2], cfg, gts[2:])
+    assert [it.verdict.identified for it in blind.items] == [False, True]
+    by_text = judge(synth, gts[:2], cfg, gts[2:], texts, others)
+    assert [it.verdict.identified for it in by_text.items] == [True, True]
+    # the repeat does not count as a distinct candidate: 7 sentences, not 8, too few to test
+    short = judge(synth, gts[:2], cfg, gts[2:7] + [gts[8]], texts, others[:5] + others[-1:])
+    assert [it.verdict.identified for it in short.items] == [None, None]

@@ -143,6 +143,9 @@ class ModelConfig(Strict):
     # after more steps than this on one token, attention may never again reach it or earlier
     # tokens (a stuck voice moves on); on the last token the item stops
     infer_max_steps_per_token: float = Field(0.0, ge=0.0)
+    # heed the stop gate only once the attention argmax is among the item's last this-many
+    # tokens (a gate firing in mid-sentence, e.g. in a long list, is ignored)
+    infer_gate_last_tokens: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -446,6 +449,9 @@ class DemoConfig(Strict):
     sentences: list[str] = []
     heldout_sentences: int = Field(8, ge=1)
     language: Literal["en", "ru"] = "en"  # mini corpus, held-out sentences and espeak-ng voice
+    # prepare the corpus as espeak-ng phonemes (text.phonemes): measured to read in about half
+    # the steps of letters on the mini corpus (benchmarks/RESULTS.md)
+    phonemes: bool = True
 
 
 class SynthConfig(Strict):

@@ -1,6 +1,7 @@
 """``tacotrain demo``: the whole job end to end on the built-in espeak-ng mini corpus.
 
-mini corpus in ``demo.language`` (en or ru) -> prepare -> train the ``small`` preset until a
+mini corpus in ``demo.language`` (en or ru) -> prepare (as espeak-ng phonemes with
+``demo.phonemes``) -> train the ``small`` preset until a
 validation round passes the alignment verdict (tacotrain/verdict.py) or
 ``demo.time_budget_minutes`` runs out -> speak ``demo.heldout_sentences`` sentences that are
 not in the corpus with espeak-ng (their ground truth) -> ``tacotrain eval`` of the checkpoint
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tacotrain.config import Config, Settings
+from tacotrain.config import Config, Settings, TextConfig
 from tacotrain.data.loader import PreparedData
 from tacotrain.data.mini import MiniCorpusError, make_mini_corpus, sentence, speak_sentences
 from tacotrain.data.prepare import format_summary, prepare
@@ -111,7 +112,8 @@ def run_demo(out: str | Path, cfg: Config, progress: bool = True) -> dict[str, A
     out = Path(out)
     t_start = time.monotonic()
     corpus = demo_corpus(out, cfg, progress)
-    prepared = prepare(corpus, out / "data", progress=progress)
+    settings = Settings(text=TextConfig(language=cfg.demo.language, phonemes=cfg.demo.phonemes))
+    prepared = prepare(corpus, out / "data", settings, progress=progress)
     log.info("prepared data:\n%s", format_summary(prepared.report))
 
     runs = out / "runs"

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from tacotrain.config import AlignmentConfig
 from tacotrain.model import Tacotron2
+from tacotrain.text import text_key
 from tacotrain.verdict import (
     ItemVerdict,
     RoundVerdict,
@@ -80,14 +81,23 @@ def synthesize(model: Tacotron2, texts: Sequence[Tensor], batch_size: int = 8,
 
 
 def judge(synth: Sequence[tuple[Tensor, Tensor, bool]], ground_truth: Sequence[Tensor | None],
-          cfg: AlignmentConfig, extra_candidates: Sequence[Tensor] = ()) -> FreeRunRound:
+          cfg: AlignmentConfig, extra_candidates: Sequence[Tensor] = (),
+          texts: Sequence[str] | None = None, extra_texts: Sequence[str] | None = None
+          ) -> FreeRunRound:
     """Judge syntheses (from :func:`synthesize`) against their ground-truth mels (None where an
     item has none). The content test compares each synthesis with every ground truth here plus
     ``extra_candidates`` (mels of other sentences, e.g. training items), which should bring the
-    number of candidates to ``cfg.min_candidates``; with fewer, identification is not tested
-    and the items' ``identified`` stays None."""
+    number of distinct sentences to ``cfg.min_candidates``; with fewer, identification is not
+    tested and the items' ``identified`` stays None. ``texts`` and ``extra_texts`` (the
+    sentences of the items and of the extra candidates) let ground truths of the same sentence
+    (equal :func:`text_key`) stand aside from each other's comparison; without them every
+    ground truth counts as another sentence."""
     with_gt = [i for i, g in enumerate(ground_truth) if g is not None]
     candidates = [ground_truth[i] for i in with_gt] + list(extra_candidates)
+    if texts is not None and extra_texts is not None:
+        keys = [text_key(texts[i]) for i in with_gt] + [text_key(t) for t in extra_texts]
+    else:
+        keys = [str(k) for k in range(len(candidates))]
     mcd: dict[int, float] = {}
     ident: dict[int, bool] = {}
     margin: dict[int, float] = {}
@@ -96,10 +106,10 @@ def judge(synth: Sequence[tuple[Tensor, Tensor, bool]], ground_truth: Sequence[T
         cand_ceps = [mel_cepstra(c, n) for c in candidates]
         synth_ceps = [mel_cepstra(synth[i][0], n) for i in with_gt]
         flags, margins, dist = identify(synth_ceps, cand_ceps, list(range(len(with_gt))),
-                                        cfg.identify_margin)
+                                        cfg.identify_margin, keys)
         for row, i in enumerate(with_gt):
             mcd[i] = float(dist[row, row])
-            if len(candidates) >= cfg.min_candidates:
+            if len(set(keys)) >= cfg.min_candidates:
                 ident[i], margin[i] = flags[row], margins[row]
     items = []
     for i, (mel, attn, by_gate) in enumerate(synth):

@@ -106,7 +106,7 @@ def mcd_dtw(mel_a: np.ndarray | torch.Tensor, mel_b: np.ndarray | torch.Tensor,
 
 
 def identify(synth_ceps: Sequence[np.ndarray], gt_ceps: Sequence[np.ndarray],
-             own: Sequence[int], margin: float = 0.0
+             own: Sequence[int], margin: float = 0.0, keys: Sequence[str] | None = None
              ) -> tuple[list[bool], list[float], np.ndarray]:
     """The content test, both ways. ``synth_ceps[i]`` is identified when its own ground truth
     ``gt_ceps[own[i]]`` is the nearest of all ``gt_ceps`` to it, *and* it is the nearest of the
@@ -115,16 +115,22 @@ def identify(synth_ceps: Sequence[np.ndarray], gt_ceps: Sequence[np.ndarray],
     second half matters: a voice that does not read produces about the same spectrum for every
     sentence, which lies nearest to one "hub" ground truth, and the one synthesis whose own
     sentence is the hub would pass a one-way test by chance; the margin keeps a near tie (a
-    match by chance among similar distances) from counting.
+    match by chance among similar distances) from counting. ``keys`` (one per ground truth,
+    e.g. the normalised sentence) mark ground truths of the same sentence: those are not
+    "another sentence" for each other, so they are left out of each other's comparisons (the
+    same sentence spoken twice cannot be told apart, and is not a failure to read).
 
     Returns the flags, each item's content margin ``min(d_other) / d_own - 1`` over both
     directions (positive: nearer to its own than to anything else by that share; ``inf`` with
     nothing to compare) and the distance matrix ``[S, G]`` (dB)."""
     dist = np.array([[cepstral_distance(s, g) for g in gt_ceps] for s in synth_ceps])
     dist = dist.reshape(len(synth_ceps), len(gt_ceps))
+    keys = list(keys) if keys is not None else list(range(len(gt_ceps)))
     margins = []
     for i, o in enumerate(own):
-        others = np.concatenate([np.delete(dist[i], o), np.delete(dist[:, o], i)])
+        other_gts = [g for g in range(len(gt_ceps)) if keys[g] != keys[o]]
+        other_synths = [k for k in range(len(own)) if keys[own[k]] != keys[o]]
+        others = np.concatenate([dist[i, other_gts], dist[other_synths, o]])
         nearest_other = float(others.min()) if others.size else math.inf
         d = float(dist[i, o])
         margins.append(nearest_other / d - 1.0 if d > 0 else

@@ -40,6 +40,7 @@ from tacotrain.text import (
     detect_language,
     phonemize_each,
     symbol_table,
+    text_key,
     unknown_characters,
 )
 
@@ -197,12 +198,6 @@ def _prepare_out_dir(out: Path) -> None:
     (out / MARKER).touch()
     for name in COMPLETE_FILES:
         (out / name).unlink(missing_ok=True)
-
-
-def text_key(text: str) -> str:
-    """A sentence's identity for the split: lower case, letters and digits only, so that the
-    same sentence with other punctuation, case or spacing is one sentence."""
-    return " ".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
 
 
 def split_ids(ids: list[str], cfg: PrepareConfig,

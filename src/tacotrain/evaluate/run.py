@@ -38,6 +38,7 @@ from tacotrain.evaluate.robustness import robustness_set
 from tacotrain.freerun import judge, nearest_in_length, synthesize
 from tacotrain.fsutil import atomic_write_json
 from tacotrain.synth import SynthesisError, Synthesizer
+from tacotrain.text import text_key
 from tacotrain.verdict import mcd_dtw
 
 log = logging.getLogger(__name__)
@@ -152,13 +153,15 @@ def run_eval(checkpoint: str | Path, data_dir: str | Path, out: str | Path,
             results.append((res, wav))
             bar.update()
         gts = [i.gt_mel for i in group]
-        extra = []
-        n_gt = sum(g is not None for g in gts)
+        extra, extra_texts = [], []
+        n_gt = len({text_key(i.text) for i in group if i.gt_mel is not None})
         if 0 < n_gt < cfg.min_candidates:
             idx = nearest_in_length(train.lengths, [int(g.shape[1]) for g in gts if g is not None],
                                     cfg.min_candidates - n_gt)
             extra = [train[i][1] for i in idx]
-        rnd = judge([r for r, _ in results], gts, cfg, extra)
+            extra_texts = [train.items[i]["text"] for i in idx]
+        rnd = judge([r for r, _ in results], gts, cfg, extra, [i.text for i in group],
+                    extra_texts)
         for item, (_, wav), fr, sec in zip(group, results, rnd.items, seconds, strict=True):
             records.append(_record(item, fr, wav, sec, synth, out, use_asr))
     bar.close()

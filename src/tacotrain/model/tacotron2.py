@@ -267,6 +267,7 @@ class Decoder(nn.Module):
         self.infer_attention_window = cfg.infer_attention_window
         self.infer_stop_after_last_token = cfg.infer_stop_after_last_token
         self.infer_max_steps_per_token = cfg.infer_max_steps_per_token
+        self.infer_gate_last_tokens = cfg.infer_gate_last_tokens
         self.decoder_rnn = nn.LSTMCell(cfg.attention_rnn_dim + encoder_dim, cfg.decoder_rnn_dim)
         self.linear_projection = LinearNorm(cfg.decoder_rnn_dim + encoder_dim, n_mels * self.max_r)
         self.gate_layer = LinearNorm(
@@ -391,6 +392,9 @@ class Decoder(nn.Module):
         closed to the attention for the rest of the item (forcing a stuck voice on to the next
         token, rather than cutting the sentence short), or the item stops if it is the last.
         They narrow the mask the attention sees; they never change the mechanism.
+        ``infer_gate_last_tokens`` ignores a gate that fires before this step's argmax is among
+        the item's last that-many tokens (a premature stop in mid-sentence); a later firing
+        still counts as a gate stop.
         """
         b = memory.size(0)
         r, n_mels = self.r, self.n_mels
@@ -427,6 +431,9 @@ class Decoder(nn.Module):
             weights_out.append(out.weights)
             frame = out.frames[:, (r - 1) * n_mels :]  # last frame of the group
             fired = out.gate.float() > logit_threshold  # [B, r]
+            if self.infer_gate_last_tokens:
+                near_end = out.weights.argmax(dim=1) > last - self.infer_gate_last_tokens
+                fired = fired & near_end[:, None]
             new_gate = fired.any(dim=1) & ~done
             first = fired.to(torch.uint8).argmax(dim=1)  # first frame that fired
             mel_lengths = torch.where(new_gate, k * r + first + 1, mel_lengths)

@@ -6,7 +6,7 @@ With ``text.phonemes`` the model reads espeak-ng IPA instead (``phonemes.py``); 
 ``encode_text(cleaned, lang, phonemes)`` is how text becomes model input.
 """
 
-from .cleaners import clean_text, detect_language
+from .cleaners import clean_text, detect_language, text_key
 from .numbers import expand_numbers
 from .phonemes import (
     PhonemeError,
@@ -47,6 +47,7 @@ __all__ = [
     "sequence_to_text",
     "symbol_table",
     "symbols_for",
+    "text_key",
     "text_to_sequence",
     "unknown_characters",
 ]

@@ -208,3 +208,10 @@ def detect_language(texts: str | Iterable[str]) -> str:
     language = "ru" if cyrillic > latin else "en"
     logger.debug("detected %s: %d Cyrillic vs %d Latin letters", language, cyrillic, latin)
     return language
+
+
+def text_key(text: str) -> str:
+    """A sentence's identity: lower case, letters and digits only, so that the same sentence
+    with other punctuation, case or spacing is one sentence (the train/validation
+    split groups by it; the content test does not count one as another sentence)."""
+    return " ".join("".join(c if c.isalnum() else " " for c in text.lower()).split())

@@ -27,6 +27,7 @@ from tacotrain.config import Config
 from tacotrain.data.loader import BucketBatchSampler, Collate, TextMelDataset
 from tacotrain.freerun import FreeRunRound, judge, nearest_in_length, synthesize
 from tacotrain.model import Tacotron2, Tacotron2Loss
+from tacotrain.text import text_key
 from tacotrain.track import Tracker
 
 log = logging.getLogger(__name__)
@@ -80,11 +81,14 @@ class Validator:
         # training items as long as the free-run items
         others = [i for i in range(len(val_set)) if i not in self.items]
         self.candidates = [val_set[i][1] for i in others]
-        missing = cfg.alignment.min_candidates - len(self.items) - len(self.candidates)
+        self.candidate_texts = [val_set.items[i]["text"] for i in others]
+        distinct = {text_key(val_set.items[i]["text"]) for i in range(len(val_set))}
+        missing = cfg.alignment.min_candidates - len(distinct)
         if self.items and missing > 0:
             idx = nearest_in_length(train_set.lengths,
                                     [val_set.lengths[i] for i in self.items], missing)
             self.candidates += [train_set[i][1] for i in idx]
+            self.candidate_texts += [train_set.items[i]["text"] for i in idx]
 
     @torch.no_grad()
     def run(self, model: Tacotron2, criterion: Tacotron2Loss, step: int, ga_weight: float,
@@ -150,7 +154,8 @@ class Validator:
         bound = self.cfg.alignment.length_ratio_max * 1.05
         synth = synthesize(model, [t for t, _, _ in entries], autocast=autocast,
                            max_frames=[int(m.shape[1] * bound) + 1 for _, m, _ in entries])
-        rnd = judge(synth, [m for _, m, _ in entries], self.cfg.alignment, self.candidates)
+        rnd = judge(synth, [m for _, m, _ in entries], self.cfg.alignment, self.candidates,
+                    [self.val_set.items[i]["text"] for i in self.items], self.candidate_texts)
         if tracker is not None:
             self._report(rnd, entries[0][1], step, tracker)
         return rnd
