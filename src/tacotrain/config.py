@@ -449,8 +449,8 @@ class DemoConfig(Strict):
     sentences: list[str] = []
     heldout_sentences: int = Field(8, ge=1)
     language: Literal["en", "ru"] = "en"  # mini corpus, held-out sentences and espeak-ng voice
-    # prepare the corpus as espeak-ng phonemes (text.phonemes): measured to read in about half
-    # the steps of letters on the mini corpus (benchmarks/RESULTS.md)
+    # prepare the corpus as espeak-ng phonemes (text.phonemes): on the mini corpus a phoneme
+    # voice read at step 450, a letter voice not by step 600 (benchmarks/RESULTS.md)
     phonemes: bool = True
 
 
