@@ -96,7 +96,7 @@ def test_russian_corpus_and_heldout_ground_truth(tmp_path, monkeypatch):
 def test_lang_option_reaches_the_config(tmp_path, monkeypatch, capsys, args, lang):
     seen = []
 
-    def fake_run_demo(out, cfg, progress=True):
+    def fake_run_demo(out, cfg, progress=True, **vocoder):
         seen.append(cfg.demo.language)
         raise MiniCorpusError("stopped before the corpus")
 

@@ -224,6 +224,34 @@ def test_learning_moves_to_fine_tuning_by_budget_share():
     assert d.phase == "fine_tuning" and d.phase_changed_from == "learning"
 
 
+def test_aligned_streak_counts_consecutive_rounds_and_survives_a_resume():
+    s = _stopper()
+    streaks = []
+    for aligned in (True, False, True, True, True):
+        s.update(100, {"free/mcd_dtw_db": 8.0, "val/mel_post": 1.0}, aligned)
+        streaks.append(s.aligned_streak)
+    assert streaks == [1, 0, 1, 2, 3]
+    restored = _stopper()
+    restored.load_state_dict(s.state_dict())
+    assert restored.aligned_streak == 3
+    old = {k: v for k, v in s.state_dict().items() if k != "aligned_streak"}
+    restored.load_state_dict(old)  # a checkpoint from before the streak was recorded
+    assert restored.aligned_streak == 0
+
+
+@pytest.mark.parametrize("rounds, stop_step", [(1, 6), (2, 15), (3, 18)])
+def test_stop_when_aligned_waits_for_consecutive_aligned_rounds(tiny_data, tmp_path,
+                                                                 monkeypatch, rounds, stop_step):
+    from tacotrain.train.validation import ValidationResult
+
+    # the verdict scripted per validation step (every 3 steps): aligned at 6, 12, 15, 18
+    monkeypatch.setattr(ValidationResult, "aligned",
+                        property(lambda self: self.step in {6, 12, 15, 18}))
+    cfg = tiny_cfg("train.stop_when_aligned=true", f"train.stop_when_aligned_rounds={rounds}")
+    res = Trainer(cfg, tiny_data, tmp_path / "r", progress=False).fit(max_steps=30)
+    assert res.stop_reason == "aligned" and res.step == stop_step
+
+
 def test_early_stop_in_a_short_real_run(tiny_data, tmp_path):
     cfg = tiny_cfg("early_stop.enabled=true", "early_stop.alignment.patience=2",
                    "early_stop.alignment.min_delta=100")

@@ -67,11 +67,12 @@ def test_symbols_for_returns_a_copy_and_rejects_unknown_language() -> None:
 def test_russian_sentence_keeps_every_letter_stress_and_spells_digits() -> None:
     raw = "В 2024 год+у з+амок стоил 15 рублей, ёлка — 3."
     out = clean_text(raw, "ru")
-    assert out == ("в две тысячи двадцать четыре год+у з+амок стоил пятнадцать рублей, ёлка - три.")
+    assert out == ("в две тысячи двадцать четвёртом год+у з+амок стоил пятнадцать рублей, "
+                   "ёлка - три.")
     assert cyrillic_letters(raw) <= cyrillic_letters(out)
     assert "ё" in out
     assert "год+у" in out and "з+амок" in out
-    assert "две тысячи двадцать четыре" in out
+    assert "две тысячи двадцать четвёртом" in out  # a year takes the case of "году"
     assert "пятнадцать" in out and "три" in out
     assert not re.search(r"\d", out)
     assert unknown_characters(out, "ru") == []
@@ -110,6 +111,16 @@ def test_stray_acute_is_not_deleted() -> None:
         ("25 %", "двадцать пять процентов"),
         ("2,5%", "две целых пять десятых процента"),
         ("10-15", "десять-пятнадцать"),
+        ("в 1991 году", "в тысяча девятьсот девяносто первом году"),
+        ("В 2024 году", "В две тысячи двадцать четвёртом году"),
+        ("к 2030 году", "к две тысячи тридцатому году"),
+        ("с 1812 года", "с тысяча восемьсот двенадцатого года"),
+        ("2000 год", "двухтысячный год"),
+        ("перед 1945 годом", "перед тысяча девятьсот сорок пятым годом"),
+        ("в 1 000 году", "в одна тысяча году"),  # a grouped number is not read as a year
+        ("в 1991 году 5 раз", "в тысяча девятьсот девяносто первом году пять раз"),
+        ("в 1991 г+оду", "в тысяча девятьсот девяносто первом г+оду"),
+        ("5 годовых", "пять годовых"),
     ],
 )
 def test_russian_numbers(raw: str, expected: str) -> None:

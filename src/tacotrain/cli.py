@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -12,6 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GUARD = 0, 1, 2, 3
+VOCODER_HELP = ("griffin_lim (default), or hifigan:PATH: a HiFi-GAN generator file in the "
+                "jik876/hifi-gan format, its config.json beside it")
+VOCODER_CONFIG_HELP = "the HiFi-GAN config.json, where it is not beside the generator file"
+TRUST_HELP = ("allow the checkpoint to unpickle arbitrary Python objects, which can run code: "
+              "only for files you trust; by default only tensors and plain values load")
 
 
 def _settings_from(args: argparse.Namespace):
@@ -51,8 +57,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tacotrain.config import load_config
     from tacotrain.train.trainer import GuardStop, Trainer
 
-    cfg = load_config(args.config, args.set)
-    trainer = Trainer(cfg, args.data, args.out, resume=args.resume, progress=not args.quiet)
+    warm = []  # --init-from / --ignore-layers are config keys; JSON is YAML, so any path parses
+    if args.init_from is not None:
+        warm.append(f"train.init_from={json.dumps(str(args.init_from))}")
+    if args.ignore_layers:
+        warm.append(f"train.ignore_layers={json.dumps(args.ignore_layers)}")
+    cfg = load_config(args.config, [*args.set, *warm])
+    trainer = Trainer(cfg, args.data, args.out, resume=args.resume, progress=not args.quiet,
+                      trust=args.trust_checkpoint)
     try:
         with sigterm_as_interrupt():
             result = trainer.fit(max_steps=args.max_steps)
@@ -79,15 +91,27 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if (args.text is None) == (args.text_file is None):
         print("error: give exactly one of --text or --text-file", file=sys.stderr)
         return EXIT_USAGE
-    synth = Synthesizer.from_checkpoint(args.checkpoint, device=args.device, vocoder=args.vocoder)
+    if args.model is not None:  # an export: safetensors + json, nothing unpickled
+        synth = Synthesizer.from_pretrained(args.model, device=args.device, vocoder=args.vocoder,
+                                            vocoder_config=args.vocoder_config)
+    else:
+        synth = Synthesizer.from_checkpoint(args.checkpoint, device=args.device,
+                                            vocoder=args.vocoder,
+                                            vocoder_config=args.vocoder_config,
+                                            trust=args.trust_checkpoint)
     if args.text is not None:
-        jobs = [(args.text, args.out)]
+        jobs = [(args.text, args.out, args.save_mel)]
     else:
         lines = [ln.strip() for ln in args.text_file.read_text(encoding="utf-8").splitlines()]
         lines = [ln for ln in lines if ln]
-        jobs = [(ln, args.out / f"{k:04d}.wav") for k, ln in enumerate(lines, start=1)]
-    for text, path in jobs:
-        info = synth.save(synth.synthesize(text, seed=args.seed), path)
+        mels = args.save_mel  # a directory here, as --out is
+        jobs = [(ln, args.out / f"{k:04d}.wav", None if mels is None else mels / f"{k:04d}.npy")
+                for k, ln in enumerate(lines, start=1)]
+    for text, path, mel_path in jobs:
+        result = synth.synthesize(text, seed=args.seed)
+        info = synth.save(result, path)
+        if mel_path is not None:
+            synth.save_mel(result, mel_path)
         verdict = "aligned" if info["aligned"] else "not aligned: " + ", ".join(info["reasons"])
         print(f"{path}: {info['seconds']:.2f} s, {verdict}; stopped by gate: "
               f"{str(info['stopped_by_gate']).lower()}, skipped tokens {info['skipped_tokens']}, "
@@ -110,9 +134,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             f"(DATA/settings.yaml) and language")
         heldout = prepared_items(held, "heldout")
     report = run_eval(args.checkpoint, args.data, args.out, sentences=args.sentences,
-                      robustness=args.robustness, vocoder=args.vocoder, device=args.device,
+                      robustness=args.robustness, vocoder=args.vocoder,
+                      vocoder_config=args.vocoder_config, device=args.device,
                       seed=args.seed, asr=not args.no_asr, progress=not args.quiet,
-                      heldout=heldout)
+                      heldout=heldout, trust=args.trust_checkpoint)
     print(format_summary(report))
     print(f"report: {args.out / 'report.json'} and {args.out / 'report.html'}")
     return EXIT_OK
@@ -124,7 +149,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     lang = [f"demo.language={args.lang}"] if args.lang else []  # --lang wins over --set
     cfg = load_config(args.config, args.set + lang)
-    s = run_demo(args.out, cfg, progress=not args.quiet)
+    s = run_demo(args.out, cfg, progress=not args.quiet, vocoder=args.vocoder,
+                 vocoder_config=args.vocoder_config)
     t, ck, held = s["training"], s["checkpoint"], s["heldout"]
     print(f"training: {t['steps']} steps, {t['wall_seconds'] / 60:.1f} min ({t['stop_reason']})")
     print(f"checkpoint {ck['path']} (step {ck['step']}): {ck['verdict']}")
@@ -141,6 +167,59 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for line in describe_failure(s):
         print(f"not passed: {line}", file=sys.stderr)
     return EXIT_ERROR
+
+
+def cmd_vocode(args: argparse.Namespace) -> int:
+    from tacotrain.audio import (
+        VocoderError,
+        load_audio,
+        load_vocoder,
+        mel_spectrogram,
+        read_mel,
+        save_wav,
+    )
+    from tacotrain.config import AudioConfig
+    from tacotrain.data.loader import PreparedData
+    from tacotrain.train.trainer import resolve_device
+
+    if (args.mel is None) == (args.wav is None):
+        print("error: give exactly one of --mel or --wav", file=sys.stderr)
+        return EXIT_USAGE
+    audio = PreparedData.load(args.data).settings.audio if args.data else AudioConfig()
+    device = resolve_device(args.device)
+    # a --mel file without --data is taken as the vocoder's own mel (its config says which)
+    fit = audio if args.data or args.wav is not None else None
+    vocoder = load_vocoder(args.vocoder, fit, args.vocoder_config, device=device)
+    if args.mel is not None:
+        mel = read_mel(args.mel, getattr(vocoder, "n_mels", audio.n_mels))  # [n_mels, T]
+    else:
+        samples = load_audio(args.wav, audio.sample_rate).samples
+        if len(samples) <= audio.n_fft // 2:
+            raise VocoderError(f"{args.wav}: {len(samples)} samples at {audio.sample_rate} Hz "
+                               f"are too short for one mel frame (need more than "
+                               f"{audio.n_fft // 2})")
+        mel = mel_spectrogram(samples, audio)  # [n_mels, T]
+    wav = vocoder(mel.to(device))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_wav(args.out, wav, vocoder.sample_rate)
+    print(f"{args.out}: {mel.shape[1]} frames, {len(wav)} samples, "
+          f"{len(wav) / vocoder.sample_rate:.2f} s at {vocoder.sample_rate} Hz")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tacotrain.pretrained import CONFIG_FILE, WEIGHTS_FILE, export_model
+
+    src = export_model(args.checkpoint, args.out, trust=args.trust_checkpoint,
+                       overwrite=args.force)
+    values = sum(t.numel() for t in src.state.values())
+    kind = "phonemes" if src.phonemes else "letters"
+    print(f"{args.out / WEIGHTS_FILE}: {len(src.state)} tensors ({values / 1e6:.2f}M values) "
+          f"from {src.describe()}")
+    print(f"{args.out / CONFIG_FILE}: {src.language} {kind}, {len(src.symbols)} symbols, "
+          f"r = {src.r}, {src.audio.sample_rate} Hz, {src.audio.n_mels} mels")
+    print(f"synthesise with: tacotrain synth --model {args.out} --text ... --out x.wav")
+    return EXIT_OK
 
 
 def cmd_track_sync(args: argparse.Namespace) -> int:
@@ -429,17 +508,33 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--data", type=Path, required=True, help="prepared data directory")
     tp.add_argument("--out", type=Path, required=True, help="run directory (RUN)")
     tp.add_argument("--resume", action="store_true",
-                    help="continue the run in RUN exactly from its latest checkpoint")
+                    help="continue the run in RUN exactly from its latest checkpoint; newer "
+                         "ones that do not load are skipped (renamed NAME.skipped, recorded "
+                         "in RUN/guard.jsonl); exit 2 when none loads")
+    tp.add_argument("--trust-checkpoint", action="store_true",
+                    help=TRUST_HELP + " (the checkpoints of --resume and --init-from)")
     tp.add_argument("--max-steps", type=int, default=None,
                     help="stop after this many steps in total (default: train.max_steps)")
     tp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override any config key, e.g. --set optim.lr=5e-4 (repeatable)")
+    tp.add_argument("--init-from", type=Path, default=None, metavar="CKPT",
+                    help="warm start: the model's weights from CKPT, a tacotrain checkpoint or "
+                         "an NVIDIA/tacotron2 one (tacotron2_statedict.pt); embedding rows are "
+                         "copied for the symbols both tables hold, every other tensor whose "
+                         "name and shape match; optimiser, step and schedules start fresh. "
+                         "Sets train.init_from; RUN/init_from.json records what was copied. "
+                         "Not with --resume")
+    tp.add_argument("--ignore-layers", nargs="+", action="extend", default=[], metavar="NAME",
+                    help="with --init-from: name prefixes (e.g. embedding, "
+                         "decoder.linear_projection) whose tensors keep their fresh "
+                         "initialisation; sets train.ignore_layers")
     tp.add_argument("--quiet", action="store_true", help="no progress bar")
     tp.set_defaults(func=cmd_train)
 
     yp = sub.add_parser(
         "synth", formatter_class=fmt, help="synthesise speech from a checkpoint",
-        description="Synthesise TEXT with a trained checkpoint (Griffin-Lim vocoder built in). "
+        description="Synthesise TEXT with a trained checkpoint (Griffin-Lim, or a HiFi-GAN "
+                    "generator with --vocoder hifigan:PATH). "
                     "Next to each wav: x.json (frames, seconds, stopped_by_gate, the alignment "
                     "verdict without ground truth: aligned, reasons, skipped/repeated/stalled "
                     "tokens, diagonality, focus, coverage, monotonicity; synthesis_seconds, "
@@ -447,14 +542,24 @@ def build_parser() -> argparse.ArgumentParser:
                     "text length. Whether the voice says the sentence needs ground truth: "
                     "see `tacotrain eval`.",
     )
-    yp.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.pt)")
+    source = yp.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="checkpoint (.pt)")
+    source.add_argument("--model", type=Path, metavar="DIR",
+                        help="a model written by `tacotrain export` (model.safetensors and "
+                             "config.json; loaded without unpickling)")
     yp.add_argument("--text", default=None, help="the sentence to speak")
     yp.add_argument("--text-file", type=Path, default=None,
                     help="one sentence per line; --out is then a directory (0001.wav, ...)")
     yp.add_argument("--out", type=Path, required=True, help="output wav (or directory)")
     yp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    yp.add_argument("--vocoder", default=None, help="griffin_lim (default)")
+    yp.add_argument("--vocoder", default=None, help=VOCODER_HELP)
+    yp.add_argument("--vocoder-config", type=Path, default=None, help=VOCODER_CONFIG_HELP)
+    yp.add_argument("--save-mel", type=Path, default=None, metavar="PATH.npy",
+                    help="also save the [n_mels, T] float32 log-mel the vocoder was given (text "
+                         "read in pieces: the pieces' mels joined with floor-level pause frames); "
+                         "with --text-file a directory (0001.npy, ...)")
     yp.add_argument("--seed", type=int, default=0, help="seed for the prenet's dropout")
+    yp.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     yp.set_defaults(func=cmd_synth)
 
     ep = sub.add_parser(
@@ -484,10 +589,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "every item is judged against its ground truth (source 'heldout')")
     ep.add_argument("--robustness", action="store_true", help="add the built-in hard set")
     ep.add_argument("--out", type=Path, default=Path("eval"), help="report directory")
-    ep.add_argument("--vocoder", default=None, help="griffin_lim (default)")
+    ep.add_argument("--vocoder", default=None, help=VOCODER_HELP)
+    ep.add_argument("--vocoder-config", type=Path, default=None, help=VOCODER_CONFIG_HELP)
     ep.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     ep.add_argument("--seed", type=int, default=0, help="seed for the prenet's dropout")
     ep.add_argument("--no-asr", action="store_true", help="skip ASR even where installed")
+    ep.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     ep.add_argument("--quiet", action="store_true", help="no progress bar")
     ep.set_defaults(func=cmd_eval)
 
@@ -511,8 +618,55 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--lang", choices=["en", "ru"], default=None,
                     help="language of the mini corpus, held-out sentences and espeak-ng voice "
                          "(sets demo.language; default en)")
+    dp.add_argument("--vocoder", default=None, help=VOCODER_HELP + " (for the evaluation)")
+    dp.add_argument("--vocoder-config", type=Path, default=None, help=VOCODER_CONFIG_HELP)
     dp.add_argument("--quiet", action="store_true", help="no progress bars")
     dp.set_defaults(func=cmd_demo)
+
+    vp = sub.add_parser(
+        "vocode", formatter_class=fmt, help="mel (.npy) or wav -> wav through a vocoder",
+        description="Turn a log-mel into audio with a vocoder, to hear the vocoder alone. "
+                    "--mel: a [n_mels, T] float32 natural-log magnitude mel saved with np.save "
+                    "(the format of `synth --save-mel` and of prepared data); --wav: audio that "
+                    "goes through our front-end first (resampled, then the same log-mel as "
+                    "prepare computes). Audio settings: the defaults, or those of --data; a "
+                    "HiFi-GAN must fit them, except that a --mel file without --data is "
+                    "taken as the generator's own mel (its config.json). "
+                    "Writes 16-bit PCM; prints frames, samples and seconds. Exit 2 on bad "
+                    "input.",
+    )
+    vp.add_argument("--mel", type=Path, default=None, help="log-mel .npy, [n_mels, T]")
+    vp.add_argument("--wav", type=Path, default=None, help="audio file (any format soundfile "
+                                                            "reads)")
+    vp.add_argument("--out", type=Path, required=True, help="output wav")
+    vp.add_argument("--vocoder", default=None, help=VOCODER_HELP)
+    vp.add_argument("--vocoder-config", type=Path, default=None, help=VOCODER_CONFIG_HELP)
+    vp.add_argument("--data", type=Path, default=None,
+                    help="prepared data whose audio settings to use (default: the defaults)")
+    vp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    vp.set_defaults(func=cmd_vocode)
+
+    xp = sub.add_parser(
+        "export", formatter_class=fmt, help="checkpoint -> model.safetensors + config.json",
+        description="Write a model to share: OUT/model.safetensors (every tensor of the model's "
+                    "state dict, unchanged, under NVIDIA/tacotron2's names, which are ours) and "
+                    "OUT/config.json (model sizes, reduction factor, audio settings, text "
+                    "settings: language, phonemes, cleaner and the symbol table as a list). "
+                    "`tacotrain synth --model OUT` and Synthesizer.from_pretrained(OUT) load it "
+                    "with safetensors and json only, unpickling nothing.\n"
+                    "CKPT is a tacotrain checkpoint or an NVIDIA/tacotron2 one "
+                    "(tacotron2_statedict.pt or a checkpoint of its train.py): that one gets "
+                    "our `default` preset's model sizes (its shapes are checked), the default "
+                    "audio settings (NVIDIA's: 22050 Hz, n_fft 1024, hop 256, 80 mels, "
+                    "0-8000 Hz), English letters and NVIDIA's 148-symbol table.",
+    )
+    xp.add_argument("--checkpoint", type=Path, required=True, metavar="CKPT",
+                    help="tacotrain or NVIDIA/tacotron2 checkpoint")
+    xp.add_argument("--out", type=Path, required=True, metavar="OUT", help="output directory")
+    xp.add_argument("--force", action="store_true",
+                    help="replace OUT/model.safetensors and OUT/config.json if they exist")
+    xp.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+    xp.set_defaults(func=cmd_export)
 
     kp = sub.add_parser("track", help="experiment tracking (MLflow) maintenance",
                         description="Experiment tracking maintenance.")
@@ -661,18 +815,21 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from tacotrain.audio import AudioReadError, HifiGanError, VocoderError
     from tacotrain.config import ConfigError
     from tacotrain.data.corpus import CorpusError
     from tacotrain.data.loader import DataError
     from tacotrain.data.mini import MiniCorpusError
     from tacotrain.data.prepare import PrepareError
     from tacotrain.evaluate.run import EvalError
+    from tacotrain.pretrained import PretrainedError
     from tacotrain.synth import SynthesisError
     from tacotrain.train.checkpoint import CheckpointError
     from tacotrain.train.trainer import TrainError
 
     known = (ConfigError, CorpusError, PrepareError, MiniCorpusError, DataError, TrainError,
-             CheckpointError, SynthesisError, EvalError)
+             CheckpointError, SynthesisError, EvalError, PretrainedError, AudioReadError,
+             HifiGanError, VocoderError)
     try:
         return args.func(args)
     except known as exc:

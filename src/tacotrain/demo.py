@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tacotrain.audio import load_vocoder
 from tacotrain.config import Config, Settings, TextConfig
 from tacotrain.data.loader import PreparedData
 from tacotrain.data.mini import MiniCorpusError, make_mini_corpus, sentence, speak_sentences
@@ -108,11 +109,15 @@ def _rel(path: Path | str | None, base: Path) -> str | None:
     return None if path is None else os.path.relpath(Path(path).resolve(), base.resolve())
 
 
-def run_demo(out: str | Path, cfg: Config, progress: bool = True) -> dict[str, Any]:
+def run_demo(out: str | Path, cfg: Config, progress: bool = True, vocoder: str | None = None,
+             vocoder_config: str | Path | None = None) -> dict[str, Any]:
+    """The demo; ``vocoder``/``vocoder_config`` choose the evaluation's vocoder (see
+    :func:`tacotrain.audio.load_vocoder`), checked against the audio settings before training."""
     out = Path(out)
     t_start = time.monotonic()
-    corpus = demo_corpus(out, cfg, progress)
     settings = Settings(text=TextConfig(language=cfg.demo.language, phonemes=cfg.demo.phonemes))
+    load_vocoder(vocoder, settings.audio, vocoder_config)  # fail now, not after training
+    corpus = demo_corpus(out, cfg, progress)
     prepared = prepare(corpus, out / "data", settings, progress=progress)
     log.info("prepared data:\n%s", format_summary(prepared.report))
 
@@ -132,7 +137,8 @@ def run_demo(out: str | Path, cfg: Config, progress: bool = True) -> dict[str, A
     settings = Settings(audio=data.settings.audio, text=data.settings.text)
     prepare(heldout_dir / "corpus", heldout_dir / "data", settings, progress=False)
     heldout = prepared_items(PreparedData.load(heldout_dir / "data"), "heldout")
-    report = run_eval(ckpt, out / "data", out / "eval", heldout=heldout, progress=progress)
+    report = run_eval(ckpt, out / "data", out / "eval", heldout=heldout, progress=progress,
+                      vocoder=vocoder, vocoder_config=vocoder_config)
 
     held_rows = [r for r in report["items"] if r["source"] == "heldout"]
     held_share = sum(r["aligned"] for r in held_rows) / max(len(held_rows), 1)

@@ -21,12 +21,13 @@ from tacotrain.audio import load_vocoder, save_wav
 from tacotrain.audio.vocoder import Vocoder
 from tacotrain.config import AudioConfig, Config
 from tacotrain.freerun import synthesize as free_run
-from tacotrain.fsutil import atomic_write_json
+from tacotrain.fsutil import atomic_write, atomic_write_json
 from tacotrain.model import Tacotron2
+from tacotrain.pretrained import build_model, load_pretrained
 from tacotrain.text import (
     PhonemeError,
     clean_text,
-    encode_text,
+    phonemize,
     symbol_table,
     unknown_characters,
 )
@@ -58,7 +59,8 @@ class Synthesis:
 
 class Synthesizer:
     def __init__(self, model: Tacotron2, cfg: Config, language: str, audio: AudioConfig,
-                 device: torch.device, vocoder: Vocoder, phonemes: bool = False) -> None:
+                 device: torch.device, vocoder: Vocoder, phonemes: bool = False,
+                 symbols: list[str] | None = None) -> None:
         self.model = model.eval()
         self.cfg = cfg
         self.language = language
@@ -66,13 +68,21 @@ class Synthesizer:
         self.device = device
         self.vocoder = vocoder
         self.phonemes = phonemes  # the model reads espeak-ng IPA (text.phonemes)
-        self.symbols = symbol_table(language, phonemes)
+        # the table the model's embedding is indexed by: this version's for our checkpoints,
+        # the stored one for an exported model (NVIDIA's, for one made from NVIDIA's weights)
+        self.symbols = list(symbols) if symbols is not None else symbol_table(language, phonemes)
+        self._ids = {sym: i for i, sym in enumerate(self.symbols)}
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto",
-                        vocoder: str | None = None) -> Synthesizer:
+                        vocoder: str | None = None,
+                        vocoder_config: str | Path | None = None,
+                        trust: bool = False) -> Synthesizer:
+        """``vocoder``/``vocoder_config``: see :func:`tacotrain.audio.load_vocoder`; a HiFi-GAN
+        whose mel settings differ from the checkpoint's is refused. ``trust``
+        (``--trust-checkpoint``): let the checkpoint unpickle arbitrary objects."""
         dev = resolve_device(device)
-        ck = load_checkpoint(path, map_location=dev)
+        ck = load_checkpoint(path, map_location=dev, trust=trust)
         cfg = Config.from_saved(ck["config"])
         data = ck["data"]
         phonemes = bool(data.get("phonemes", False))  # older checkpoints read letters
@@ -87,23 +97,49 @@ class Synthesizer:
         # the reduction factor the checkpoint was validated with (gradual training); older
         # checkpoints do not record it: the schedule's r at their step
         model.set_r(ck.get("r") or r_at(ck.get("step", 0), cfg.model))
-        return cls(model, cfg, data["language"], audio, dev, load_vocoder(vocoder, audio),
-                   phonemes)
+        voc = load_vocoder(vocoder, audio, vocoder_config, device=dev)
+        return cls(model, cfg, data["language"], audio, dev, voc, phonemes)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str = "auto",
+                        vocoder: str | None = None,
+                        vocoder_config: str | Path | None = None) -> Synthesizer:
+        """A model written by ``tacotrain export`` (``DIR/model.safetensors`` and
+        ``DIR/config.json``), read with safetensors and json only: nothing is unpickled. Text
+        is mapped onto the stored symbol table."""
+        dev = resolve_device(device)
+        pre = load_pretrained(directory)
+        cfg = Config(model=pre.model, synth=pre.synth, alignment=pre.alignment)
+        voc = load_vocoder(vocoder, pre.audio, vocoder_config, device=dev)
+        return cls(build_model(pre, dev), cfg, pre.language, pre.audio, dev, voc, pre.phonemes,
+                   symbols=pre.symbols)
 
     def sequence(self, text: str) -> tuple[str, list[int]]:
-        """Text -> (the cleaned text the model reads, its symbol ids: of its espeak-ng phonemes
-        for a phoneme model); unspeakable characters raise :class:`SynthesisError` naming them."""
+        """Text -> (the cleaned text the model reads, its ids in the model's symbol table: of
+        its letters, or of its espeak-ng phonemes for a phoneme model); unspeakable characters
+        raise :class:`SynthesisError` naming them."""
         cleaned = clean_text(text, self.language)
-        bad = unknown_characters(cleaned, self.language)
+        # a letter model reads the characters themselves; a phoneme model's input to espeak-ng
+        # must be the language's letters (the pad "_" is never text)
+        bad = (unknown_characters(cleaned, self.language) if self.phonemes
+               else sorted({c for c in cleaned if self._ids.get(c, 0) == 0}))
         if bad:
             raise SynthesisError(f"text contains characters outside the {self.language} symbol "
                                  f"set: {' '.join(repr(c) for c in bad)} in {text!r}")
         if not cleaned.strip():
             raise SynthesisError(f"nothing to say in {text!r}")
-        try:
-            return cleaned, encode_text(cleaned, self.language, self.phonemes)
-        except PhonemeError as exc:
-            raise SynthesisError(f"cannot phonemise {text!r}: {exc}") from None
+        units = cleaned
+        if self.phonemes:
+            try:
+                units = phonemize(cleaned, self.language)
+            except PhonemeError as exc:
+                raise SynthesisError(f"cannot phonemise {text!r}: {exc}") from None
+            missing = sorted({c for c in units if self._ids.get(c, 0) == 0})
+            if missing:
+                raise SynthesisError(f"cannot phonemise {text!r}: espeak-ng wrote "
+                                     f"{' '.join(repr(c) for c in missing)}, which the model's "
+                                     f"{self.language} phoneme table does not hold")
+        return cleaned, [self._ids[c] for c in units]
 
     @torch.no_grad()
     def synthesize(self, text: str, seed: int = 0) -> Synthesis:
@@ -212,3 +248,10 @@ class Synthesizer:
                        info=verdict + "; " + ", ".join(f"{k} {info[k]:.2f}" for k in METRICS))
         atomic_write_json(wav_path.with_suffix(".json"), info)
         return info
+
+    def save_mel(self, result: Synthesis, path: str | Path) -> None:
+        """Write ``result.mel`` (``[n_mels, T]`` float32 natural-log mel, the vocoder's input;
+        for text read in pieces, the pieces' mels joined with floor-level pause frames) as a
+        ``.npy`` file, atomically, e.g. to vocode it elsewhere."""
+        mel = result.mel.detach().float().cpu().numpy()
+        atomic_write(path, lambda fh: np.save(fh, mel, allow_pickle=False))

@@ -162,16 +162,20 @@ def save_wav(path: str | os.PathLike[str], samples: np.ndarray, sample_rate: int
     The data goes to a temporary file in the same directory and is moved into place with
     ``os.replace``, so a reader never sees a half-written file and a crash leaves the old file.
     Values outside [-1, 1] are clipped rather than left to wrap around in the integer format.
+    Samples become ``clip(x * 32768, -32768, 32767)`` truncated toward zero, here rather than in
+    libsndfile (whose float scale, 32767 or 32768, and rounding differ between versions), so a
+    wav equals HiFi-GAN's reference ``(audio * 32768).astype(int16)`` wherever that does not wrap.
     """
     p = Path(path)
     x = np.asarray(samples, dtype=np.float32)
     if x.ndim != 1:
         raise ValueError(f"save_wav expects mono samples of shape [S], got {x.shape}")
     x = np.clip(np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
+    pcm = np.clip(x * np.float32(32768.0), -32768.0, 32767.0).astype(np.int16)  # trunc toward 0
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            sf.write(f, x, sample_rate, format="WAV", subtype="PCM_16")
+            sf.write(f, pcm, sample_rate, format="WAV", subtype="PCM_16")
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; a written wav is meant to be shared

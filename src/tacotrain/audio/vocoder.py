@@ -1,7 +1,9 @@
-"""Turning a log-mel spectrogram back into a waveform.
+"""Turning a log-mel spectrogram back into a waveform, and choosing the vocoder by name.
 
 Griffin-Lim needs no training, so a freshly trained Tacotron 2 can be listened to at once; a
-neural vocoder (HiFi-GAN) will plug in behind the same ``Vocoder`` protocol later.
+trained HiFi-GAN generator (``hifigan:PATH``, audio/hifigan.py) sounds natural. Both sit behind
+the same ``Vocoder`` protocol, and :func:`load_vocoder` refuses a HiFi-GAN whose mel settings
+differ from the model's, since a mismatched vocoder gives noise without any error.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tacotrain.audio.hifigan import HifiGan
 from tacotrain.audio.mel import mel_filterbank
 from tacotrain.config import AudioConfig
 
@@ -158,22 +161,90 @@ class GriffinLim:
 
 
 _GRIFFIN_LIM_NAMES = {"griffin_lim", "griffin-lim", "griffinlim"}
+_HIFIGAN_PREFIX = "hifigan:"
 
 
-def load_vocoder(name_or_path: str | None, cfg: AudioConfig) -> Vocoder:
-    """``None`` or ``"griffin_lim"`` -> :class:`GriffinLim`; anything else is refused for now.
+class VocoderError(ValueError):
+    """A vocoder name, vocoder/model pairing or mel file that cannot be used; says what to do."""
 
-    A HiFi-GAN generator checkpoint path is the planned second option; it raises a ``ValueError``
-    saying so instead of silently falling back to Griffin-Lim.
+
+def load_vocoder(name: str | None, cfg: AudioConfig | None,
+                 config_path: str | Path | None = None,
+                 device: torch.device | str | None = None) -> Vocoder:
+    """The vocoder called ``name`` for mels of ``cfg`` (``None``: mels made elsewhere, e.g. a
+    ``vocode --mel`` file: a HiFi-GAN is taken on its own config, Griffin-Lim on the default
+    audio settings).
+
+    ``None`` or ``"griffin_lim"``: :class:`GriffinLim` (runs on each mel's device).
+    ``"hifigan:PATH"``: the HiFi-GAN generator file PATH with ``config.json`` beside it, or
+    ``config_path``; on ``device`` if given, else on each mel's device. Its ``num_mels``,
+    ``sampling_rate`` and ``hop_size`` must equal ``cfg``'s (``VocoderError`` naming both
+    values otherwise); a different ``n_fft``, ``win_size``, ``fmin`` or ``fmax`` is logged as a
+    warning, since the mel then differs in detail only.
     """
-    if name_or_path is None or name_or_path.strip().lower() in _GRIFFIN_LIM_NAMES:
-        return GriffinLim(cfg)
-    if Path(name_or_path).exists():
-        raise ValueError(
-            f"vocoder {name_or_path!r}: HiFi-GAN checkpoints are not supported yet; "
-            "use 'griffin_lim'"
-        )
-    raise ValueError(
-        f"unknown vocoder {name_or_path!r}: expected 'griffin_lim' (HiFi-GAN checkpoint "
-        "paths are not supported yet)"
-    )
+    key = "griffin_lim" if name is None else name.strip()
+    if key.lower() in _GRIFFIN_LIM_NAMES:
+        if config_path is not None:
+            raise VocoderError(f"a vocoder config ({config_path}) was given but the vocoder is "
+                               "Griffin-Lim; name a HiFi-GAN with --vocoder hifigan:PATH")
+        return GriffinLim(cfg or AudioConfig())
+    if key.lower().startswith(_HIFIGAN_PREFIX):
+        path = key[len(_HIFIGAN_PREFIX):]
+        if not path:
+            raise VocoderError("--vocoder hifigan: needs the generator file, e.g. "
+                               "hifigan:LJ_V1/generator_v1")
+        vocoder = HifiGan.load(path, config_path, device)
+        if cfg is not None:
+            check_hifigan_fits(vocoder, cfg)
+        return vocoder
+    if Path(key).exists():
+        raise VocoderError(f"vocoder {key!r}: name a HiFi-GAN generator file as "
+                           f"'hifigan:{key}'")
+    raise VocoderError(f"unknown vocoder {key!r}: expected 'griffin_lim' or 'hifigan:PATH' "
+                       "(a HiFi-GAN generator file)")
+
+
+def check_hifigan_fits(vocoder: HifiGan, cfg: AudioConfig) -> None:
+    """Raise :class:`VocoderError` unless the generator was trained on ``cfg``'s mel shape and
+    rate; warn where it was trained on a mel that differs in detail (window, band edges)."""
+    h = vocoder.cfg
+    hard = [("num_mels", h.num_mels, "n_mels", cfg.n_mels),
+            ("sampling_rate", h.sampling_rate, "sample_rate", cfg.sample_rate),
+            ("hop_size", h.hop_size, "hop_length", cfg.hop_length)]
+    bad = [f"{k} {v} but the model's audio.{ak} is {av}" for k, v, ak, av in hard if v != av]
+    if bad:
+        raise VocoderError(f"HiFi-GAN {vocoder.source}: its config says {'; '.join(bad)}; use "
+                           "a HiFi-GAN trained on the same mel settings as the model")
+    soft = [("n_fft", h.n_fft, "n_fft", cfg.n_fft),
+            ("win_size", h.win_size, "win_length", cfg.win_length),
+            ("fmin", h.fmin, "fmin", cfg.fmin),
+            ("fmax", h.fmax, "fmax", cfg.fmax)]
+    for k, v, ak, av in soft:
+        if v is not None and v != av:
+            log.warning("HiFi-GAN %s: its config says %s %s but the model's audio.%s is %s; "
+                        "expect lower quality", vocoder.source, k, v, ak, av)
+
+
+def read_mel(path: str | Path, n_mels: int) -> Tensor:
+    """A log-mel saved with ``np.save`` -> ``[n_mels, T]`` float32 tensor.
+
+    ``[1, n_mels, T]`` (a batch of one, as some synthesis scripts save it) is accepted too.
+    Anything else, a missing file or non-finite values raise :class:`VocoderError`.
+    """
+    path = Path(path)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise VocoderError(f"{path}: no such mel file") from None
+    except (OSError, ValueError) as exc:
+        raise VocoderError(f"{path}: cannot read it as a .npy array ({exc})") from None
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2 or arr.shape[0] != n_mels or arr.shape[1] == 0:
+        raise VocoderError(f"{path}: expected a log-mel of shape [{n_mels}, T] (n_mels of the "
+                           f"audio settings, T > 0), got {list(arr.shape)}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise VocoderError(f"{path}: expected float log-mel values, got dtype {arr.dtype}")
+    if not np.isfinite(arr).all():
+        raise VocoderError(f"{path}: the mel holds NaN or infinite values")
+    return torch.from_numpy(arr.astype(np.float32))

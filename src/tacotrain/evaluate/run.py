@@ -112,11 +112,14 @@ def prepared_items(data: PreparedData, source: str, split: str | None = None) ->
 def run_eval(checkpoint: str | Path, data_dir: str | Path, out: str | Path,
              sentences: Path | None = None, robustness: bool = False, vocoder: str | None = None,
              device: str = "auto", seed: int = 0, asr: bool = True, progress: bool = True,
-             heldout: list[EvalItem] | None = None, include_validation: bool = True
-             ) -> dict[str, Any]:
-    """Evaluate ``checkpoint``; returns the report (also written to ``out``)."""
+             heldout: list[EvalItem] | None = None, include_validation: bool = True,
+             vocoder_config: str | Path | None = None, trust: bool = False) -> dict[str, Any]:
+    """Evaluate ``checkpoint``; returns the report (also written to ``out``). ``vocoder`` and
+    ``vocoder_config`` choose the vocoder (see :func:`tacotrain.audio.load_vocoder`);
+    ``trust`` (``--trust-checkpoint``) lets the checkpoint unpickle arbitrary objects."""
     out = Path(out)
-    synth = Synthesizer.from_checkpoint(checkpoint, device=device, vocoder=vocoder)
+    synth = Synthesizer.from_checkpoint(checkpoint, device=device, vocoder=vocoder,
+                                        vocoder_config=vocoder_config, trust=trust)
     data = PreparedData.load(data_dir)
     if data.language != synth.language or data.symbols != synth.symbols:
         raise EvalError(f"{data_dir} is {data.language} data with another symbol table than the "

@@ -17,9 +17,11 @@ Scope and known limits:
   hundred men", which is still correct speech); 2000 and later read as cardinals.
 * Russian: cardinals, negatives, comma decimals ("3,14" -> "три целых четырнадцать сотых"),
   thousands groups separated by spaces ("1 000 000", also no-break and thin spaces), percent
-  with number agreement of "процент". Words are in the nominative masculine form num2words
-  gives: case and gender agreement with the following noun ("в 2024 году" would need "две
-  тысячи двадцать четвёртом") is out of scope. Russian ordinals ("2-й") are not expanded.
+  with number agreement of "процент", and years before a form of "год": an ordinal in the
+  noun's case ("в 2024 году" -> "в две тысячи двадцать четвёртом году", "с 1991 года" -> "с
+  тысяча девятьсот девяносто первого года"). Other numbers are in the nominative masculine
+  form num2words gives: case and gender agreement with other nouns is out of scope. Russian
+  ordinals ("2-й") are not expanded.
   A group like "в 5 100 случаях" is read as 5100: spaces are ambiguous in Russian.
 * Very long digit strings (more than ``MAX_CARDINAL_DIGITS``) are read digit by digit: they
   are identifiers or phone numbers, not quantities.
@@ -208,6 +210,24 @@ def _ru_percent(match: re.Match[str]) -> str:
     return _signed(match["sign"], f"{_cardinal(integer, 'ru')} {noun}", "ru")
 
 
+# a year before a form of "год" is an ordinal in the noun's case: "году" is prepositional
+# ("в 1991 году") except after "к" (dative: "к 2030 году")
+# (not the last group of "1 000 году")
+_RU_YEAR_RE = re.compile(rf"(?<![0-9])(?<![0-9]{_RU_GROUP_SEP})(?P<prep>\bк\s+)?"
+                         r"(?P<year>[0-9]{1,4})(?P<gap>\s+)"
+                         r"(?P<noun>г\+?о\+?д(?:\+?(?:у|а|ом|е))?\+?)(?![\w+])", re.IGNORECASE)
+_RU_YEAR_CASE = {"году": "p", "года": "g", "годом": "i", "годе": "p", "год": "n"}
+
+
+def _ru_year(match: re.Match[str]) -> str:
+    noun = match["noun"]
+    case = _RU_YEAR_CASE[noun.replace("+", "").lower()]  # a stress mark may sit in the noun
+    if match["prep"] and case == "p":
+        case = "d"
+    words = num2words(int(match["year"]), lang="ru", to="ordinal", case=case)
+    return f"{match['prep'] or ''}{words}{match['gap']}{noun}"
+
+
 _RU_DECIMAL_RE = re.compile(rf"{_SIGN}{_START}(?P<int>{_RU_INT}),(?P<frac>[0-9]+)")
 
 
@@ -235,6 +255,7 @@ _PASSES: dict[str, tuple[_Pass, ...]] = {
     ),
     "ru": (
         (_RU_PERCENT_RE, _ru_percent),
+        (_RU_YEAR_RE, _ru_year),
         (_RU_DECIMAL_RE, _ru_decimal),
         (_RU_INTEGER_RE, _ru_integer),
     ),

@@ -39,6 +39,7 @@ class EarlyStopper:
         self.best_metric: float | None = None
         self.wait = 0
         self.best_loss: float | None = None
+        self.aligned_streak = 0  # consecutive validation rounds the verdict judged aligned
 
     def phase_cfg(self, phase: str | None = None) -> PhaseConfig:
         return getattr(self.cfg, phase or self.phase)
@@ -60,6 +61,7 @@ class EarlyStopper:
         """Feed one validation round (its figures and the verdict on it); returns the phase and
         whether to stop."""
         changed = None
+        self.aligned_streak = self.aligned_streak + 1 if aligned else 0
         if self.phase == "alignment" and aligned:
             changed = self._enter("learning")
         if self.phase == "learning" and step >= self.cfg.fine_tuning_share * self.max_steps:
@@ -96,8 +98,9 @@ class EarlyStopper:
 
     def state_dict(self) -> dict[str, Any]:
         return {"phase": self.phase, "best_metric": self.best_metric, "wait": self.wait,
-                "best_loss": self.best_loss}
+                "best_loss": self.best_loss, "aligned_streak": self.aligned_streak}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.phase, self.best_metric = state["phase"], state["best_metric"]
         self.wait, self.best_loss = state["wait"], state["best_loss"]
+        self.aligned_streak = state.get("aligned_streak", 0)  # absent before it was recorded

@@ -69,6 +69,11 @@ class TrainingEvents:
         self.send("interrupted", "warning", "training interrupted", f"checkpoint {checkpoint}",
                   step)
 
+    def resume_fallback(self, step: int, skipped: str, reason: str) -> None:
+        """``--resume`` skipped ``skipped`` (it did not load) for an older checkpoint."""
+        self.send("resume_fallback", "warning", f"resumed at step {step} from an older checkpoint",
+                  f"skipped {skipped}: {reason}", step)
+
     def guard_stop(self, step: int, message: str) -> None:
         key = "nan_stop" if "non-finite" in message else "guard_gave_up"
         self.send(key, "critical", "training stopped by the guard", message, step)

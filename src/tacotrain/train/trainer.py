@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -32,14 +33,18 @@ from tacotrain.config import WIRED_PARAMETERS, Config, flatten, to_yaml
 from tacotrain.data.loader import BucketBatchSampler, Collate, PreparedData, TextMelDataset
 from tacotrain.fsutil import atomic_write_json, atomic_write_text
 from tacotrain.model import Tacotron2, Tacotron2Loss
+from tacotrain.pretrained import WarmStart, plan_warm_start
 from tacotrain.track import Tracker
 from tacotrain.train.checkpoint import (
     CheckpointError,
     latest_checkpoint,
     load_checkpoint,
+    numpy_rng_from_saved,
+    numpy_rng_to_saved,
     prune,
     save_checkpoint,
     state_hash,
+    step_checkpoints,
 )
 from tacotrain.train.early_stop import PHASES, EarlyStopper
 from tacotrain.train.events import TrainingEvents
@@ -56,7 +61,8 @@ class TrainError(RuntimeError):
 
 
 class GuardStop(RuntimeError):
-    """The guard gave up (rollback cap reached); the last good checkpoint is intact."""
+    """The guard gave up (rollback cap reached); the last good state is on disk as a step
+    checkpoint (the in-memory snapshot is written when it is newer than every checkpoint)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -120,7 +126,7 @@ class TrainResult:
 
 class Trainer:
     def __init__(self, cfg: Config, data_dir: str | Path, run_dir: str | Path,
-                 resume: bool = False, progress: bool = True) -> None:
+                 resume: bool = False, progress: bool = True, trust: bool = False) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -131,6 +137,10 @@ class Trainer:
             torch.set_num_threads(tc.threads)
         self.device = resolve_device(tc.device)
         self.amp_dtype = resolve_precision(tc.precision, self.device)
+        self.trust = trust  # --trust-checkpoint: checkpoints may unpickle arbitrary objects
+        n_mels = self.data.settings.audio.n_mels
+        # warm start (train.init_from): checked before the run directory is touched
+        warm = self._plan_warm_start(resume, n_mels) if tc.init_from else None
 
         self._check_run_dir(resume)
         self._seed_everything(tc.seed)
@@ -139,9 +149,11 @@ class Trainer:
         self.collate = Collate(cfg.model.n_frames_per_step)
         self.sampler = BucketBatchSampler(self.train_set.lengths, tc.batch_size, seed=tc.seed,
                                           bucket_batches=tc.bucket_batches)
-        n_mels = self.data.settings.audio.n_mels
         self.vocoder = GriffinLim(self.data.settings.audio)
         self.model = Tacotron2(cfg.model, len(self.data.symbols), n_mels).to(self.device)
+        self.init_record = warm.apply(self.model) if warm else None  # what came from where
+        if self.init_record:
+            atomic_write_json(self.run_dir / "init_from.json", self.init_record)
         self.validator = Validator(cfg, self.val_set, self.train_set, self.device, self.vocoder,
                                    self.run_dir / "plots")
         self.criterion = Tacotron2Loss(cfg.loss, cfg.model.n_frames_per_step)
@@ -163,6 +175,8 @@ class Trainer:
         self.injector = from_env()
         self.elapsed_before = 0.0  # wall seconds of earlier sessions of this run
         self._t0 = time.monotonic()
+        # checkpoints --resume skipped (guard.jsonl records); fit() reports them to the tracker
+        self._resume_skips: list[dict[str, Any]] = []
         if resume:
             self._resume()
         else:
@@ -182,6 +196,16 @@ class Trainer:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "plots").mkdir(exist_ok=True)
 
+    def _plan_warm_start(self, resume: bool, n_mels: int) -> WarmStart:
+        tc = self.cfg.train
+        if resume:
+            raise TrainError("--init-from (train.init_from) does not combine with --resume: a "
+                             "resumed run continues from its own checkpoint. Drop --init-from "
+                             "(or --set train.init_from=null) to resume, or start a new run "
+                             "(a new --out) without --resume")
+        return plan_warm_start(tc.init_from, self.cfg.model, self.data.symbols, n_mels,
+                               tc.ignore_layers, trust=self.trust)
+
     @staticmethod
     def _seed_everything(seed: int) -> None:
         random.seed(seed)
@@ -189,7 +213,9 @@ class Trainer:
         torch.manual_seed(seed)
 
     def _rng_state(self) -> dict[str, Any]:
-        state = {"python": random.getstate(), "numpy": np.random.get_state(),
+        """Every RNG training draws from, as tensors and plain values (see checkpoint.py)."""
+        state = {"python": random.getstate(),
+                 "numpy": numpy_rng_to_saved(np.random.get_state()),
                  "torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             state["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -197,10 +223,11 @@ class Trainer:
 
     def _set_rng_state(self, state: dict[str, Any]) -> None:
         random.setstate(state["python"])
-        np.random.set_state(state["numpy"])
-        torch.set_rng_state(state["torch"])
+        np.random.set_state(numpy_rng_from_saved(state["numpy"]))
+        # the states are CPU byte tensors; a checkpoint loaded onto the GPU moved them there
+        torch.set_rng_state(state["torch"].cpu())
         if self.device.type == "cuda" and "cuda" in state:
-            torch.cuda.set_rng_state(state["cuda"], self.device)
+            torch.cuda.set_rng_state(state["cuda"].cpu(), self.device)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_payload(self, val: ValidationResult | None) -> dict[str, Any]:
@@ -235,8 +262,11 @@ class Trainer:
     def save(self, val: ValidationResult | None, best: bool = False) -> Path:
         if self.guard.healthy():
             self._snapshot = self._take_snapshot()  # a checkpointed state is a good state
-        payload = self.checkpoint_payload(val)
-        path = self.ckpt_dir / f"step-{self.step:07d}.pt"
+        return self._write_checkpoint(self.checkpoint_payload(val), best)
+
+    def _write_checkpoint(self, payload: dict[str, Any], best: bool = False) -> Path:
+        """``payload`` as ``step-N.pt`` of its step (and ``best.pt``); older ones pruned."""
+        path = self.ckpt_dir / f"step-{payload['step']:07d}.pt"
         save_checkpoint(path, payload)
         if best:
             save_checkpoint(self.ckpt_dir / "best.pt", payload)
@@ -244,12 +274,25 @@ class Trainer:
         return path
 
     def _resume(self) -> None:
-        path = latest_checkpoint(self.ckpt_dir)
-        assert path is not None
-        try:
-            ck = load_checkpoint(path, map_location=self.device)
-        except CheckpointError as exc:
-            raise TrainError(f"cannot resume: {exc}") from None
+        """Continue from the newest step checkpoint that loads.
+
+        Newer ones that do not (checksum, truncation, bad header, refused unpickling) are
+        renamed ``NAME.skipped``: kept for inspection (``--trust-checkpoint`` may load a refused
+        one), but out of the way of pruning, of the guard's "newest checkpoint" and of the next
+        resume. Each gets a warning and a guard.jsonl record; fit() repeats the records in
+        events.jsonl and notifies. When none loads: TrainError naming every file and why."""
+        failed: list[tuple[Path, str]] = []
+        for _, path in reversed(step_checkpoints(self.ckpt_dir)):
+            try:
+                ck = load_checkpoint(path, map_location=self.device, trust=self.trust)
+                break
+            except CheckpointError as exc:
+                failed.append((path, str(exc)))
+                log.warning("--resume: %s", exc)
+        else:
+            tried = "\n".join(f"  {reason}" for _, reason in failed)
+            raise TrainError(f"cannot resume: none of the {len(failed)} checkpoint(s) in "
+                             f"{self.ckpt_dir} loads:\n{tried}")
         saved = Config.from_saved(ck["config"])
         if saved.model != self.cfg.model:
             raise TrainError(f"cannot resume {path}: the model section of the config differs "
@@ -266,6 +309,14 @@ class Trainer:
         self.elapsed_before = ck["elapsed"]
         self._set_rng_state(ck["rng"])
         log.info("resumed from %s at step %d", path, self.step)
+        for bad, reason in failed:
+            moved = bad.with_name(bad.name + ".skipped")
+            os.replace(bad, moved)
+            log.warning("--resume: skipped %s, renamed to %s; resumed from the older %s",
+                        bad.name, moved.name, path.name)
+            self._resume_skips.append(self._guard_log(None, {
+                "action": "resume_skip", "cause": reason, "checkpoint": str(bad),
+                "moved_to": str(moved), "resumed_from": str(path)}))
 
     # ------------------------------------------------------------------ one step
     def _set_r(self) -> int:
@@ -360,32 +411,42 @@ class Trainer:
 
     # ------------------------------------------------------------------ guard actions
     def _take_snapshot(self) -> dict[str, Any]:
-        """A CPU copy of everything a rollback restores (weights, optimiser, scaler, step)."""
-        def cpu(obj: Any) -> Any:
-            if isinstance(obj, torch.Tensor):
-                return obj.detach().to("cpu", copy=True)
-            if isinstance(obj, dict):
-                return {k: cpu(v) for k, v in obj.items()}
-            if isinstance(obj, list | tuple):
-                return type(obj)(cpu(v) for v in obj)
-            return obj
-
-        return {"step": self.step, "model": cpu(self.model.state_dict()),
-                "optimizer": cpu(self.optimizer.state_dict()),
-                "scaler": self.scaler.state_dict()}
+        """A CPU copy of the whole training state, exactly as a checkpoint holds it (no
+        validation result): a rollback restores its weights, optimiser, scaler and step; a guard
+        stop writes all of it as a step checkpoint, RNG states, data position, guard and
+        early-stop state included, so that resuming from it is exact."""
+        return _cpu_copy(self.checkpoint_payload(None))
 
     def _restore(self, snap: dict[str, Any]) -> None:
         self.model.load_state_dict(snap["model"])
-        self.optimizer.load_state_dict(snap["optimizer"])
+        # a copy: Optimizer.load_state_dict keeps tensors already on the parameters' device and
+        # dtype, and the next steps' in-place updates would otherwise rewrite the snapshot
+        self.optimizer.load_state_dict(_cpu_copy(snap["optimizer"]))
         self.scaler.load_state_dict(snap["scaler"])
         self.step = snap["step"]
 
-    def _guard_log(self, tracker: Tracker, record: dict[str, Any]) -> None:
+    def _keep_snapshot(self) -> tuple[Path | None, bool]:
+        """On a guard stop: write the last good snapshot as a step checkpoint when it is newer
+        than every checkpoint on disk, so that ``--resume`` continues from it. Returns the
+        newest checkpoint and whether it was written now."""
+        found = step_checkpoints(self.ckpt_dir)
+        step = self._snapshot["step"]
+        if found and found[-1][0] >= step:
+            return found[-1][1], False
+        path = self._write_checkpoint(self._snapshot)
+        log.warning("guard stop: the last good state (step %d) written to %s", step, path)
+        return path, True
+
+    def _guard_log(self, tracker: Tracker | None, record: dict[str, Any]) -> dict[str, Any]:
+        """Append ``record`` (with time, step, iteration) to guard.jsonl and, given a tracker,
+        to events.jsonl; returns the record as written."""
         record = {"time": round(time.time(), 3), "step": self.step, "iteration": self.iteration,
                   **record}
         with open(self.run_dir / "guard.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
-        tracker.text(self.step, "guard", json.dumps(record))
+        if tracker is not None:
+            tracker.text(self.step, "guard", json.dumps(record))
+        return record
 
     def _on_guard(self, decision: StepDecision, tracker: Tracker) -> None:
         if decision.action == "skip":
@@ -408,11 +469,12 @@ class Trainer:
                                         "guard/lr_scale": self.lr_scale})
             self.events.rollback(self.step, decision.cause, self.cfg.guard.rollback_lr_factor)
         elif decision.action == "stop":
-            last = latest_checkpoint(self.ckpt_dir)
+            last, written = self._keep_snapshot()
             msg = (f"training stopped by the guard at step {self.step} (iteration "
-                   f"{self.iteration}): {decision.cause}. Last good checkpoint: {last}")
+                   f"{self.iteration}): {decision.cause}. Last good checkpoint: {last}"
+                   f"{' (written now from the last good state)' if written else ''}")
             self._guard_log(tracker, {"action": "stop", "cause": decision.cause,
-                                      "checkpoint": str(last)})
+                                      "checkpoint": str(last), "checkpoint_written": written})
             raise GuardStop(msg)
 
     def _apply_changes(self, changes: list[Change], tracker: Tracker) -> None:
@@ -508,8 +570,14 @@ class Trainer:
         self.events.started(self.step, f"{n_params / 1e6:.2f}M parameters on {self.device}")
         with Tracker(self.run_dir, cfg.track,
                      params=flatten(cfg.model_dump(mode="json"))) as tracker:
+            for record in self._resume_skips:  # already in guard.jsonl (see _resume)
+                tracker.text(self.step, "guard", json.dumps(record))
+                self.events.resume_fallback(self.step, record["checkpoint"], record["cause"])
+            self._resume_skips = []
             if self.step == 0:
                 tracker.text(0, "config", to_yaml(cfg))
+                if self.init_record:
+                    tracker.text(0, "init_from", json.dumps(self.init_record))
             stop = self.step >= max_steps
             try:
                 while not stop:
@@ -566,6 +634,7 @@ class Trainer:
                 raise
             except GuardStop as exc:
                 result.stop_reason = "guard"
+                result.last_checkpoint = latest_checkpoint(self.ckpt_dir)
                 self._write_result(result)
                 self.events.guard_stop(self.step, str(exc))
                 raise
@@ -631,7 +700,8 @@ class Trainer:
                  100 * val.get("free/skipped_share", float("nan")),
                  val.get("free/length_ratio", float("nan")),
                  val.get("free/mcd_dtw_db", float("nan")), " ALIGNED" if aligned else "")
-        if self.cfg.train.stop_when_aligned and aligned:
+        if (self.cfg.train.stop_when_aligned
+                and self.stopper.aligned_streak >= self.cfg.train.stop_when_aligned_rounds):
             result.stop_reason = "aligned"
             return True
         if decision.stop:
@@ -639,6 +709,21 @@ class Trainer:
             log.info("early stop at step %d: %s", self.step, decision.reason)
             return True
         return False
+
+
+def _cpu_copy(obj: Any) -> Any:
+    """A deep copy of a state (nested dicts, lists, tuples) with every tensor copied to the
+    CPU: independent of the live training state it was taken from."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        out = type(obj)((k, _cpu_copy(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):  # a module state dict's per-module versions
+            out._metadata = _cpu_copy(obj._metadata)
+        return out
+    if isinstance(obj, list | tuple):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return obj
 
 
 def verdict_record(val: ValidationResult | None) -> dict[str, Any]:
