@@ -602,7 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", formatter_class=fmt, help="the whole job on the built-in mini corpus",
         description="Build the espeak-ng mini corpus (English, or Russian with --lang ru), "
                     "prepare it, train the small preset on "
-                    "this machine until a validation round passes the alignment verdict (or "
+                    "this machine until train.stop_when_aligned_rounds (2) validation rounds "
+                    "in a row pass the alignment verdict (or "
                     "the demo.time_budget_minutes budget runs out), then evaluate that "
                     "checkpoint on its validation items and on demo.heldout_sentences "
                     "sentences that are not in the corpus (espeak-ng speaks their ground "
