@@ -161,10 +161,11 @@ def _spy(trainer: Trainer) -> list[tuple[int, int, int, int, int]]:
     seen: list[tuple[int, int, int, int, int]] = []
     step = trainer.train_step
 
-    def spy(batch):
+    def spy(batches):
+        batch = batches if hasattr(batches, "mels") else batches[0]  # an update's micro-batches
         seen.append((trainer.step, trainer.model.r, batch.mels.size(2),
                      _padded(batch, trainer.model.r), _padded(batch, 4)))
-        return step(batch)
+        return step(batches)
 
     trainer.train_step = spy
     return seen

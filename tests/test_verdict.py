@@ -252,3 +252,57 @@ def test_a_round_with_a_repeated_sentence_is_judged_by_text():
     # the repeat does not count as a distinct candidate: 7 sentences, not 8, too few to test
     short = judge(synth, gts[:2], cfg, gts[2:7] + [gts[8]], texts, others[:5] + others[-1:])
     assert [it.verdict.identified for it in short.items] == [None, None]
+
+
+def test_a_stress_mark_is_read_with_the_onset_before_it():
+    """A comma list as a reading phoneme voice attends it: the pause on the space, then the
+    stress mark right after each word's onset consonant (measured: onset 0.06-0.19 of a step,
+    mark 1.4-5.6). Token by token the onsets look skipped; read as (onset, mark) units, not."""
+    word = ["sp", "C", "M", "V", "C2"]  # space, onset, stress mark, vowel, coda
+    dwell = [2.0, 0.1, 2.0, 3.0, 1.0]
+    tokens, steps = [], []
+    for _ in range(8):
+        for sym, d in zip(word, dwell, strict=True):
+            tokens.append(sym)
+            steps.append(d)
+    tokens.append("end")
+    steps.append(1.0)
+    n = len(tokens)
+    rows = []
+    for k, d in enumerate(steps):  # each token's dwell as whole steps plus a fraction
+        whole, frac = int(d), d - int(d)
+        rows += [np.eye(n, dtype=np.float32)[k]] * whole
+        if frac:
+            row = np.zeros(n, dtype=np.float32)
+            row[k], row[min(k + 1, n - 1)] = frac, 1.0 - frac
+            rows.append(row)
+    a = np.stack(rows)
+    attached = [t == "M" for t in tokens]
+    plain = judge(a)
+    assert "skipped_tokens" in plain.reasons and plain.skipped_tokens == 8
+    units = judge(a, attached=attached)
+    assert units.skipped_tokens == 0 and "skipped_tokens" not in units.reasons
+    # the same attention that jumps over whole words (onset, mark and vowel) still fails
+    skip_words = a.copy()
+    for w in range(0, 8, 2):
+        first = 5 * w + 1
+        for k in range(first, first + 3):
+            hit = skip_words[:, k] > 0
+            skip_words[hit, k + 3 - (k - first)] += skip_words[hit, k]
+            skip_words[:, k] = 0.0
+    v = judge(skip_words, attached=attached)
+    assert "skipped_tokens" in v.reasons and v.skipped_tokens == 4 * 2
+    with pytest.raises(ValueError, match="attached"):
+        reading(a, CFG, attached=attached[:-1])
+
+
+def test_attached_marks_are_the_modifier_marks_of_the_phoneme_tables():
+    from tacotrain.text import attached_marks, phoneme_symbols, phonemes_to_sequence
+
+    en = phoneme_symbols("en")
+    ids = phonemes_to_sequence("ʃˈʊɡɚ, bɹˈɛd ɹˌaɪsiː.", "en")
+    marks = [en[i] for i, m in zip(ids, attached_marks(ids, en), strict=True) if m]
+    assert marks == ["ˈ", "ˈ", "ˌ", "ː"]
+    ru = phoneme_symbols("ru")
+    ids = phonemes_to_sequence("ˈmʲasə", "ru")
+    assert attached_marks(ids, ru) == [False, False, True, False, False, False]  # first: never

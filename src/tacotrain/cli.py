@@ -55,7 +55,8 @@ def cmd_corpus_mini(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from tacotrain.config import load_config
-    from tacotrain.train.trainer import GuardStop, Trainer
+    from tacotrain.train.ddp import process_group
+    from tacotrain.train.trainer import GuardStop, Trainer, resolve_device
 
     warm = []  # --init-from / --ignore-layers are config keys; JSON is YAML, so any path parses
     if args.init_from is not None:
@@ -63,16 +64,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.ignore_layers:
         warm.append(f"train.ignore_layers={json.dumps(args.ignore_layers)}")
     cfg = load_config(args.config, [*args.set, *warm])
-    trainer = Trainer(cfg, args.data, args.out, resume=args.resume, progress=not args.quiet,
-                      trust=args.trust_checkpoint)
-    try:
-        with sigterm_as_interrupt():
-            result = trainer.fit(max_steps=args.max_steps)
-    except GuardStop as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        print(f"resume from the last good checkpoint with: tacotrain train --resume --out "
-              f"{args.out} ... (consider a lower optim.lr)", file=sys.stderr)
-        return EXIT_GUARD
+    # under torchrun: one process of several (DDP); otherwise the one process
+    with process_group(resolve_device(cfg.train.device), cfg.train.ddp_timeout_minutes) as dist:
+        if not dist.is_main():  # one voice on the console: the other ranks only warn
+            logging.getLogger().setLevel(logging.WARNING)
+        trainer = Trainer(cfg, args.data, args.out, resume=args.resume,
+                          progress=not args.quiet, trust=args.trust_checkpoint, dist=dist)
+        try:
+            with sigterm_as_interrupt():
+                result = trainer.fit(max_steps=args.max_steps)
+        except GuardStop as exc:  # agreed by every rank: every process exits 3
+            if dist.is_main():
+                print(f"error: {exc}", file=sys.stderr)
+                print(f"resume from the last good checkpoint with: tacotrain train --resume "
+                      f"--out {args.out} ... (consider a lower optim.lr)", file=sys.stderr)
+            return EXIT_GUARD
+    if not dist.is_main():
+        return EXIT_OK
     v = result.last_val
     print(f"stopped at step {result.step} ({result.stop_reason}) after "
           f"{result.wall_seconds / 60:.1f} min; aligned: {str(result.aligned).lower()}")
@@ -237,6 +245,17 @@ def cmd_track_sync(args: argparse.Namespace) -> int:
     if rep.status_source == "none":
         print("note: the training recorded no end (killed, or still running): status KILLED",
               file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from tacotrain import serve
+
+    serve.run(checkpoint=args.checkpoint, model=args.model, runs=args.runs,
+              vocoder=args.vocoder, vocoder_config=args.vocoder_config,
+              trust=args.trust_checkpoint, host=args.host, port=args.port, device=args.device,
+              overrides=args.set)
+    print("stopped.")
     return EXIT_OK
 
 
@@ -501,7 +520,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a Tacotron 2 on DATA (from `tacotrain prepare`), writing checkpoints, "
                     "TensorBoard logs (RUN/tb), events.jsonl and plots to RUN.\n"
                     "Validation (every train.val_interval steps) reports teacher-forced losses "
-                    "and the alignment of free-running synthesis of a few validation sentences.",
+                    "and the alignment of free-running synthesis of a few validation sentences.\n"
+                    "Several processes (DistributedDataParallel): torchrun --standalone "
+                    "--nproc-per-node N -m tacotrain train ...; the global batch is "
+                    "train.batch_size x N x train.grad_accum_steps, rank 0 writes RUN (README: "
+                    "'Several processes and machines').",
     )
     tp.add_argument("--config", default="small",
                     help="preset name (default, small, tiny) or a YAML file (default: small)")
@@ -807,6 +830,35 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--timeout", type=float, default=120.0,
                     help="seconds to wait for each UI to answer (default 120)")
     mo.set_defaults(func=cmd_monitor)
+
+    wp = sub.add_parser(
+        "serve", formatter_class=fmt, help="a web page (and JSON API) to hear a voice",
+        description="Serve a page where you type text, pick a checkpoint and hear the voice, "
+                    "with the alignment and mel images and the figures of each synthesis; a "
+                    "JSON API under /api (OpenAPI docs at /docs). With --runs, every run's "
+                    "best.pt and step checkpoints under DIR are listed (and nothing outside "
+                    "it). Limits (serve.max_text_chars, serve.queue_size, "
+                    "serve.concurrent_per_model, serve.request_timeout_seconds, "
+                    "serve.max_models, serve.max_results) are set with --set. Ctrl-C or "
+                    "SIGTERM stops it.",
+    )
+    source = wp.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="one checkpoint (.pt)")
+    source.add_argument("--model", type=Path, metavar="DIR",
+                        help="a model written by `tacotrain export`")
+    source.add_argument("--runs", type=Path, metavar="DIR",
+                        help="a directory of runs (e.g. demo/runs): their checkpoints")
+    wp.add_argument("--vocoder", default=None, help=VOCODER_HELP)
+    wp.add_argument("--vocoder-config", type=Path, default=None, help=VOCODER_CONFIG_HELP)
+    wp.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+    wp.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default 127.0.0.1: this machine only)")
+    wp.add_argument("--port", type=int, default=5003, help="port (default 5003)")
+    wp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    wp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a serve setting, e.g. --set serve.max_text_chars=300 "
+                         "(repeatable)")
+    wp.set_defaults(func=cmd_serve)
     return p
 
 
@@ -824,13 +876,15 @@ def main(argv: list[str] | None = None) -> int:
     from tacotrain.data.prepare import PrepareError
     from tacotrain.evaluate.run import EvalError
     from tacotrain.pretrained import PretrainedError
+    from tacotrain.serve.models import ServeError
     from tacotrain.synth import SynthesisError
     from tacotrain.train.checkpoint import CheckpointError
+    from tacotrain.train.ddp import DistError
     from tacotrain.train.trainer import TrainError
 
     known = (ConfigError, CorpusError, PrepareError, MiniCorpusError, DataError, TrainError,
              CheckpointError, SynthesisError, EvalError, PretrainedError, AudioReadError,
-             HifiGanError, VocoderError)
+             HifiGanError, VocoderError, ServeError, DistError)
     try:
         return args.func(args)
     except known as exc:

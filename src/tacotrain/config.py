@@ -239,8 +239,16 @@ class OptimConfig(Strict):
 
 
 class TrainConfig(Strict):
+    # items per batch in each process: under torchrun the global batch of one optimiser update is
+    # batch_size x world size x grad_accum_steps
     batch_size: int = Field(32, ge=1)
     bucket_batches: int = Field(1, ge=1)  # >1 mixes neighbouring length buckets (more padding)
+    # micro-batches whose gradients are summed (each loss x 1/k) into one optimiser update; a
+    # larger effective batch in the same memory. An epoch is cut to whole updates
+    grad_accum_steps: int = Field(1, ge=1)
+    # under torchrun: how long a process waits for the others at a collective (rank 0's
+    # validation and checkpoint writes included) before the run fails
+    ddp_timeout_minutes: float = Field(30.0, gt=0.0)
     max_steps: int = Field(100000, ge=1)
     time_budget_minutes: float | None = Field(None, gt=0.0)  # stop (and checkpoint) after this
     seed: int = 1234
@@ -479,6 +487,31 @@ class SynthConfig(Strict):
     # of a training clip's transcript, so every piece is as long as what the model learnt
     max_sentence_chars: int = Field(150, ge=10)
     sentence_pause_seconds: float = Field(0.3, ge=0.0, le=10.0)  # silence between pieces
+
+
+class ServeConfig(Strict):
+    """``tacotrain serve``: the limits that keep one web page from taking the machine down."""
+
+    # longer text is refused with 422 before it reaches a model (a page of text takes minutes)
+    max_text_chars: int = Field(500, ge=1)
+    # requests that may wait per model besides those being synthesised; one more: 503
+    queue_size: int = Field(4, ge=0)
+    # syntheses running at once per model (its worker threads); above 1 the seed is not
+    # repeatable, since torch's random generator is shared by the threads
+    concurrent_per_model: int = Field(1, ge=1)
+    # queue wait + synthesis; after this the request answers 504 (a queued one is dropped)
+    request_timeout_seconds: float = Field(120.0, gt=0.0)
+    max_models: int = Field(2, ge=1)  # models kept loaded; the least recently used is unloaded
+    max_results: int = Field(50, ge=1)  # results (wav + images) kept for their URLs; oldest go
+    retry_after_seconds: int = Field(5, ge=1)  # the Retry-After header of a 503 (queue full)
+    # on Ctrl-C / SIGTERM, requests still open after this many seconds are cut off
+    shutdown_grace_seconds: int = Field(5, ge=0)
+
+
+class ServeSettings(Strict):
+    """What ``tacotrain serve --set serve.KEY=VALUE`` validates: the ``serve`` section alone."""
+
+    serve: ServeConfig = ServeConfig()
 
 
 class Config(Strict):

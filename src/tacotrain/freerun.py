@@ -82,8 +82,8 @@ def synthesize(model: Tacotron2, texts: Sequence[Tensor], batch_size: int = 8,
 
 def judge(synth: Sequence[tuple[Tensor, Tensor, bool]], ground_truth: Sequence[Tensor | None],
           cfg: AlignmentConfig, extra_candidates: Sequence[Tensor] = (),
-          texts: Sequence[str] | None = None, extra_texts: Sequence[str] | None = None
-          ) -> FreeRunRound:
+          texts: Sequence[str] | None = None, extra_texts: Sequence[str] | None = None,
+          attached: Sequence[Sequence[bool]] | None = None) -> FreeRunRound:
     """Judge syntheses (from :func:`synthesize`) against their ground-truth mels (None where an
     item has none). The content test compares each synthesis with every ground truth here plus
     ``extra_candidates`` (mels of other sentences, e.g. training items), which should bring the
@@ -91,7 +91,9 @@ def judge(synth: Sequence[tuple[Tensor, Tensor, bool]], ground_truth: Sequence[T
     tested and the items' ``identified`` stays None. ``texts`` and ``extra_texts`` (the
     sentences of the items and of the extra candidates) let ground truths of the same sentence
     (equal :func:`text_key`) stand aside from each other's comparison; without them every
-    ground truth counts as another sentence."""
+    ground truth counts as another sentence. ``attached`` (per item,
+    :func:`tacotrain.text.attached_marks` of its tokens) lets the skip check read a phoneme
+    mark together with the sound before it."""
     with_gt = [i for i, g in enumerate(ground_truth) if g is not None]
     candidates = [ground_truth[i] for i in with_gt] + list(extra_candidates)
     if texts is not None and extra_texts is not None:
@@ -117,7 +119,8 @@ def judge(synth: Sequence[tuple[Tensor, Tensor, bool]], ground_truth: Sequence[T
         v = judge_item(attn, by_gate, mel.shape[1], cfg,
                        gt_frames=int(gt.shape[1]) if gt is not None else None,
                        mcd_dtw_db=mcd.get(i), identified=ident.get(i),
-                       content_margin=margin.get(i))
+                       content_margin=margin.get(i),
+                       attached=None if attached is None else attached[i])
         items.append(FreeRunItem(mel, attn, v))
     return FreeRunRound(tuple(items), judge_round([it.verdict for it in items], cfg))
 

@@ -26,6 +26,7 @@ from tacotrain.model import Tacotron2
 from tacotrain.pretrained import build_model, load_pretrained
 from tacotrain.text import (
     PhonemeError,
+    attached_marks,
     clean_text,
     phonemize,
     symbol_table,
@@ -155,10 +156,10 @@ class Synthesizer:
         torch.manual_seed(seed)  # prenet dropout stays on at inference: make it repeatable
         runs = free_run(self.model, [torch.tensor(seq, dtype=torch.long) for _, seq in parsed])
         parts = []
-        for (cleaned, _), (mel, align, by_gate) in zip(parsed, runs, strict=True):
+        for (cleaned, seq), (mel, align, by_gate) in zip(parsed, runs, strict=True):
             wav = self.vocoder(mel.to(self.device))
-            parts.append(Synthesis(cleaned, wav, mel, align,
-                                   self._info(cleaned, wav, mel.shape[1], align, by_gate, None)))
+            info = self._info(cleaned, seq, wav, mel.shape[1], align, by_gate, None)
+            parts.append(Synthesis(cleaned, wav, mel, align, info))
         return self._join(parts, time.perf_counter() - t0)
 
     def _synthesize_one(self, text: str, seed: int) -> Synthesis:
@@ -174,14 +175,17 @@ class Synthesizer:
         elapsed = time.perf_counter() - t0
         dec = int(out.dec_lengths[0])
         align = out.alignments[0, :dec, : len(seq)].float().cpu()
-        info = self._info(cleaned, wav, frames, align, bool(out.stopped_by_gate[0]), elapsed)
+        info = self._info(cleaned, seq, wav, frames, align, bool(out.stopped_by_gate[0]),
+                          elapsed)
         return Synthesis(cleaned, wav, mel.cpu(), align, info)
 
-    def _info(self, cleaned: str, wav: np.ndarray, frames: int, align: torch.Tensor,
-              stopped_by_gate: bool, elapsed: float | None) -> dict[str, Any]:
-        """The verdict and figures of one piece; ``elapsed`` None where it was synthesised in a
-        batch (its own time is not known)."""
-        v = judge_item(align, stopped_by_gate, frames, self.cfg.alignment)
+    def _info(self, cleaned: str, seq: list[int], wav: np.ndarray, frames: int,
+              align: torch.Tensor, stopped_by_gate: bool, elapsed: float | None
+              ) -> dict[str, Any]:
+        """The verdict and figures of one piece (``seq``: its symbol ids); ``elapsed`` None
+        where it was synthesised in a batch (its own time is not known)."""
+        v = judge_item(align, stopped_by_gate, frames, self.cfg.alignment,
+                       attached=attached_marks(seq, self.symbols))
         seconds = len(wav) / self.audio.sample_rate
         return {
             "text": cleaned,

@@ -146,6 +146,56 @@ class BucketBatchSampler(Sampler[list[int]]):
         return len(self.batches())
 
 
+class DistributedBucketSampler(BucketBatchSampler):
+    """One process's share of :class:`BucketBatchSampler`'s batches, for training in
+    ``num_replicas`` processes with ``group`` micro-batches per optimiser update.
+
+    Every rank computes the same *global* order (same bucketing and shuffle, from ``seed`` and
+    the epoch alone), cut at the end to whole updates of ``num_replicas x group`` batches (the
+    dropped tail differs from epoch to epoch with the shuffle), and takes every
+    ``num_replicas``-th batch from its rank on: global batch g goes to rank g mod num_replicas.
+    So each rank gets its own batches of similar lengths and as many as every other rank, and
+    in one process (``num_replicas`` 1, ``group`` 1) the batches are exactly BucketBatchSampler's.
+
+    The data position is a *global* batch index (``start``): the same number on every rank,
+    so rank 0 alone saves it and every rank resumes from it.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0,
+                 bucket_batches: int = 1, num_replicas: int = 1, rank: int = 0,
+                 group: int = 1) -> None:
+        super().__init__(lengths, batch_size, seed=seed, bucket_batches=bucket_batches)
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} outside 0..{num_replicas - 1}")
+        if group < 1:
+            raise ValueError("group must be >= 1")
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.group = group
+
+    @property
+    def stride(self) -> int:
+        """Global batches consumed by one optimiser update (all ranks, all micro-batches)."""
+        return self.num_replicas * self.group
+
+    def min_updates_per_epoch(self) -> int:
+        """Updates in the shortest epoch: the grid offset gives ceil(n / batch_size) batches
+        or one more."""
+        return math.ceil(len(self.lengths) / self.batch_size) // self.stride
+
+    def global_batches(self) -> list[list[int]]:
+        """The epoch's batches of all ranks, in global order (not cut)."""
+        return super().batches()
+
+    def batches(self, start: int = 0) -> list[list[int]]:
+        """This rank's batches of the epoch from global batch ``start`` on, the rest from
+        ``start`` cut to whole updates (``start`` is a multiple of :attr:`stride` unless the
+        run was resumed with another world size or ``grad_accum_steps``)."""
+        every = self.global_batches()
+        end = start + (len(every) - start) // self.stride * self.stride
+        return every[start + self.rank:end:self.num_replicas]
+
+
 class Collate:
     """Pad a list of dataset items to the batch maximum (mel length rounded up to a multiple of
     ``n_frames_per_step``), with length tensors and gate targets.

@@ -38,7 +38,7 @@ from tacotrain.evaluate.robustness import robustness_set
 from tacotrain.freerun import judge, nearest_in_length, synthesize
 from tacotrain.fsutil import atomic_write_json
 from tacotrain.synth import SynthesisError, Synthesizer
-from tacotrain.text import text_key
+from tacotrain.text import attached_marks, text_key
 from tacotrain.verdict import mcd_dtw
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def run_eval(checkpoint: str | Path, data_dir: str | Path, out: str | Path,
             extra = [train[i][1] for i in idx]
             extra_texts = [train.items[i]["text"] for i in idx]
         rnd = judge([r for r, _ in results], gts, cfg, extra, [i.text for i in group],
-                    extra_texts)
+                    extra_texts, [attached_marks(i.ids.tolist(), synth.symbols) for i in group])
         for item, (_, wav), fr, sec in zip(group, results, rnd.items, seconds, strict=True):
             records.append(_record(item, fr, wav, sec, synth, out, use_asr))
     bar.close()

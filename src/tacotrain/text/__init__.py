@@ -10,6 +10,7 @@ from .cleaners import clean_text, detect_language, text_key
 from .numbers import expand_numbers
 from .phonemes import (
     PhonemeError,
+    attached_marks,
     encode_text,
     phoneme_symbols,
     phonemes_to_sequence,
@@ -34,6 +35,7 @@ __all__ = [
     "PAD",
     "STRESS",
     "PhonemeError",
+    "attached_marks",
     "clean_text",
     "detect_language",
     "encode_text",

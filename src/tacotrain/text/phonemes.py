@@ -31,6 +31,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache, lru_cache
@@ -107,6 +108,20 @@ def phonemes_to_sequence(phonemes: str, language: str) -> list[int]:
 def sequence_to_phonemes(sequence: Sequence[int], language: str) -> str:
     """Inverse of :func:`phonemes_to_sequence`; pad indices (0) are dropped."""
     return decode(sequence, _TABLES[check_language(language)], f"{language!r} phoneme")
+
+
+def attached_marks(ids: Sequence[int], symbols: Sequence[str]) -> list[bool]:
+    """For each token of ``ids`` (indices into ``symbols``), whether it is a mark that belongs
+    to the sound before it rather than a sound of its own: a modifier letter (Unicode category
+    Lm: the stress marks "ˈ" "ˌ", the length mark "ː", palatalisation "ʲ") or a combining mark
+    (Mn). espeak-ng writes "ˈ" between an onset consonant and its vowel ("ʃˈʊɡɚ"), and a
+    reading voice attends that mark while it says the consonant: the verdict counts such a
+    mark and the token before it as one unit to be read. Never true for the first token."""
+    out = []
+    for k, i in enumerate(ids):
+        sym = symbols[int(i)]
+        out.append(k > 0 and len(sym) == 1 and unicodedata.category(sym) in ("Lm", "Mn"))
+    return out
 
 
 def symbol_table(language: str, phonemes: bool) -> list[str]:

@@ -1,10 +1,16 @@
 """The training loop, readable top to bottom.
 
-One optimiser step: forward under autocast -> masked losses (guided-attention weight from its
-schedule) -> backward -> unscale -> clip -> skip the update if anything is non-finite -> step.
+One optimiser step: for each of its ``train.grad_accum_steps`` micro-batches, forward under
+autocast -> masked losses (guided-attention weight from its schedule) -> backward of loss / k;
+then unscale -> clip -> skip the update if anything is non-finite -> step.
 Validation runs under a forked, fixed RNG so it never changes what training does next; that,
 with the RNG states, data order position and optimiser state in every checkpoint, makes
 ``--resume`` continue exactly where the run stopped.
+
+Under torchrun (train/ddp.py) every process runs this same loop on its own share of the
+batches and DistributedDataParallel averages the gradients. Every branch is taken on values
+equal on all ranks (figures reduced over the ranks, rank 0's validation decisions broadcast),
+and rank 0 alone writes into the run directory, tracks, notifies and validates.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +36,7 @@ from tacotrain.alignment import METRICS, alignment_metrics
 from tacotrain.audio import GriffinLim
 from tacotrain.batch import Batch
 from tacotrain.config import WIRED_PARAMETERS, Config, flatten, to_yaml
-from tacotrain.data.loader import BucketBatchSampler, Collate, PreparedData, TextMelDataset
+from tacotrain.data.loader import Collate, DistributedBucketSampler, PreparedData, TextMelDataset
 from tacotrain.fsutil import atomic_write_json, atomic_write_text
 from tacotrain.model import Tacotron2, Tacotron2Loss
 from tacotrain.pretrained import WarmStart, plan_warm_start
@@ -46,6 +52,7 @@ from tacotrain.train.checkpoint import (
     state_hash,
     step_checkpoints,
 )
+from tacotrain.train.ddp import SINGLE, Dist
 from tacotrain.train.early_stop import PHASES, EarlyStopper
 from tacotrain.train.events import TrainingEvents
 from tacotrain.train.guard import Change, Guard, StepDecision
@@ -54,6 +61,9 @@ from tacotrain.train.schedules import entropy_weight_at, ga_weight_at, lr_at, r_
 from tacotrain.train.validation import ValidationResult, Validator
 
 log = logging.getLogger(__name__)
+
+# per-update figures that are totals (summed over micro-batches and ranks), not means
+_TOTALS = ("train/frames", "train/items")
 
 
 class TrainError(RuntimeError):
@@ -125,17 +135,22 @@ class TrainResult:
 
 
 class Trainer:
+    """``dist``: this process's place under torchrun (train/ddp.py; ``process_group`` gives
+    it); None trains in one process."""
+
     def __init__(self, cfg: Config, data_dir: str | Path, run_dir: str | Path,
-                 resume: bool = False, progress: bool = True, trust: bool = False) -> None:
+                 resume: bool = False, progress: bool = True, trust: bool = False,
+                 dist: Dist | None = None) -> None:
         self.cfg = cfg
+        self.dist = dist or SINGLE
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.progress = progress
+        self.progress = progress and self.dist.is_main()
         self.data = PreparedData.load(data_dir)
         tc = cfg.train
         if tc.threads:
             torch.set_num_threads(tc.threads)
-        self.device = resolve_device(tc.device)
+        self.device = self.dist.place(resolve_device(tc.device))
         self.amp_dtype = resolve_precision(tc.precision, self.device)
         self.trust = trust  # --trust-checkpoint: checkpoints may unpickle arbitrary objects
         n_mels = self.data.settings.audio.n_mels
@@ -143,16 +158,19 @@ class Trainer:
         warm = self._plan_warm_start(resume, n_mels) if tc.init_from else None
 
         self._check_run_dir(resume)
-        self._seed_everything(tc.seed)
+        self._seed_everything(self.dist.seed(tc.seed))
         self.train_set = TextMelDataset(self.data, "train")
         self.val_set = TextMelDataset(self.data, "val")
         self.collate = Collate(cfg.model.n_frames_per_step)
-        self.sampler = BucketBatchSampler(self.train_set.lengths, tc.batch_size, seed=tc.seed,
-                                          bucket_batches=tc.bucket_batches)
+        # the data order's seed is the same on every rank: together they see one global order
+        self.sampler = DistributedBucketSampler(
+            self.train_set.lengths, tc.batch_size, seed=tc.seed, bucket_batches=tc.bucket_batches,
+            num_replicas=self.dist.world_size, rank=self.dist.rank, group=tc.grad_accum_steps)
+        self._check_updates_per_epoch()
         self.vocoder = GriffinLim(self.data.settings.audio)
         self.model = Tacotron2(cfg.model, len(self.data.symbols), n_mels).to(self.device)
         self.init_record = warm.apply(self.model) if warm else None  # what came from where
-        if self.init_record:
+        if self.init_record and self.dist.is_main():
             atomic_write_json(self.run_dir / "init_from.json", self.init_record)
         self.validator = Validator(cfg, self.val_set, self.train_set, self.device, self.vocoder,
                                    self.run_dir / "plots")
@@ -179,22 +197,41 @@ class Trainer:
         self._resume_skips: list[dict[str, Any]] = []
         if resume:
             self._resume()
-        else:
+        elif self.dist.is_main():
             atomic_write_text(self.run_dir / "config.yaml", to_yaml(cfg))
         self._set_r()
+        # what the training forward runs through: DDP around the model, or the model itself;
+        # self.model stays the bare model (checkpoints, validation), so a state dict has no
+        # "module." prefix and loads in one process and under DDP alike
+        self.net = self.dist.wrap(self.model)
         self._snapshot: dict[str, Any] = self._take_snapshot()
         self._trigger_snapshots: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ set-up helpers
     def _check_run_dir(self, resume: bool) -> None:
+        """Every rank checks (reading only) before rank 0 creates anything, so that no rank
+        mistakes rank 0's fresh directories for an earlier run."""
         has_ckpt = latest_checkpoint(self.ckpt_dir) is not None
         if resume and not has_ckpt:
             raise TrainError(f"--resume: no checkpoint in {self.ckpt_dir}")
         if not resume and self.run_dir.exists() and any(self.run_dir.iterdir()):
             raise TrainError(f"{self.run_dir} is not empty; pass --resume to continue that run "
                              "or choose a new --out")
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "plots").mkdir(exist_ok=True)
+        self.dist.barrier()
+        if self.dist.is_main():
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "plots").mkdir(exist_ok=True)
+
+    def _check_updates_per_epoch(self) -> None:
+        if self.sampler.min_updates_per_epoch() >= 1:
+            return
+        tc = self.cfg.train
+        raise TrainError(
+            f"the train split ({len(self.train_set)} items) gives fewer batches of "
+            f"train.batch_size {tc.batch_size} per epoch than one optimiser update takes: "
+            f"{self.dist.world_size} process(es) x train.grad_accum_steps "
+            f"{tc.grad_accum_steps}. Lower train.batch_size or train.grad_accum_steps, or "
+            "start fewer processes")
 
     def _plan_warm_start(self, resume: bool, n_mels: int) -> WarmStart:
         tc = self.cfg.train
@@ -236,7 +273,8 @@ class Trainer:
             "step": self.step,
             "iteration": self.iteration,
             "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
+            "batch_in_epoch": self.batch_in_epoch,  # global batches (all ranks) of the epoch
+            "world_size": self.dist.world_size,
             "lr_scale": self.lr_scale,
             "overrides": dict(self.overrides),
             "guard": self.guard.state_dict(),
@@ -259,18 +297,33 @@ class Trainer:
             "verdict": verdict_record(val),
         }
 
-    def save(self, val: ValidationResult | None, best: bool = False) -> Path:
+    def save(self, val: ValidationResult | None, best: bool = False,
+             collective: bool = True) -> Path:
+        """Snapshot and checkpoint the current state. Under DDP every rank calls this at the
+        same point (``collective``) and rank 0 writes; see :meth:`_write_checkpoint`."""
         if self.guard.healthy():
             self._snapshot = self._take_snapshot()  # a checkpointed state is a good state
-        return self._write_checkpoint(self.checkpoint_payload(val), best)
+        return self._write_checkpoint(self.checkpoint_payload(val), best, collective)
 
-    def _write_checkpoint(self, payload: dict[str, Any], best: bool = False) -> Path:
-        """``payload`` as ``step-N.pt`` of its step (and ``best.pt``); older ones pruned."""
+    def _write_checkpoint(self, payload: dict[str, Any], best: bool = False,
+                          collective: bool = True) -> Path:
+        """``payload`` as ``step-N.pt`` of its step (and ``best.pt``); older ones pruned.
+
+        Under DDP, with ``collective``, every rank's RNG states go into the file
+        (``rng_ranks``, so each rank resumes its own dropout stream), rank 0 writes and the
+        others wait for it. Without (an interrupt, when the other ranks may be gone) rank 0
+        writes its own state alone, and the other ranks reseed on resume."""
         path = self.ckpt_dir / f"step-{payload['step']:07d}.pt"
-        save_checkpoint(path, payload)
-        if best:
-            save_checkpoint(self.ckpt_dir / "best.pt", payload)
-        prune(self.ckpt_dir, self.cfg.train.keep_last)
+        rngs = self.dist.gather(payload["rng"]) if collective else None
+        if self.dist.is_main():
+            if self.dist.active and rngs is not None:
+                payload = {**payload, "rng_ranks": rngs}
+            save_checkpoint(path, payload)
+            if best:
+                save_checkpoint(self.ckpt_dir / "best.pt", payload)
+            prune(self.ckpt_dir, self.cfg.train.keep_last)
+        if collective:
+            self.dist.barrier()
         return path
 
     def _resume(self) -> None:
@@ -307,8 +360,17 @@ class Trainer:
         self.guard.load_state_dict(ck["guard"])
         self.stopper.load_state_dict(ck["early_stop"])
         self.elapsed_before = ck["elapsed"]
-        self._set_rng_state(ck["rng"])
+        self._set_rng_state(self._saved_rng(ck))
         log.info("resumed from %s at step %d", path, self.step)
+        saved_world = ck.get("world_size", 1)
+        if saved_world != self.dist.world_size and self.dist.is_main():
+            log.warning("--resume: the checkpoint was written by %d process(es), this run has "
+                        "%d: the data position carries over, but the run does not repeat what "
+                        "it would have done in %d", saved_world, self.dist.world_size,
+                        saved_world)
+        self.dist.barrier()  # every rank has read its checkpoint before rank 0 renames any
+        if not self.dist.is_main():
+            return
         for bad, reason in failed:
             moved = bad.with_name(bad.name + ".skipped")
             os.replace(bad, moved)
@@ -317,6 +379,22 @@ class Trainer:
             self._resume_skips.append(self._guard_log(None, {
                 "action": "resume_skip", "cause": reason, "checkpoint": str(bad),
                 "moved_to": str(moved), "resumed_from": str(path)}))
+
+    def _saved_rng(self, ck: dict[str, Any]) -> dict[str, Any]:
+        """This rank's RNG states from a checkpoint: its own where the checkpoint has every
+        rank's (``rng_ranks``, written under DDP), rank 0's otherwise. A rank > 0 without its
+        own (a checkpoint from fewer processes, or written on an interrupt) reseeds with
+        ``seed + rank`` and the step instead, so that the ranks' dropout still differs."""
+        per_rank = ck.get("rng_ranks") or []
+        if self.dist.rank < len(per_rank):
+            return per_rank[self.dist.rank]
+        if not self.dist.is_main():
+            log.warning("rank %d: the checkpoint holds no RNG state of this rank; dropout "
+                        "reseeded, so this run does not repeat the original exactly",
+                        self.dist.rank)
+            self._seed_everything(self.dist.seed(self.cfg.train.seed) + 1_000_003 * self.step)
+            return self._rng_state()
+        return ck["rng"]
 
     # ------------------------------------------------------------------ one step
     def _set_r(self) -> int:
@@ -349,47 +427,62 @@ class Trainer:
         raise KeyError(name)
 
     def _inject(self, loss: torch.Tensor) -> torch.Tensor:
-        inj, it = self.injector, self.iteration
+        inj, it, rank = self.injector, self.iteration, self.dist.rank
         if inj is None:
             return loss
-        if inj.active("crash", it):
+        if inj.active("crash", it, rank):
             raise InjectedCrash(f"injected crash at iteration {it}")
-        if inj.active("nan", it):
+        if inj.active("nan", it, rank):
             loss = loss * float("nan")
-        if inj.active("spike", it):
+        if inj.active("spike", it, rank):
             loss = loss * SPIKE_FACTOR
         return loss
 
-    def train_step(self, batch) -> tuple[StepDecision, dict[str, float]]:
-        """One update attempt on ``batch``: the guard decides whether the update is applied.
+    def train_step(self, batches: Batch | Sequence[Batch]
+                   ) -> tuple[StepDecision, dict[str, float]]:
+        """One update attempt over ``batches``, its micro-batches (one Batch: k = 1); the guard
+        decides whether the update is applied.
 
-        Returns the guard's decision and the step's metrics (floats).
+        Each micro-batch's loss is scaled by 1/k before its backward, so the gradients add up
+        to the gradient of the mean micro-batch loss (under DDP also averaged over the ranks,
+        once, in the last backward). The guard judges the whole update: its loss is the mean
+        of the micro-batch losses (and of the ranks'), its gradient norm the norm of the summed
+        gradient; a skip drops all of it. Returns the decision and the update's metrics
+        (floats, equal on every rank): losses and alignment figures averaged, ``train/frames``
+        and ``train/items`` summed over micro-batches and ranks.
         """
-        cfg = self.cfg
+        micro = [batches] if isinstance(batches, Batch) else list(batches)
         self.iteration += 1
         lr = self.param("optim.lr")
         ga_w = self.param("loss.guided_attention.weight")
         clip = self.param("optim.grad_clip")
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        batch = batch.to(self.device)
         self.model.train()
         # batch-norm statistics change in the forward pass: keep them to undo a skipped step
         buffers = {k: b.clone() for k, b in self.model.named_buffers()}
-        ent_w = entropy_weight_at(self.step, cfg.loss.attention_entropy)
-        with self._autocast():
-            out = self.model(batch.text, batch.text_lengths, batch.mels, batch.mel_lengths)
-            losses = self.criterion(out, batch, ga_w, ent_w)
-        losses["loss"] = self._inject(losses["loss"])
+        ent_w = entropy_weight_at(self.step, self.cfg.loss.attention_entropy)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(losses["loss"]).backward()
+        sums: dict[str, float] = {}
+        for i, batch in enumerate(micro):
+            with self.dist.sync_grads(self.net, sync=i == len(micro) - 1):
+                figures = self._forward_backward(batch.to(self.device), ga_w, ent_w, len(micro))
+            for k, v in figures.items():
+                sums[k] = sums.get(k, 0.0) + v
         self.scaler.unscale_(self.optimizer)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
-        loss = float(losses["loss"].detach())
+        local = {k: v if k in _TOTALS else v / len(micro) for k, v in sums.items()}
         # Under fp16 loss scaling, inf gradients with a finite loss are the scaler's business
         # (it skips the step and lowers the scale): only a non-finite loss concerns the guard.
+        loss = local["train/loss"]
         judged_norm = 0.0 if self.scaler.is_enabled() and math.isfinite(loss) else grad_norm
-        decision = self.guard.check_step(loss, judged_norm)
+        local["nonfinite"] = float(not (math.isfinite(loss) and math.isfinite(judged_norm)))
+        # one all-reduce: every rank's guard judges the same figures, so a NaN or a loss spike
+        # on one rank is a skip on all of them
+        metrics = self.dist.reduce(local, total=_TOTALS)
+        nonfinite = metrics.pop("nonfinite") > 0
+        decision = self.guard.check_step(math.nan if nonfinite else metrics["train/loss"],
+                                         judged_norm)
         if decision.action == "ok":
             self.scaler.step(self.optimizer)
             self.step += 1
@@ -399,15 +492,30 @@ class Trainer:
                     b.copy_(buffers[k])
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.update()
+        metrics.update({"train/grad_norm": grad_norm, "train/lr": lr, "train/ga_weight": ga_w,
+                        "train/clipped": float(grad_norm > clip),
+                        "train/r": float(self.model.r)})
+        return decision, metrics
+
+    def _forward_backward(self, batch: Batch, ga_w: float, ent_w: float,
+                          n_micro: int) -> dict[str, float]:
+        """Forward and backward of one micro-batch (its loss / ``n_micro``, so that the
+        accumulated gradient is that of the mean loss);
+        returns its figures: losses, alignment metrics (batch means), frames and items."""
+        with self._autocast():
+            out = self.net(batch.text, batch.text_lengths, batch.mels, batch.mel_lengths)
+            losses = self.criterion(out, batch, ga_w, ent_w)
+        losses["loss"] = self._inject(losses["loss"])
+        self.scaler.scale(losses["loss"] / n_micro).backward()
         r = self.model.r  # the reduction factor this batch was collated and run with
         dec_lengths = (batch.mel_lengths + r - 1) // r
-        am = alignment_metrics(out.alignments.float(), batch.text_lengths, dec_lengths)
-        metrics = {f"train/{k}": float(v.detach()) for k, v in losses.items()}
-        metrics.update({f"train/{k}": float(am[k].mean()) for k in METRICS})
-        metrics.update({"train/grad_norm": grad_norm, "train/lr": lr, "train/ga_weight": ga_w,
-                        "train/clipped": float(grad_norm > clip), "train/r": float(r),
-                        "train/frames": float(batch.mel_lengths.sum())})
-        return decision, metrics
+        with torch.no_grad():
+            am = alignment_metrics(out.alignments.float(), batch.text_lengths, dec_lengths)
+        figures = {f"train/{k}": float(v.detach()) for k, v in losses.items()}
+        figures.update({f"train/{k}": float(am[k].mean()) for k in METRICS})
+        figures["train/frames"] = float(batch.mel_lengths.sum())
+        figures["train/items"] = float(len(batch.mel_lengths))
+        return figures
 
     # ------------------------------------------------------------------ guard actions
     def _take_snapshot(self) -> dict[str, Any]:
@@ -428,13 +536,16 @@ class Trainer:
     def _keep_snapshot(self) -> tuple[Path | None, bool]:
         """On a guard stop: write the last good snapshot as a step checkpoint when it is newer
         than every checkpoint on disk, so that ``--resume`` continues from it. Returns the
-        newest checkpoint and whether it was written now."""
+        newest checkpoint and whether it was written now. Under DDP every rank calls this (the
+        stop is agreed) and goes by rank 0's view of the checkpoint directory."""
         found = step_checkpoints(self.ckpt_dir)
+        newest = self.dist.broadcast(found[-1] if found else None)
         step = self._snapshot["step"]
-        if found and found[-1][0] >= step:
-            return found[-1][1], False
+        if newest is not None and newest[0] >= step:
+            return newest[1], False
         path = self._write_checkpoint(self._snapshot)
-        log.warning("guard stop: the last good state (step %d) written to %s", step, path)
+        if self.dist.is_main():
+            log.warning("guard stop: the last good state (step %d) written to %s", step, path)
         return path, True
 
     def _guard_log(self, tracker: Tracker | None, record: dict[str, Any]) -> dict[str, Any]:
@@ -442,6 +553,8 @@ class Trainer:
         to events.jsonl; returns the record as written."""
         record = {"time": round(time.time(), 3), "step": self.step, "iteration": self.iteration,
                   **record}
+        if not self.dist.is_main():
+            return record
         with open(self.run_dir / "guard.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
         if tracker is not None:
@@ -511,21 +624,30 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def _loader(self) -> DataLoader:
+        """This rank's batches of the epoch from the data position (a global batch index)."""
         self.sampler.set_epoch(self.epoch)
-        batches = self.sampler.batches()[self.batch_in_epoch:]
+        batches = self.sampler.batches(self.batch_in_epoch)
         gen = torch.Generator().manual_seed(self.cfg.train.seed + self.epoch)
         return DataLoader(self.train_set, batch_sampler=batches, collate_fn=self.collate,
                           num_workers=self.cfg.train.num_workers, generator=gen,
                           pin_memory=self.device.type == "cuda")
 
-    def _epoch_batches(self) -> Iterator[Batch]:
-        """The rest of the epoch's batches, each collated with the reduction factor of the step
-        it is used at. When the schedule (or a rollback) changes r, the loader is rebuilt at
-        the current position: worker processes hold their own copy of the collate."""
+    def _epoch_updates(self) -> Iterator[list[Batch]]:
+        """The rest of the epoch in updates of ``train.grad_accum_steps`` micro-batches (an
+        epoch holds whole updates: see DistributedBucketSampler), each collated with the
+        reduction factor of the step it is used at. When the schedule (or a rollback) changes r,
+        the loader is rebuilt at the current position: worker processes hold their own copy of
+        the collate."""
+        k = self.cfg.train.grad_accum_steps
         while True:
             r = self._set_r()
+            micro: list[Batch] = []
             for batch in self._loader():
-                yield batch
+                micro.append(batch)
+                if len(micro) < k:
+                    continue
+                yield micro
+                micro = []
                 if r_at(self.step, self.cfg.model) != r:
                     break
             else:
@@ -566,10 +688,13 @@ class Trainer:
             bar.set_description(f"{self.stopper.phase} | {lim.label}", refresh=False)
 
         show_limit()
-        self.events = TrainingEvents(cfg.notify, self.run_dir)
-        self.events.started(self.step, f"{n_params / 1e6:.2f}M parameters on {self.device}")
-        with Tracker(self.run_dir, cfg.track,
-                     params=flatten(cfg.model_dump(mode="json"))) as tracker:
+        # rank 0 alone tracks and notifies; the other ranks' stand-ins do nothing
+        main = self.dist.is_main()
+        self.events = TrainingEvents(cfg.notify, self.run_dir) if main else _Muted()
+        self.events.started(self.step, f"{n_params / 1e6:.2f}M parameters on {self.device}"
+                            + (f", {self.dist.world_size} processes" if self.dist.active else ""))
+        params = flatten(cfg.model_dump(mode="json"))
+        with Tracker(self.run_dir, cfg.track, params=params) if main else _Muted() as tracker:
             for record in self._resume_skips:  # already in guard.jsonl (see _resume)
                 tracker.text(self.step, "guard", json.dumps(record))
                 self.events.resume_fallback(self.step, record["checkpoint"], record["cause"])
@@ -581,9 +706,9 @@ class Trainer:
             stop = self.step >= max_steps
             try:
                 while not stop:
-                    for batch in self._epoch_batches():
-                        decision, m = self.train_step(batch)
-                        self.batch_in_epoch += 1
+                    for micro in self._epoch_updates():
+                        decision, m = self.train_step(micro)
+                        self.batch_in_epoch += self.sampler.stride  # global batches consumed
                         if decision.action != "ok":
                             self._on_guard(decision, tracker)  # raises GuardStop on "stop"
                             bar.n = self.step
@@ -597,9 +722,11 @@ class Trainer:
                             self._snapshot = self._take_snapshot()
                         if self.step % tc.log_interval == 0:
                             now = time.monotonic()
-                            vals = {k: v / acc_n for k, v in acc.items() if k != "train/frames"}
+                            vals = {k: v / acc_n for k, v in acc.items() if k not in _TOTALS}
+                            # updates/s; frames and items of every micro-batch of every rank
                             vals["train/steps_per_second"] = acc_n / (now - t_log)
                             vals["train/frames_per_second"] = acc["train/frames"] / (now - t_log)
+                            vals["train/items_per_second"] = acc["train/items"] / (now - t_log)
                             vals["guard/skipped_steps"] = self.guard.skipped
                             vals["train/r"] = m["train/r"]  # in effect now, not averaged
                             tracker.scalars(self.step, vals)
@@ -615,7 +742,7 @@ class Trainer:
                             bar.refresh()
                         if self.step >= max_steps:
                             stop = True
-                        elif not stop and self.elapsed_before + elapsed >= budget:
+                        elif not stop and self._budget_spent(budget, elapsed):
                             result.stop_reason = "time_budget"
                             if self.step % tc.val_interval:
                                 self._validation_round(tracker, result, elapsed)
@@ -628,8 +755,10 @@ class Trainer:
                 self.events.finished(self.step, self._finished_text(result))
             except KeyboardInterrupt:
                 result.stop_reason = "interrupted"
-                result.last_checkpoint = self.save(self._last_validation)
-                log.warning("interrupted: checkpoint written to %s", result.last_checkpoint)
+                # not collective: under DDP the other ranks may be gone already
+                result.last_checkpoint = self.save(self._last_validation, collective=False)
+                if main:
+                    log.warning("interrupted: checkpoint written to %s", result.last_checkpoint)
                 self.events.interrupted(self.step, result.last_checkpoint)
                 raise
             except GuardStop as exc:
@@ -647,13 +776,21 @@ class Trainer:
                 bar.close()
                 self.events.close()
         self._write_result(result)
+        self.dist.barrier()  # no rank leaves before rank 0 has written everything
         return result
+
+    def _budget_spent(self, budget: float, elapsed: float) -> bool:
+        """Whether ``train.time_budget_minutes`` has run out; under DDP true on every rank
+        once true on any (their clocks differ a little)."""
+        return math.isfinite(budget) and self.dist.any(self.elapsed_before + elapsed >= budget)
 
     def _write_result(self, result: TrainResult) -> None:
         result.step = self.step
         result.wall_seconds = self.elapsed_before + time.monotonic() - self._t0
         best = self.ckpt_dir / "best.pt"
         result.best_checkpoint = best if best.exists() else None
+        if not self.dist.is_main():
+            return
         atomic_write_json(self.run_dir / "train_result.json", {
             "step": result.step, "iteration": self.iteration, "stop_reason": result.stop_reason,
             "aligned": result.aligned, "verdict": result.verdict, "phase": self.stopper.phase,
@@ -665,7 +802,29 @@ class Trainer:
 
     def _validation_round(self, tracker: Tracker, result: TrainResult, elapsed: float) -> bool:
         """Validate, update early stopping, the best checkpoint and interventions, checkpoint.
-        Returns True when training should stop."""
+        Returns True when training should stop.
+
+        Rank 0 alone validates and decides; the other ranks wait for its decisions (broadcast)
+        and take them over, so that every rank applies the same interventions, keeps the same
+        guard and early-stop state and stops at the same step."""
+        main = self.dist.is_main()
+        decided = self.dist.broadcast(self._judge_round(tracker, result, elapsed)
+                                      if main else None)
+        if not main:
+            self.guard.load_state_dict(decided.guard)
+            self.stopper.load_state_dict(decided.stopper)
+            result.aligned = decided.aligned
+        self._apply_changes(decided.changes, tracker)
+        result.last_checkpoint = self.save(self._last_validation, best=decided.is_best)
+        if decided.stop_reason:
+            result.stop_reason = decided.stop_reason
+            return True
+        return False
+
+    def _judge_round(self, tracker: Tracker, result: TrainResult,
+                     elapsed: float) -> RoundDecision:
+        """Rank 0's part of a validation round: validate, track, notify, update early stopping
+        and the guard's interventions; returns what every rank must apply."""
         res = self.validate(tracker)
         self._last_validation = res
         aligned = res.aligned
@@ -691,8 +850,7 @@ class Trainer:
         is_best = self.stopper.is_best(val, aligned)
         if is_best:
             self.stopper.mark_best(val)
-        self._apply_changes(self.guard.observe(self.step, val, dict(self.overrides)), tracker)
-        result.last_checkpoint = self.save(res, best=is_best)
+        changes = self.guard.observe(self.step, val, dict(self.overrides))
         log.info("step %d (%.1f min, %s): val mel %.4f | free-running: %s; focus %.2f, "
                  "skipped %.0f%%, length ratio %.2f, MCD-DTW %.2f dB%s", self.step, minutes,
                  decision.phase, val["val/mel_post"], res.describe(),
@@ -700,15 +858,45 @@ class Trainer:
                  100 * val.get("free/skipped_share", float("nan")),
                  val.get("free/length_ratio", float("nan")),
                  val.get("free/mcd_dtw_db", float("nan")), " ALIGNED" if aligned else "")
+        stop_reason = None
         if (self.cfg.train.stop_when_aligned
                 and self.stopper.aligned_streak >= self.cfg.train.stop_when_aligned_rounds):
-            result.stop_reason = "aligned"
-            return True
-        if decision.stop:
-            result.stop_reason = f"early_stop: {decision.reason}"
+            stop_reason = "aligned"
+        elif decision.stop:
+            stop_reason = f"early_stop: {decision.reason}"
             log.info("early stop at step %d: %s", self.step, decision.reason)
-            return True
-        return False
+        return RoundDecision(aligned, is_best, changes, stop_reason, self.guard.state_dict(),
+                             self.stopper.state_dict())
+
+
+@dataclass(frozen=True)
+class RoundDecision:
+    """What rank 0 concluded from a validation round; every rank applies it."""
+
+    aligned: bool
+    is_best: bool
+    changes: list[Change]  # interventions to apply now
+    stop_reason: str | None  # None: go on
+    guard: dict[str, Any]  # rank 0's guard and early-stop state after the round
+    stopper: dict[str, Any]
+
+
+class _Muted:
+    """Stands in for the Tracker and TrainingEvents on ranks other than 0, which track and
+    notify nothing: every method is accepted and does nothing."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return _nothing
+
+    def __enter__(self) -> _Muted:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _nothing(*args: object, **kwargs: object) -> None:
+    return None
 
 
 def _cpu_copy(obj: Any) -> Any:

@@ -27,7 +27,7 @@ from tacotrain.config import Config
 from tacotrain.data.loader import BucketBatchSampler, Collate, TextMelDataset
 from tacotrain.freerun import FreeRunRound, judge, nearest_in_length, synthesize
 from tacotrain.model import Tacotron2, Tacotron2Loss
-from tacotrain.text import text_key
+from tacotrain.text import attached_marks, text_key
 from tacotrain.track import Tracker
 
 log = logging.getLogger(__name__)
@@ -154,8 +154,10 @@ class Validator:
         bound = self.cfg.alignment.length_ratio_max * 1.05
         synth = synthesize(model, [t for t, _, _ in entries], autocast=autocast,
                            max_frames=[int(m.shape[1] * bound) + 1 for _, m, _ in entries])
+        symbols = self.val_set.data.symbols
         rnd = judge(synth, [m for _, m, _ in entries], self.cfg.alignment, self.candidates,
-                    [self.val_set.items[i]["text"] for i in self.items], self.candidate_texts)
+                    [self.val_set.items[i]["text"] for i in self.items], self.candidate_texts,
+                    [attached_marks(t.tolist(), symbols) for t, _, _ in entries])
         if tracker is not None:
             self._report(rnd, entries[0][1], step, tracker)
         return rnd

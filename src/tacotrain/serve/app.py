@@ -1,0 +1,214 @@
+"""The FastAPI app of ``tacotrain serve``: the page (static files), the JSON API under
+``/api`` and the error answers.
+
+Every error answers ``{"error": "<what went wrong, in words>"}`` with a fitting status (404
+unknown checkpoint or file, 422 bad request or text, 503 queue full with ``Retry-After``, 504
+timeout, 500 a checkpoint that does not load); the page shows that sentence, and no traceback
+ever leaves the server (it goes to the log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from tacotrain.config import ServeConfig
+from tacotrain.serve.models import (
+    Catalog,
+    CheckpointInfo,
+    ModelCache,
+    ModelLoadError,
+    QueueFull,
+)
+from tacotrain.serve.results import ResultStore
+from tacotrain.synth import SynthesisError, Synthesizer
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+class SynthesizeRequest(BaseModel):
+    """``POST /api/synthesize``. Strict: a number where text belongs is refused, not converted."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    text: str = Field(description="what to say (at most serve.max_text_chars characters)")
+    checkpoint: str | None = Field(None, description="an id from GET /api/checkpoints; "
+                                                     "default: the listing's default")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="seed of the prenet's dropout")
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def describe_validation(errors: list[dict[str, Any]]) -> str:
+    """FastAPI's validation errors as one sentence a person can act on."""
+    parts = []
+    for err in errors:
+        loc = [str(p) for p in err.get("loc", ())][1:]  # drop "body"
+        if err.get("type") == "json_invalid":
+            where = f" at character {loc[0]}" if loc else ""
+            reason = (err.get("ctx") or {}).get("error", "decode error")
+            parts.append(f"the request body is not valid JSON ({reason}{where})")
+        elif not loc:
+            parts.append('the request body must be a JSON object such as {"text": "Hello."} '
+                         f"({err.get('msg')})")
+        else:
+            parts.append(f"{'.'.join(loc)}: {err.get('msg')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities (a metric of an empty alignment) become null: JSON has neither."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def create_app(catalog: Catalog, cfg: ServeConfig,
+               load: Callable[[CheckpointInfo], Synthesizer], device: str = "cpu",
+               warm: bool = True) -> FastAPI:
+    """The app. ``load`` builds a model for a listed entry (:func:`models.checkpoint_loader`);
+    ``device`` is only reported; ``warm``: load the default checkpoint at start-up, in its
+    worker thread, so that the first request does not wait for it."""
+    cache = ModelCache(cfg, load)
+    store = ResultStore(cfg.max_results)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if warm:
+            entry = Catalog.default(await run_in_threadpool(catalog.entries))
+            if entry is not None:
+                future = cache.submit(entry, lambda synth: None)
+                # nobody awaits the warm-up: say in the log why the model did not load
+                future.add_done_callback(
+                    lambda f: f.exception() and log.error("%s", f.exception()))
+        yield
+        cache.close()
+        store.close()
+
+    app = FastAPI(title="tacotrain serve", lifespan=lifespan,
+                  description="Synthesise speech with a trained Tacotron 2 checkpoint.")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, describe_validation(list(exc.errors())))
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/api/health")
+    async def health() -> dict[str, Any]:
+        """Answers while syntheses run (they run in worker threads)."""
+        models = cache.status()
+        return {"status": "ok", "device": device,
+                "model_loaded": any(m["loaded"] for m in models), "models": models}
+
+    @app.get("/api/checkpoints")
+    def checkpoints() -> dict[str, Any]:
+        """The checkpoints that may be named in ``POST /api/synthesize``, and the limits."""
+        entries = catalog.entries()
+        default = Catalog.default(entries)
+        return _finite({"source": catalog.source, "root": str(catalog.root),
+                        "default": default.id if default else None,
+                        "checkpoints": [e.public() for e in entries],
+                        "limits": cfg.model_dump()})
+
+    @app.post("/api/synthesize", responses={
+        200: {"content": {"audio/wav": {}},
+              "description": "the figures and URLs (JSON), or with Accept: audio/wav the wav"},
+        404: {"description": "unknown checkpoint"}, 422: {"description": "bad request or text"},
+        503: {"description": "queue full"}, 504: {"description": "timed out"}})
+    async def synthesize(body: SynthesizeRequest, request: Request) -> Response:
+        if len(body.text) > cfg.max_text_chars:
+            return _error(422, f"the text is {len(body.text)} characters long; the limit is "
+                               f"{cfg.max_text_chars} (serve.max_text_chars)")
+        entries = await run_in_threadpool(catalog.entries)
+        if body.checkpoint is None:
+            entry = Catalog.default(entries)
+            if entry is None:
+                errors = "; ".join(e.error for e in entries if e.error)
+                return _error(404, f"no usable checkpoint in {catalog.root}"
+                                   + (f": {errors}" if errors else " yet"))
+        else:
+            entry = catalog.find(body.checkpoint, entries)
+            if entry is None:
+                return _error(404, f"no checkpoint {body.checkpoint!r} in the listing; "
+                                   "GET /api/checkpoints lists the ids")
+        if entry.error is not None:
+            return _error(500, f"{entry.id} cannot be used: {entry.error}")
+        text, seed = body.text, body.seed
+
+        def job(synth: Synthesizer) -> dict[str, Any]:
+            result = synth.synthesize(text, seed=seed)
+            rid = store.add(synth, result)
+            return {"id": rid, "checkpoint": entry.id, "language": synth.language,
+                    "text": result.text, "sample_rate": synth.audio.sample_rate,
+                    "samples": len(result.wav), "figures": result.info,
+                    "urls": {k.split(".")[0]: f"/api/results/{rid}/{k}" for k in
+                             ("speech.wav", "alignment.png", "mel.png")}}
+
+        try:
+            future = cache.submit(entry, job)
+        except QueueFull:
+            return _error(503, f"the synthesis queue of {entry.id} is full "
+                               f"({cfg.concurrent_per_model} running, {cfg.queue_size} "
+                               "waiting: serve.queue_size); try again shortly",
+                          {"Retry-After": str(cfg.retry_after_seconds)})
+        try:
+            out = await asyncio.wait_for(asyncio.wrap_future(future),
+                                         cfg.request_timeout_seconds)
+        except TimeoutError:  # a job still waiting is cancelled with the wrapper
+            return _error(504, f"the synthesis did not finish within "
+                               f"{cfg.request_timeout_seconds:g} s "
+                               "(serve.request_timeout_seconds); try a shorter text")
+        except SynthesisError as exc:
+            return _error(422, str(exc))
+        except ModelLoadError as exc:
+            log.error("%s", exc)
+            return _error(500, str(exc))
+        except Exception as exc:
+            log.exception("synthesis failed")
+            return _error(500, f"the synthesis failed: {type(exc).__name__}: {exc}")
+        if "audio/wav" in request.headers.get("accept", ""):
+            wav = store.read(out["id"], "speech.wav")
+            if wav is None:  # evicted already: serve.max_results is below the traffic
+                return _error(503, "the result was evicted before it was sent; raise "
+                                   "serve.max_results", {"Retry-After": "1"})
+            return Response(wav[0], media_type="audio/wav", headers={"X-Result-Id": out["id"]})
+        return JSONResponse(_finite(out))
+
+    @app.get("/api/results/{rid}/{name}")
+    async def result_file(rid: str, name: str) -> Response:
+        """A file of a recent synthesis: ``speech.wav``, ``alignment.png`` or ``mel.png``."""
+        found = await run_in_threadpool(store.read, rid, name)
+        if found is None:
+            return _error(404, "no such result file (results are kept for the last "
+                               f"{cfg.max_results} syntheses: serve.max_results)")
+        return Response(found[0], media_type=found[1])
+
+    return app

@@ -1,0 +1,75 @@
+"""``tacotrain serve``: the app on uvicorn, bound to 127.0.0.1 unless ``--host`` says otherwise.
+
+uvicorn handles Ctrl-C and SIGTERM itself (stop accepting, finish open requests for up to
+``serve.shutdown_grace_seconds``, stop); afterwards it restores the signal handlers it found
+and raises the signal again, which would end the process by the signal. :func:`_quiet_signals`
+puts no-op handlers there for that moment, so a stopped server returns normally (exit 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from tacotrain.config import ServeSettings, build
+from tacotrain.serve.models import Catalog, ServeError, checkpoint_loader
+from tacotrain.train.trainer import TrainError, resolve_device
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on (host, port), or a :class:`ServeError` that says what to do."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ServeError(f"--host {host}: {exc}") from None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ServeError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another "
+                         "--port") from None
+    sock.listen(128)
+    return sock
+
+
+@contextlib.contextmanager
+def _quiet_signals() -> Iterator[None]:
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: None) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def run(*, checkpoint: Path | None = None, model: Path | None = None, runs: Path | None = None,
+        vocoder: str | None = None, vocoder_config: Path | None = None, trust: bool = False,
+        host: str = "127.0.0.1", port: int = 5003, device: str = "auto",
+        overrides: Sequence[str] = ()) -> None:
+    """Serve until Ctrl-C or SIGTERM. ``overrides``: ``serve.KEY=VALUE`` (``--set``)."""
+    import uvicorn
+
+    from tacotrain.serve.app import create_app
+
+    cfg = build(ServeSettings, {}, list(overrides), "defaults").serve
+    catalog = Catalog(runs=runs, checkpoint=checkpoint, model=model, trust=trust)
+    try:
+        dev = str(resolve_device(device))
+    except (TrainError, RuntimeError) as exc:
+        raise ServeError(f"--device {device}: {exc}") from None
+    app = create_app(catalog, cfg, checkpoint_loader(dev, vocoder, vocoder_config, trust),
+                     device=dev)
+    sock = bind(host, port)
+    server = uvicorn.Server(uvicorn.Config(
+        app, log_level="info", timeout_graceful_shutdown=cfg.shutdown_grace_seconds))
+    shown = f"[{host}]" if ":" in host else host
+    print(f"tacotrain serve: http://{shown}:{port}/ ({catalog.source} {catalog.root}, {dev}); "
+          "Ctrl-C stops it", flush=True)
+    with _quiet_signals():
+        server.run(sockets=[sock])

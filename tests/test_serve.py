@@ -1,0 +1,449 @@
+"""``tacotrain serve``: the API on a real (tiny) checkpoint, each limit, path traversal, the
+model cache bound, a clean SIGTERM, and the page in a real headless Chromium.
+
+Every test talks HTTP (httpx) to the app running on uvicorn on 127.0.0.1, in a thread, as the
+command runs it. Slow syntheses are made with :class:`Gated`: the real synthesizer, held at a
+``threading.Event`` until the test lets it go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import soundfile as sf
+import uvicorn
+
+from tacotrain.cli import main
+from tacotrain.config import ServeConfig
+from tacotrain.pretrained import export_model
+from tacotrain.serve.app import create_app
+from tacotrain.serve.models import Catalog, CheckpointInfo, checkpoint_loader
+from tacotrain.serve.server import bind
+from tacotrain.synth import Synthesizer
+from tacotrain.train.trainer import Trainer
+
+from conftest import launch_chromium, tiny_cfg
+
+STEP4, STEP2 = "run-a/checkpoints/step-0000004.pt", "run-a/checkpoints/step-0000002.pt"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_data, tmp_path_factory) -> Path:
+    """RUNS/run-a/checkpoints/step-0000002.pt and step-0000004.pt of a 4-step tiny training.
+    A gate threshold of 0.9 lets the untrained decoder run to its 60-step cap (120 frames)
+    instead of stopping after one step, so that there is audio to hear and an image to see."""
+    root = tmp_path_factory.mktemp("serve") / "runs"
+    cfg = tiny_cfg("train.val_interval=2", "model.max_decoder_steps=60",
+                   "model.gate_threshold=0.9")
+    Trainer(cfg, tiny_data, root / "run-a", progress=False).fit(max_steps=4)
+    return root
+
+
+@pytest.fixture(scope="module")
+def synth(runs) -> Synthesizer:
+    return Synthesizer.from_checkpoint(runs / STEP4, device="cpu")
+
+
+class Gated:
+    """The real synthesizer, whose ``synthesize`` waits until ``release`` is set."""
+
+    def __init__(self, synth: Synthesizer) -> None:
+        self.synth = synth
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.synth, name)
+
+    def synthesize(self, text: str, seed: int = 0) -> Any:
+        self.calls += 1
+        self.started.set()
+        assert self.release.wait(30), "the test never released the synthesis"
+        return self.synth.synthesize(text, seed)
+
+
+class Loads:
+    """A loader that records which entries it was asked for and returns ``make(entry)``."""
+
+    def __init__(self, make) -> None:
+        self.make = make
+        self.ids: list[str] = []
+
+    def __call__(self, entry: CheckpointInfo) -> Any:
+        self.ids.append(entry.id)
+        return self.make(entry)
+
+
+@contextlib.contextmanager
+def serving(app) -> Iterator[httpx.Client]:
+    """``app`` on uvicorn on 127.0.0.1 (a free port) in a thread; an httpx client for it."""
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning",
+                                           timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+    assert not thread.is_alive(), "the server did not stop"
+
+
+def app_for(runs: Path, load, warm: bool = False, **limits: Any):
+    return create_app(Catalog(runs=runs), ServeConfig(**limits), load, device="cpu", warm=warm)
+
+
+def post_in_thread(client: httpx.Client, body: dict[str, Any], pool: ThreadPoolExecutor):
+    return pool.submit(httpx.post, f"{client.base_url}/api/synthesize", json=body, timeout=60)
+
+
+def wait_until(check, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == PNG
+    return struct.unpack(">II", data[16:24])
+
+
+def test_health_list_and_synthesise(runs):
+    load = Loads(checkpoint_loader("cpu", None, None, trust=False))
+    with serving(app_for(runs, load)) as client:
+        health = client.get("/api/health")
+        assert health.status_code == 200
+        assert health.json() == {"status": "ok", "device": "cpu", "model_loaded": False,
+                                 "models": []}
+
+        listing = client.get("/api/checkpoints").json()
+        assert [c["id"] for c in listing["checkpoints"]] == [STEP4, STEP2]
+        assert [c["step"] for c in listing["checkpoints"]] == [4, 2]
+        assert {c["language"] for c in listing["checkpoints"]} == {"en"}
+        assert all(c["aligned"] is False and c["verdict"] and c["error"] is None
+                   and c["elapsed_seconds"] > 0 for c in listing["checkpoints"])
+        assert listing["default"] == STEP4  # no best.pt: the newest file
+        assert listing["limits"]["max_text_chars"] == 500
+
+        res = client.post("/api/synthesize", json={"text": "The old map.", "seed": 3})
+        assert res.status_code == 200, res.text
+        out = res.json()
+        fig = out["figures"]
+        assert out["checkpoint"] == STEP4 and out["language"] == "en"
+        assert out["text"] == "the old map."
+        assert fig["frames"] == 120 and fig["stopped_by_gate"] is False
+        assert fig["aligned"] is False and fig["reasons"][0] == "no_gate_stop"
+        assert fig["synthesis_seconds"] > 0 and fig["rtf"] > 0
+
+        wav = client.get(out["urls"]["speech"])
+        assert wav.status_code == 200 and wav.headers["content-type"] == "audio/wav"
+        assert wav.content[:4] == b"RIFF" and wav.content[8:12] == b"WAVE"
+        samples, rate = sf.read(io.BytesIO(wav.content))
+        assert rate == out["sample_rate"] == 22050
+        assert len(samples) == out["samples"] > 100 * 256
+        assert abs(len(samples) - fig["seconds"] * rate) <= 0.0005 * rate
+        assert png_size(client.get(out["urls"]["alignment"]).content) == (600, 400)
+        assert png_size(client.get(out["urls"]["mel"]).content) == (800, 300)
+
+        # Accept: audio/wav answers the wav itself: the same seed gives the same bytes
+        direct = client.post("/api/synthesize", json={"text": "The old map.", "seed": 3},
+                             headers={"Accept": "audio/wav"})
+        assert direct.status_code == 200 and direct.headers["content-type"] == "audio/wav"
+        assert direct.content == wav.content
+
+        health = client.get("/api/health").json()
+        assert health["model_loaded"] is True
+        assert health["models"] == [{"id": STEP4, "loaded": True, "running": 0, "waiting": 0}]
+        assert load.ids == [STEP4]  # loaded once, kept
+        assert client.get("/openapi.json").json()["paths"]["/api/synthesize"]["post"]
+        assert client.get("/").text.count('src="/static/app.js"') == 1
+
+
+def test_text_length_and_characters_refused(runs, synth):
+    load = Loads(lambda entry: synth)
+    with serving(app_for(runs, load, max_text_chars=20)) as client:
+        res = client.post("/api/synthesize", json={"text": "x" * 21})
+        assert res.status_code == 422
+        assert res.json() == {"error": "the text is 21 characters long; the limit is 20 "
+                                       "(serve.max_text_chars)"}
+        assert load.ids == []  # refused before any model was touched
+
+        res = client.post("/api/synthesize", json={"text": "Hello 你好 world"})
+        assert res.status_code == 422
+        message = res.json()["error"]
+        assert "'你' '好'" in message and "outside the en symbol set" in message
+
+        assert client.post("/api/synthesize", json={"text": "x" * 20}).status_code == 200
+
+
+def test_health_answers_while_synthesising_and_queue_full_is_503(runs, synth):
+    gated = Gated(synth)
+    with (serving(app_for(runs, Loads(lambda e: gated), queue_size=1,
+                          retry_after_seconds=7)) as client,
+          ThreadPoolExecutor(2) as pool):
+        first = post_in_thread(client, {"text": "We waited."}, pool)
+        assert gated.started.wait(20)
+        t0 = time.monotonic()
+        health = client.get("/api/health")
+        assert health.status_code == 200 and time.monotonic() - t0 < 2.0
+        assert health.json()["models"] == [{"id": STEP4, "loaded": True, "running": 1,
+                                            "waiting": 0}]
+        second = post_in_thread(client, {"text": "Two boxes."}, pool)
+        wait_until(lambda: client.get("/api/health").json()["models"][0]["waiting"] == 1)
+
+        full = client.post("/api/synthesize", json={"text": "A red boat."})
+        assert full.status_code == 503
+        assert full.headers["retry-after"] == "7"
+        assert "serve.queue_size" in full.json()["error"]
+
+        gated.release.set()
+        assert first.result().status_code == 200 and second.result().status_code == 200
+        assert gated.calls == 2  # the refused one never reached the model
+        assert client.post("/api/synthesize", json={"text": "Again."}).status_code == 200
+
+
+def test_timeout_is_504_and_a_queued_request_is_dropped(runs, synth):
+    gated = Gated(synth)
+    with (serving(app_for(runs, Loads(lambda e: gated), request_timeout_seconds=0.5))
+          as client, ThreadPoolExecutor(2) as pool):
+        first = post_in_thread(client, {"text": "We waited."}, pool)
+        assert gated.started.wait(20)
+        second = post_in_thread(client, {"text": "Two boxes."}, pool)
+        for res in (first.result(), second.result()):
+            assert res.status_code == 504
+            assert res.json() == {"error": "the synthesis did not finish within 0.5 s "
+                                           "(serve.request_timeout_seconds); try a shorter text"}
+        gated.release.set()
+        wait_until(lambda: client.get("/api/health").json()["models"] == [
+            {"id": STEP4, "loaded": True, "running": 0, "waiting": 0}])
+        assert gated.calls == 1  # the second timed out while waiting: cancelled, never run
+
+
+def test_paths_outside_the_runs_are_refused(runs, synth, tmp_path):
+    served = tmp_path / "runs"
+    shutil.copytree(runs / "run-a" / "checkpoints", served / "run-a" / "checkpoints")
+    outside = tmp_path / "outside"
+    shutil.copytree(runs / "run-a" / "checkpoints", outside / "checkpoints")
+    (served / "evil").symlink_to(outside, target_is_directory=True)  # a run folder leading out
+    (served / "run-b" / "checkpoints").mkdir(parents=True)
+    (served / "run-b" / "checkpoints" / "best.pt").symlink_to(
+        outside / "checkpoints" / "step-0000004.pt")  # a file leading out
+    load = Loads(lambda entry: synth)
+    with serving(app_for(served, load)) as client:
+        ids = [c["id"] for c in client.get("/api/checkpoints").json()["checkpoints"]]
+        assert ids == [STEP4, STEP2]
+        for cid in ("../../etc/passwd", "/etc/passwd", str(served / STEP4),
+                    str(outside / "checkpoints" / "step-0000004.pt"),
+                    "..%2F..%2Fetc%2Fpasswd", "run-a/checkpoints/../../../outside/x.pt",
+                    "evil/checkpoints/step-0000004.pt", "run-b/checkpoints/best.pt"):
+            res = client.post("/api/synthesize", json={"text": "Hello.", "checkpoint": cid})
+            assert res.status_code == 404, cid
+            assert res.json()["error"].startswith(f"no checkpoint {cid!r} in the listing")
+        for url in ("/api/results/..%2F..%2Fetc%2Fpasswd/speech.wav",
+                    "/api/results/x/..%2F..%2F..%2Fetc%2Fpasswd",
+                    "/static/..%2F..%2F..%2F..%2Fetc%2Fpasswd", "/static/../../etc/passwd"):
+            res = client.get(url)
+            assert res.status_code == 404 and b"root:" not in res.content, url
+        assert load.ids == []  # nothing was loaded, let alone from outside
+
+
+def test_malformed_json_and_wrong_types_are_422(runs, synth):
+    with serving(app_for(runs, Loads(lambda e: synth))) as client:
+        res = client.post("/api/synthesize", content=b'{"text": "Hi.",',
+                          headers={"Content-Type": "application/json"})
+        assert res.status_code == 422
+        assert res.json()["error"].startswith("invalid request: the request body is not "
+                                              "valid JSON (")
+        res = client.post("/api/synthesize", json={"text": 5, "seed": "1"})
+        assert res.status_code == 422
+        assert res.json() == {"error": "invalid request: text: Input should be a valid string; "
+                                       "seed: Input should be a valid integer"}
+        res = client.post("/api/synthesize", json={"text": "Hi.", "voice": "x"})
+        assert res.status_code == 422 and "voice: Extra inputs are not permitted" in res.text
+        res = client.post("/api/synthesize", json=["Hi."])
+        assert res.status_code == 422 and "must be a JSON object" in res.json()["error"]
+
+
+def test_model_cache_keeps_at_most_max_models(runs):
+    load = Loads(checkpoint_loader("cpu", None, None, trust=False))
+    with serving(app_for(runs, load, max_models=1)) as client:
+        for cid in (STEP4, STEP2, STEP2, STEP4):
+            res = client.post("/api/synthesize", json={"text": "Hi.", "checkpoint": cid})
+            assert res.status_code == 200 and res.json()["checkpoint"] == cid
+        assert load.ids == [STEP4, STEP2, STEP4]  # each switch unloaded the other
+        models = client.get("/api/health").json()["models"]
+        assert [m["id"] for m in models] == [STEP4]
+    load = Loads(checkpoint_loader("cpu", None, None, trust=False))
+    with serving(app_for(runs, load, max_models=2)) as client:
+        for cid in (STEP4, STEP2, STEP4):
+            assert client.post("/api/synthesize",
+                               json={"text": "Hi.", "checkpoint": cid}).status_code == 200
+        assert load.ids == [STEP4, STEP2]
+        # least recently used first
+        assert [m["id"] for m in client.get("/api/health").json()["models"]] == [STEP2, STEP4]
+
+
+def test_a_rewritten_checkpoint_is_loaded_anew(runs, synth, tmp_path):
+    served = tmp_path / "runs"
+    shutil.copytree(runs / "run-a" / "checkpoints", served / "run-a" / "checkpoints")
+    load = Loads(lambda entry: synth)
+    with serving(app_for(served, load)) as client:
+        assert client.post("/api/synthesize", json={"text": "Hi."}).status_code == 200
+        assert client.post("/api/synthesize", json={"text": "Hi."}).status_code == 200
+        later = (served / STEP4).stat().st_mtime + 10
+        os.utime(served / STEP4, (later, later))  # as a training writing best.pt again
+        assert client.post("/api/synthesize", json={"text": "Hi."}).status_code == 200
+        assert load.ids == [STEP4, STEP4]
+        assert len(client.get("/api/health").json()["models"]) == 1
+
+
+def test_single_checkpoint_and_export(runs, tmp_path):
+    export_model(runs / STEP4, tmp_path / "voice")
+    for catalog, cid, kind in ((Catalog(checkpoint=runs / STEP4), "step-0000004.pt",
+                                "checkpoint"),
+                               (Catalog(model=tmp_path / "voice"), "voice", "export")):
+        [entry] = catalog.entries()
+        assert (entry.id, entry.kind, entry.language, entry.error) == (cid, kind, "en", None)
+        assert catalog.find("../" + cid) is None and catalog.find(cid) == entry
+    app = create_app(Catalog(model=tmp_path / "voice"), ServeConfig(),
+                     checkpoint_loader("cpu", None, None, trust=False), warm=False)
+    with serving(app) as client:
+        out = client.post("/api/synthesize", json={"text": "The old map.", "seed": 3}).json()
+    assert out["checkpoint"] == "voice" and out["figures"]["frames"] == 120
+
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes((runs / STEP4).read_bytes()[:-100])
+    app = create_app(Catalog(checkpoint=broken), ServeConfig(),
+                     checkpoint_loader("cpu", None, None, trust=False))
+    with serving(app) as client:
+        res = client.post("/api/synthesize", json={"text": "The old map."})
+        assert client.get("/api/health").json()["models"] == []  # nothing to warm up
+    assert res.status_code == 404
+    assert res.json() == {"error": f"no usable checkpoint in {broken}: {broken}: checksum "
+                                   "mismatch (file truncated or corrupted)"}
+
+
+def test_results_beyond_max_results_are_deleted(runs, synth):
+    with serving(app_for(runs, Loads(lambda e: synth), max_results=2)) as client:
+        urls = [client.post("/api/synthesize", json={"text": t}).json()["urls"]["speech"]
+                for t in ("One.", "Two.", "Three.")]
+        assert [client.get(u).status_code for u in urls] == [404, 200, 200]
+
+
+def test_cli_settings_are_checked(runs, capsys):
+    assert main(["serve", "--runs", str(runs), "--set", "serve.max_txt_chars=5"]) == 2
+    assert "serve.max_txt_chars: unknown key" in capsys.readouterr().err
+    assert main(["serve", "--runs", str(runs / "none")]) == 2
+    assert f"--runs {runs / 'none'}: not found or not a directory" in capsys.readouterr().err
+
+
+def test_sigterm_stops_the_server_cleanly(runs):
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    sock.close()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "tacotrain.cli", "serve", "--runs",
+                             str(runs), "--port", str(port), "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/api/health").status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "the server did not answer"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err.decode()
+    assert f"http://127.0.0.1:{port}/" in out.decode() and "stopped." in out.decode()
+
+
+def test_page_in_a_browser(runs, tmp_path):
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        pytest.fail(f"playwright is not installed ({exc}); `make test` installs it", pytrace=False)
+
+    app = create_app(Catalog(runs=runs), ServeConfig(),
+                     checkpoint_loader("cpu", None, None, trust=False), device="cpu")
+    with serving(app) as client, sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 1000})
+            page.set_default_timeout(60_000)
+            requests: list[str] = []
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(str(client.base_url) + "/")
+
+            page.wait_for_function("() => document.querySelectorAll('#checkpoint option')"
+                                   ".length === 2")
+            assert page.locator("#checkpoint").input_value() == STEP4
+            assert page.locator("#language").inner_text() == "en"
+            assert "step 4" in page.locator("#checkpoint-info").inner_text()
+
+            page.locator("#text").fill("The old map, near the river.")
+            page.locator("#synthesise").click()
+            page.wait_for_function(
+                "() => { const a = document.getElementById('audio');"
+                " return a.readyState >= 1 && a.duration > 0; }")
+            page.wait_for_function(
+                "() => ['alignment', 'mel'].every(id => {"
+                " const i = document.getElementById(id); return i.complete && i.naturalWidth > 0;"
+                " })")
+            assert page.locator("#alignment").is_visible() and page.locator("#mel").is_visible()
+            figures = dict(zip(page.locator("#figures th").all_inner_texts(),
+                               page.locator("#figures td").all_inner_texts(), strict=True))
+            assert figures["frames"] == "120"
+            duration = page.eval_on_selector("#audio", "a => a.duration")
+            assert float(figures["seconds of audio"]) == pytest.approx(duration, abs=0.002)
+            assert figures["stopped by the gate"] == "no"
+            assert figures["alignment verdict"].startswith("not aligned: no_gate_stop")
+            assert float(figures["synthesis time"].removesuffix(" s")) > 0
+            assert float(figures["real-time factor"]) > 0
+            assert not page.locator("#error").is_visible()
+            shot = tmp_path / "serve.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 30_000
+
+            page.locator("#text").fill("Hello 你好")
+            page.locator("#synthesise").click()
+            page.locator("#error").wait_for(state="visible")
+            error = page.locator("#error").inner_text()
+            assert "characters outside the en symbol set: '你' '好'" in error
+            assert "Traceback" not in error
+            base = str(client.base_url)
+            assert all(u.startswith(base) for u in requests), requests  # nothing from elsewhere
+        finally:
+            browser.close()
