@@ -424,23 +424,42 @@ def test_resume_under_ddp_is_exact(ddp_job):
     assert any(not torch.equal(half["params"][k], whole["params"][k]) for k in half["params"])
 
 
-def test_torchrun_guard_stop_exits_3_on_every_rank(tiny_data, tmp_path):
-    """The real launcher: ``torchrun -m tacotrain train`` with a NaN on rank 1 only; the guard
-    stop is agreed and both worker processes exit 3."""
-    torchrun = Path(sys.executable).with_name("torchrun")
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_guard_stop_exits_3_on_every_rank(tiny_data, tmp_path):
+    """Two ``python -m tacotrain train`` processes with torchrun's environment (each process's
+    own exit code, which torchrun itself may mask by stopping the slower worker once the
+    first has exited) and a NaN on rank 1 only: the guard stop is agreed and both exit 3.
+    Then the real launcher, ``torchrun -m tacotrain train``, fails with exit code 3."""
+    train = ["train", "--config", "tiny", "--data", str(tiny_data), "--max-steps", "5",
+             "--quiet", "--set", "train.threads=1", "--set", "train.batch_size=2",
+             "--set", "guard.nonfinite_patience=1", "--set", "guard.max_rollbacks=0"]
+    env = {**os.environ, "TACOTRAIN_INJECT": "nan@2+:rank1", "OMP_NUM_THREADS": "1",
+           "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
     run = tmp_path / "r"
-    env = {**os.environ, "TACOTRAIN_INJECT": "nan@2+:rank1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "tacotrain", "train",
-         "--config", "tiny", "--data", str(tiny_data), "--out", str(run), "--max-steps", "5",
-         "--quiet", "--set", "train.threads=1", "--set", "train.batch_size=2",
-         "--set", "guard.nonfinite_patience=1", "--set", "guard.max_rollbacks=0"],
-        env=env, capture_output=True, text=True, timeout=120)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0, out
-    assert _exit_codes(out) == {0: 3, 1: 3}, out
-    assert out.count("training stopped by the guard at step 1") == 1  # rank 0 alone reports
+    procs = [subprocess.Popen([sys.executable, "-m", "tacotrain", *train, "--out", str(run)],
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [3, 3], outs
+    assert "training stopped by the guard at step 1" in outs[0]
+    assert "training stopped by the guard" not in outs[1]  # rank 0 alone reports
     assert [r["action"] for r in _guard_log(run)] == ["stop"]
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "TACOTRAIN_INJECT": "nan@2+:rank1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m",
+                           "tacotrain", *train, "--out", str(tmp_path / "t")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and 3 in _exit_codes(out).values(), out
 
 
 def _exit_codes(text: str) -> dict[int, int]:

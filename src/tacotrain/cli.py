@@ -231,6 +231,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_track_sync(args: argparse.Namespace) -> int:
+    from tacotrain.extras import require
+
+    require("mlflow", "tacotrain track sync", "mlflow")
     from tacotrain.track.mlflow_sync import TrackError, sync
 
     try:
@@ -250,6 +253,9 @@ def cmd_track_sync(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from tacotrain import serve
+    from tacotrain.extras import require
+
+    require("serve", "tacotrain serve", "fastapi", "uvicorn")
 
     serve.run(checkpoint=args.checkpoint, model=args.model, runs=args.runs,
               vocoder=args.vocoder, vocoder_config=args.vocoder_config,
@@ -349,6 +355,11 @@ def _tune_paths(args: argparse.Namespace) -> tuple[str, Path]:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from tacotrain.extras import require
+
+    require("tune", "tacotrain tune", "optuna")
+    if str(getattr(args, "storage", None) or "").startswith("postgresql"):
+        require("postgres", "a PostgreSQL --storage", "psycopg2")
     if args.tune_command == "report":
         return cmd_tune_report(args)
     if args.tune_command == "dashboard":
@@ -416,6 +427,10 @@ def cmd_tune_report(args: argparse.Namespace) -> int:
 def cmd_tune_dashboard(args: argparse.Namespace) -> int:
     import subprocess
     import time
+
+    from tacotrain.extras import require
+
+    require("tune", "tacotrain tune dashboard", "optuna_dashboard")
 
     from tacotrain.track.monitor import (
         HOST,
@@ -875,6 +890,7 @@ def main(argv: list[str] | None = None) -> int:
     from tacotrain.data.mini import MiniCorpusError
     from tacotrain.data.prepare import PrepareError
     from tacotrain.evaluate.run import EvalError
+    from tacotrain.extras import MissingExtra
     from tacotrain.pretrained import PretrainedError
     from tacotrain.serve.models import ServeError
     from tacotrain.synth import SynthesisError
@@ -884,7 +900,7 @@ def main(argv: list[str] | None = None) -> int:
 
     known = (ConfigError, CorpusError, PrepareError, MiniCorpusError, DataError, TrainError,
              CheckpointError, SynthesisError, EvalError, PretrainedError, AudioReadError,
-             HifiGanError, VocoderError, ServeError, DistError)
+             HifiGanError, VocoderError, ServeError, DistError, MissingExtra)
     try:
         return args.func(args)
     except known as exc:

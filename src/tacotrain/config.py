@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -240,8 +240,14 @@ class OptimConfig(Strict):
 
 class TrainConfig(Strict):
     # items per batch in each process: under torchrun the global batch of one optimiser update is
-    # batch_size x world size x grad_accum_steps
-    batch_size: int = Field(32, ge=1)
+    # batch_size x world size x grad_accum_steps. auto: the largest batch whose training step on
+    # the longest train items fits the device, chosen at the start of a run (train/batch_size.py)
+    # and saved as an integer in RUN/config.yaml, which a resumed run keeps
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = 32
+    max_batch_size: int = Field(64, ge=1)  # batch_size auto: never above this
+    # batch_size auto on the CPU: GiB a training step may add to what each process holds
+    # before it (activations, gradients, optimiser state), measured as resident memory
+    memory_budget_gb: float = Field(8.0, gt=0.0)
     bucket_batches: int = Field(1, ge=1)  # >1 mixes neighbouring length buckets (more padding)
     # micro-batches whose gradients are summed (each loss x 1/k) into one optimiser update; a
     # larger effective batch in the same memory. An epoch is cut to whole updates
@@ -253,7 +259,9 @@ class TrainConfig(Strict):
     time_budget_minutes: float | None = Field(None, gt=0.0)  # stop (and checkpoint) after this
     seed: int = 1234
     device: str = "auto"  # auto (CUDA when available), cpu, cuda, cuda:N
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on CUDA only
+    # autocast dtype; auto: bf16 (fp16 where bf16 is missing) on CUDA, fp32 on the CPU. fp16 is
+    # CUDA only; bf16 applies on the CPU too
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     threads: int | None = Field(None, ge=1)  # torch CPU threads (None: torch's default)
     num_workers: int = Field(0, ge=0)  # DataLoader worker processes
     log_interval: int = Field(10, ge=1)  # steps between logged training metrics

@@ -224,6 +224,21 @@ class Postnet(nn.Module):
         return x
 
 
+def lstm_cell(cell: nn.LSTMCell, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """``cell`` on input ``x [B, I]`` and state ``h, c [B, H]`` -> new ``h, c [B, H]``.
+
+    Outside autocast: the cell itself. Under autocast the gate matmuls run in the lower
+    precision but the state update in float32, and ``h, c`` stay float32: CUDA's autocast would
+    otherwise run the whole cell in bf16/fp16, and the cell state, carried over hundreds of
+    decoder steps, would lose its precision."""
+    if not torch.is_autocast_enabled(x.device.type):
+        return cell(x, (h, c))
+    gates = F.linear(x, cell.weight_ih, cell.bias_ih) + F.linear(h, cell.weight_hh, cell.bias_hh)
+    i, f, g, o = gates.float().chunk(4, dim=1)  # [B, H] each, PyTorch's gate order
+    c = torch.sigmoid(f) * c.float() + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
 class Decoder(nn.Module):
     """Autoregressive decoder: prenet -> attention LSTM -> attention -> decoder LSTM -> frames.
 
@@ -306,13 +321,15 @@ class Decoder(nn.Module):
         """
         cell_in = torch.cat((prenet_out, state.context), dim=-1)  # [B, P + E]
         cell_in = cell_in.to(state.attention_hidden.dtype)
-        att_h, att_c = self.attention_rnn(cell_in, (state.attention_hidden, state.attention_cell))
+        att_h, att_c = lstm_cell(self.attention_rnn, cell_in, state.attention_hidden,
+                                 state.attention_cell)
         att_h = F.dropout(att_h, self.attention_dropout, self.training)
         context, weights, att_state = self.attention_layer.step(
             att_h, memory, processed_memory, mask, state.attention
         )
         dec_in = torch.cat((att_h, context.to(att_h.dtype)), dim=-1)  # [B, A_rnn + E]
-        dec_h, dec_c = self.decoder_rnn(dec_in, (state.decoder_hidden, state.decoder_cell))
+        dec_h, dec_c = lstm_cell(self.decoder_rnn, dec_in, state.decoder_hidden,
+                                 state.decoder_cell)
         dec_h = F.dropout(dec_h, self.decoder_dropout, self.training)
         out = torch.cat((dec_h, context.to(dec_h.dtype)), dim=-1)  # [B, D + E]
         return out, weights, DecoderState(att_h, att_c, dec_h, dec_c, context, att_state)

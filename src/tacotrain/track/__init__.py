@@ -73,6 +73,9 @@ class Tracker:
 
                 self.sinks.append(TensorBoardSink(self.run_dir))
             if cfg.mlflow.enabled:
+                from tacotrain.extras import require
+
+                require("mlflow", "track.mlflow.enabled", "mlflow")
                 from tacotrain.track.mlflow_sink import MlflowSink
 
                 self.sinks.append(MlflowSink(self.run_dir, cfg.mlflow, self._jsonl))

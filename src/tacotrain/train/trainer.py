@@ -41,6 +41,7 @@ from tacotrain.fsutil import atomic_write_json, atomic_write_text
 from tacotrain.model import Tacotron2, Tacotron2Loss
 from tacotrain.pretrained import WarmStart, plan_warm_start
 from tacotrain.track import Tracker
+from tacotrain.train.batch_size import choose_batch_size, saved_batch_size
 from tacotrain.train.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -85,7 +86,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for fp32. Mixed precision is used on CUDA only."""
+    """The autocast dtype, or None for fp32. ``auto`` and ``fp16`` use mixed precision on CUDA
+    only; an explicit ``bf16`` is honoured on the CPU too (CPU autocast supports it, and it
+    lets the mixed-precision path be tested without a GPU)."""
+    if device.type == "cpu" and name == "bf16":
+        return torch.bfloat16
     if device.type != "cuda" or name == "fp32":
         return None
     if name == "auto":
@@ -162,19 +167,22 @@ class Trainer:
         self.train_set = TextMelDataset(self.data, "train")
         self.val_set = TextMelDataset(self.data, "val")
         self.collate = Collate(cfg.model.n_frames_per_step)
-        # the data order's seed is the same on every rank: together they see one global order
-        self.sampler = DistributedBucketSampler(
-            self.train_set.lengths, tc.batch_size, seed=tc.seed, bucket_batches=tc.bucket_batches,
-            num_replicas=self.dist.world_size, rank=self.dist.rank, group=tc.grad_accum_steps)
-        self._check_updates_per_epoch()
         self.vocoder = GriffinLim(self.data.settings.audio)
         self.model = Tacotron2(cfg.model, len(self.data.symbols), n_mels).to(self.device)
         self.init_record = warm.apply(self.model) if warm else None  # what came from where
         if self.init_record and self.dist.is_main():
             atomic_write_json(self.run_dir / "init_from.json", self.init_record)
+        self.criterion = Tacotron2Loss(cfg.loss, cfg.model.n_frames_per_step)
+        if tc.batch_size == "auto":  # from here on the config holds the chosen integer
+            cfg = self.cfg = self._auto_batch_size(resume)
+            tc = cfg.train
+        # the data order's seed is the same on every rank: together they see one global order
+        self.sampler = DistributedBucketSampler(
+            self.train_set.lengths, tc.batch_size, seed=tc.seed, bucket_batches=tc.bucket_batches,
+            num_replicas=self.dist.world_size, rank=self.dist.rank, group=tc.grad_accum_steps)
+        self._check_updates_per_epoch()
         self.validator = Validator(cfg, self.val_set, self.train_set, self.device, self.vocoder,
                                    self.run_dir / "plots")
-        self.criterion = Tacotron2Loss(cfg.loss, cfg.model.n_frames_per_step)
         oc = cfg.optim
         opt_cls = torch.optim.AdamW if oc.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(self.model.parameters(), lr=lr_at(0, oc),
@@ -232,6 +240,28 @@ class Trainer:
             f"{self.dist.world_size} process(es) x train.grad_accum_steps "
             f"{tc.grad_accum_steps}. Lower train.batch_size or train.grad_accum_steps, or "
             "start fewer processes")
+
+    def _auto_batch_size(self, resume: bool) -> Config:
+        """A copy of the config with ``train.batch_size`` auto replaced by an integer: the one
+        saved in RUN/config.yaml on --resume, else the largest that fits the device (the
+        smallest over the ranks under DDP), logged and recorded in RUN/batch_size.json."""
+        if resume:
+            size = saved_batch_size(self.run_dir)
+            log.info("train.batch_size auto: %d, as saved in %s", size,
+                     self.run_dir / "config.yaml")
+        else:
+            choice = choose_batch_size(self.cfg, self.model, self.criterion, self.train_set,
+                                       self.device, self._autocast,
+                                       self.dist.world_size * self.cfg.train.grad_accum_steps)
+            size = min(self.dist.gather(choice.batch_size))
+            if self.dist.is_main():
+                log.info("%s%s", choice.describe(),
+                         f"; {size} on every rank" if size != choice.batch_size else "")
+                atomic_write_json(self.run_dir / "batch_size.json",
+                                  {**choice.as_dict(), "batch_size": size})
+        cfg = self.cfg.model_copy(deep=True)
+        cfg.train.batch_size = size
+        return cfg
 
     def _plan_warm_start(self, resume: bool, n_mels: int) -> WarmStart:
         tc = self.cfg.train

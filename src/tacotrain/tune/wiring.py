@@ -111,7 +111,9 @@ def fingerprint(cfg: Config, extra_steps: list[int] | None = None) -> dict[str, 
     optimizer = opt_cls([torch.zeros(1)], lr=lr_at(0, oc), betas=(oc.beta1, oc.beta2), eps=oc.eps,
                         weight_decay=oc.weight_decay)
     tc = cfg.train
-    sampler = BucketBatchSampler(list(range(100)), tc.batch_size, seed=tc.seed,
+    # "auto" is chosen when training starts; its upper bound stands for it here
+    batch = tc.max_batch_size if tc.batch_size == "auto" else tc.batch_size
+    sampler = BucketBatchSampler(list(range(100)), batch, seed=tc.seed,
                                  bucket_batches=tc.bucket_batches)
     steps = sorted(set(_steps(cfg)) | set(extra_steps or []))
     fp: dict[str, Any] = {
