@@ -260,7 +260,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     serve.run(checkpoint=args.checkpoint, model=args.model, runs=args.runs,
               vocoder=args.vocoder, vocoder_config=args.vocoder_config,
               trust=args.trust_checkpoint, host=args.host, port=args.port, device=args.device,
-              overrides=args.set)
+              overrides=args.set, announce=lambda line: print(line, flush=True))
     print("stopped.")
     return EXIT_OK
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from tacotrain.config import ServeSettings, build
@@ -51,8 +51,9 @@ def _quiet_signals() -> Iterator[None]:
 def run(*, checkpoint: Path | None = None, model: Path | None = None, runs: Path | None = None,
         vocoder: str | None = None, vocoder_config: Path | None = None, trust: bool = False,
         host: str = "127.0.0.1", port: int = 5003, device: str = "auto",
-        overrides: Sequence[str] = ()) -> None:
-    """Serve until Ctrl-C or SIGTERM. ``overrides``: ``serve.KEY=VALUE`` (``--set``)."""
+        overrides: Sequence[str] = (), announce: Callable[[str], None] | None = None) -> None:
+    """Serve until Ctrl-C or SIGTERM. ``overrides``: ``serve.KEY=VALUE`` (``--set``);
+    ``announce`` receives the address line once the socket is bound (the CLI prints it)."""
     import uvicorn
 
     from tacotrain.serve.app import create_app
@@ -69,7 +70,8 @@ def run(*, checkpoint: Path | None = None, model: Path | None = None, runs: Path
     server = uvicorn.Server(uvicorn.Config(
         app, log_level="info", timeout_graceful_shutdown=cfg.shutdown_grace_seconds))
     shown = f"[{host}]" if ":" in host else host
-    print(f"tacotrain serve: http://{shown}:{port}/ ({catalog.source} {catalog.root}, {dev}); "
-          "Ctrl-C stops it", flush=True)
+    if announce is not None:
+        announce(f"tacotrain serve: http://{shown}:{port}/ ({catalog.source} {catalog.root}, "
+                 f"{dev}); Ctrl-C stops it")
     with _quiet_signals():
         server.run(sockets=[sock])
