@@ -5,7 +5,10 @@ prior, and dynamic convolution attention. All have the same small, stateless int
 decoder never needs to know which one it runs:
 
 * ``preprocess_memory(memory) -> processed_memory``: per-utterance work done once, not per step;
-* ``init_state(memory, mask) -> state``: the mechanism's own recurrent state (a NamedTuple);
+* ``init_state(memory, mask) -> state``: the mechanism's own recurrent state (a NamedTuple of
+  ``[B, ...]`` tensors, so the decoder can select and narrow it item-wise);
+* ``select(processed_memory, index)`` / ``narrow(processed_memory, n)``: the processed memory
+  of some items (the decoder's fast loop runs only the items still decoding);
 * ``step(query, memory, processed_memory, mask, state) -> (context, weights, new_state)``.
 
 Nothing is stored on ``self`` between calls. ``mask`` is ``[B, N]`` bool, True at real tokens;
@@ -48,6 +51,14 @@ class AttentionMechanism(nn.Module):
         fused weights) computed here still receive gradients.
         """
         return memory
+
+    def select(self, processed_memory: Any, index: Tensor) -> Any:
+        """``processed_memory`` for the items ``index [B']`` (long), in that order."""
+        return processed_memory[index]
+
+    def narrow(self, processed_memory: Any, n: int) -> Any:
+        """``processed_memory`` for the first n items (a view)."""
+        return processed_memory[:n]
 
     def init_state(self, memory: Tensor, mask: Tensor) -> Any:
         """Initial recurrent state for memory ``[B, N, E]`` and mask ``[B, N]``."""
@@ -145,6 +156,12 @@ class LocationSensitiveAttention(AttentionMechanism):
     def preprocess_memory(self, memory: Tensor) -> ProcessedMemory:
         """``memory [B, N, E]`` -> keys ``V h`` ``[B, N, A]`` and the fused location weight."""
         return ProcessedMemory(self.memory_layer(memory), self.location_layer.fused_weight())
+
+    def select(self, processed_memory: ProcessedMemory, index: Tensor) -> ProcessedMemory:
+        return ProcessedMemory(processed_memory.keys[index], processed_memory.location_weight)
+
+    def narrow(self, processed_memory: ProcessedMemory, n: int) -> ProcessedMemory:
+        return ProcessedMemory(processed_memory.keys[:n], processed_memory.location_weight)
 
     def init_state(self, memory: Tensor, mask: Tensor) -> AttentionState:
         """Zero previous and cumulative weights, ``[B, N]`` float32 on the memory's device."""
@@ -300,6 +317,12 @@ class DynamicConvolutionAttention(AttentionMechanism):
         itself is not needed: DCA has no content term)."""
         conv_w = self.static_conv.conv.weight  # [F_s, 1, K_s]
         return (self.static_dense.linear_layer.weight @ conv_w.flatten(1)).t()  # [K_s, A]
+
+    def select(self, processed_memory: Tensor, index: Tensor) -> Tensor:
+        return processed_memory  # a weight, the same for every item
+
+    def narrow(self, processed_memory: Tensor, n: int) -> Tensor:
+        return processed_memory
 
     def init_state(self, memory: Tensor, mask: Tensor) -> DCAState:
         """Previous weights one-hot on the first token, ``[B, N]`` float32."""

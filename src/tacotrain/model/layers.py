@@ -18,6 +18,18 @@ def frame_mask(lengths: Tensor, max_len: int) -> Tensor:
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Inverted dropout, as ``F.dropout``. On a CPU the mask is drawn with ``torch.rand``:
+    ``F.dropout``'s Bernoulli sampler there costs ~40 ns per element (0.1 s for one prenet
+    batch, 0.5 ms for each decoder step's ``[16, 1024]``), seconds per full-size step."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, True)
+    keep = torch.rand_like(x) >= p
+    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+
+
 class LinearNorm(nn.Module):
     """``nn.Linear`` with Xavier-uniform weights scaled for the following non-linearity."""
 

@@ -13,6 +13,9 @@ One class per block of the paper: ``Encoder``, ``Prenet``, ``Decoder`` (with the
   frame), and teacher forcing feeds the *last* frame of each r-group to the prenet; ``set_r``
   lowers r at run time below ``n_frames_per_step`` (gradual training, ``model.r_schedule``);
 * batched free-running inference in which every item stops independently;
+* the teacher-forced loop (``model.decoder_impl: fast``) runs only the items still decoding at
+  each step, and its LSTM cells compute their weight gradients once per batch
+  (``recurrent.py``); the plain loop (``reference``) is kept, and tests hold the two equal;
 * tensors follow the inputs' device; no ``.cuda()``.
 
 Submodule names match NVIDIA's (``embedding``, ``encoder.convolutions``, ``decoder.prenet``,
@@ -39,7 +42,8 @@ from .attention import (
     LocationSensitiveAttention,
     PriorLocationSensitiveAttention,
 )
-from .layers import ConvNorm, LinearNorm, frame_mask
+from .layers import ConvNorm, LinearNorm, dropout, frame_mask
+from .recurrent import CellRunner, shrinking_batch, unpack_rows
 
 
 class Tacotron2Output(NamedTuple):
@@ -47,7 +51,8 @@ class Tacotron2Output(NamedTuple):
 
     mel: Tensor  # [B, n_mels, T] decoder output, 0 at frames t >= mel_length
     mel_post: Tensor  # [B, n_mels, T] decoder output + postnet residual, 0 at t >= mel_length
-    gate: Tensor  # [B, T] raw stop logits, one per frame, NOT masked (the gate loss masks)
+    gate: Tensor  # [B, T] raw stop logits, one per frame; meaningless at padded frames (the
+    # gate loss masks them)
     alignments: Tensor  # [B, T/r, N] float32, 0 at padded decoder steps and padded tokens
 
 
@@ -137,7 +142,7 @@ class Encoder(nn.Module):
         m = mask.unsqueeze(1)  # [B, 1, N]
         x = torch.where(m, x, 0.0)
         for conv in self.convolutions:
-            x = F.dropout(F.relu(conv(x)), self.dropout, self.training)
+            x = dropout(F.relu(conv(x)), self.dropout, self.training)
             x = torch.where(m, x, 0.0)  # [B, E, N]
         x = x.transpose(1, 2)  # [B, N, E]
         lengths_cpu = lengths.cpu()  # the one host sync of a forward pass (packing needs it)
@@ -173,7 +178,7 @@ class Prenet(nn.Module):
         """``[..., in_dim]`` -> ``[..., sizes[-1]]``."""
         active = self.training or self.dropout_at_inference
         for linear in self.layers:
-            x = F.dropout(F.relu(linear(x)), p=self.dropout, training=active)
+            x = dropout(F.relu(linear(x)), self.dropout, active)
         return x
 
 
@@ -219,7 +224,7 @@ class Postnet(nn.Module):
             x = conv(x)
             if i < last:
                 x = torch.tanh(x)
-            x = F.dropout(x, self.dropout, self.training)
+            x = dropout(x, self.dropout, self.training)
             x = torch.where(mask, x, 0.0)
         return x
 
@@ -256,6 +261,7 @@ class Decoder(nn.Module):
         self.decoder_rnn_dim = cfg.decoder_rnn_dim
         self.attention_dropout = cfg.attention_dropout
         self.decoder_dropout = cfg.decoder_dropout
+        self.impl = cfg.decoder_impl
         self.prenet = Prenet(
             n_mels,
             [cfg.prenet_dim] * cfg.prenet_n_layers,
@@ -323,14 +329,14 @@ class Decoder(nn.Module):
         cell_in = cell_in.to(state.attention_hidden.dtype)
         att_h, att_c = lstm_cell(self.attention_rnn, cell_in, state.attention_hidden,
                                  state.attention_cell)
-        att_h = F.dropout(att_h, self.attention_dropout, self.training)
+        att_h = dropout(att_h, self.attention_dropout, self.training)
         context, weights, att_state = self.attention_layer.step(
             att_h, memory, processed_memory, mask, state.attention
         )
         dec_in = torch.cat((att_h, context.to(att_h.dtype)), dim=-1)  # [B, A_rnn + E]
         dec_h, dec_c = lstm_cell(self.decoder_rnn, dec_in, state.decoder_hidden,
                                  state.decoder_cell)
-        dec_h = F.dropout(dec_h, self.decoder_dropout, self.training)
+        dec_h = dropout(dec_h, self.decoder_dropout, self.training)
         out = torch.cat((dec_h, context.to(dec_h.dtype)), dim=-1)  # [B, D + E]
         return out, weights, DecoderState(att_h, att_c, dec_h, dec_c, context, att_state)
 
@@ -364,11 +370,18 @@ class Decoder(nn.Module):
         frames, gate = self.project(hidden)
         return DecoderStep(frames, gate, weights, new_state)
 
-    def forward(self, memory: Tensor, mask: Tensor, mels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, memory: Tensor, mask: Tensor, mels: Tensor,
+                dec_lengths: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Teacher-forced decoding.
 
-        memory ``[B, N, E]``, mask ``[B, N]``, mels ``[B, n_mels, T]`` (T = r * steps) ->
-        mel ``[B, n_mels, T]``, gate ``[B, T]``, alignments ``[B, steps, N]``.
+        memory ``[B, N, E]``, mask ``[B, N]``, mels ``[B, n_mels, T]`` (T = r * steps),
+        dec_lengths ``[B]`` decoder steps per item (None: all) -> mel ``[B, n_mels, T]``,
+        gate ``[B, T]``, alignments ``[B, steps, N]``. Outputs at an item's steps beyond its
+        dec_length carry no meaning (the model and the losses mask them).
+
+        Two implementations with the same maths (see ``model.decoder_impl``): "fast" (the
+        default, used whenever autocast is off) runs only the items still active at each step
+        and the LSTM cells through ``recurrent.CellRunner``; "reference" is the plain loop.
         """
         b, n_mels, t = mels.shape
         steps = t // self.r
@@ -377,6 +390,10 @@ class Decoder(nn.Module):
         dec_in = torch.cat((prev.new_zeros(b, 1, n_mels), prev[:, :-1]), dim=1)
         prenet_out = self.prenet(dec_in)  # [B, steps, P], all steps at once
         processed_memory = self.attention_layer.preprocess_memory(memory)
+        if self.impl == "fast" and not torch.is_autocast_enabled(memory.device.type):
+            if dec_lengths is None:
+                dec_lengths = torch.full((b,), steps, dtype=torch.long, device=memory.device)
+            return self._forward_fast(memory, mask, prenet_out, processed_memory, dec_lengths)
         state = self.init_state(memory, mask)
         hiddens: list[Tensor] = []
         weights: list[Tensor] = []
@@ -385,8 +402,64 @@ class Decoder(nn.Module):
             hiddens.append(h)
             weights.append(w)
         frames, gate = self.project(torch.stack(hiddens, dim=1))  # [B, steps, r*M], [B, steps, r]
-        mel = frames.reshape(b, steps * self.r, n_mels).transpose(1, 2)  # [B, n_mels, T]
-        return mel, gate.reshape(b, steps * self.r), torch.stack(weights, dim=1)
+        return self._frames(frames, gate, torch.stack(weights, dim=1))
+
+    def _frames(self, frames: Tensor, gate: Tensor, alignments: Tensor
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        """frames ``[B, steps, r * n_mels]``, gate ``[B, steps, r]`` -> mel ``[B, n_mels, T]``,
+        gate ``[B, T]``, and the alignments ``[B, steps, N]`` passed through."""
+        b, steps = frames.shape[:2]
+        mel = frames.reshape(b, steps * self.r, self.n_mels).transpose(1, 2)  # [B, n_mels, T]
+        return mel, gate.reshape(b, steps * self.r), alignments
+
+    def _forward_fast(self, memory: Tensor, mask: Tensor, prenet_out: Tensor,
+                      processed_memory: Any, dec_lengths: Tensor
+                      ) -> tuple[Tensor, Tensor, Tensor]:
+        """The teacher-forced loop over the active items only (equal to the reference loop).
+
+        Items are sorted longest first, so the n items still decoding at a step are the first
+        n rows and every per-step tensor is a prefix view. The prenet's share of the attention
+        LSTM's input projection does not depend on the recurrence and is computed for all
+        steps in one product. The steps' rows are projected together, packed (no padded
+        rows), and placed into the padded outputs by one gather; padded steps get zeros.
+        """
+        b, steps, p = prenet_out.shape
+        plan = shrinking_batch(dec_lengths, steps)
+        rows = plan.rows
+        memory, mask = memory[plan.order], mask[plan.order]
+        processed_memory = self.attention_layer.select(processed_memory, plan.order)
+        prenet_rows = prenet_out.reshape(b * steps, p).index_select(0, plan.source_of)  # [R, P]
+        att, dec = self.attention_rnn, self.decoder_rnn
+        # attention LSTM: the prenet columns for all rows at once; context and hidden per step
+        att_run = CellRunner(torch.cat((att.weight_ih, att.weight_hh), dim=1),
+                             att.bias_ih + att.bias_hh, rows, static=prenet_rows)
+        dec_run = CellRunner(torch.cat((dec.weight_ih, dec.weight_hh), dim=1),
+                             dec.bias_ih + dec.bias_hh, rows)
+        att_h, att_c, dec_h, dec_c, context, att_state = self.init_state(memory, mask)
+        dec_hs: list[Tensor] = []
+        contexts: list[Tensor] = []
+        weights: list[Tensor] = []
+        for k in range(steps):
+            n = rows[k]
+            if n < att_h.size(0):  # items finished: keep the first n rows
+                att_h, att_c, dec_h, dec_c, context = (
+                    x[:n] for x in (att_h, att_c, dec_h, dec_c, context))
+                att_state = type(att_state)(*(x[:n] for x in att_state))
+                memory, mask = memory[:n], mask[:n]
+                processed_memory = self.attention_layer.narrow(processed_memory, n)
+            att_h, att_c = att_run.step(k, [context, att_h], att_c)
+            att_h = dropout(att_h, self.attention_dropout, self.training)
+            context, w, att_state = self.attention_layer.step(
+                att_h, memory, processed_memory, mask, att_state)
+            dec_h, dec_c = dec_run.step(k, [att_h, context, dec_h], dec_c)
+            dec_h = dropout(dec_h, self.decoder_dropout, self.training)
+            dec_hs.append(dec_h)
+            contexts.append(context)
+            weights.append(w)
+        hidden = torch.cat((torch.cat(dec_hs), torch.cat(contexts)), dim=1)  # [R, D + E]
+        frames, gate = self.project(hidden)  # [R, r * n_mels], [R, r]
+        return self._frames(unpack_rows(frames, plan, steps), unpack_rows(gate, plan, steps),
+                            unpack_rows(torch.cat(weights), plan, steps))
 
     def infer(
         self, memory: Tensor, mask: Tensor, step_limits: Tensor, gate_threshold: float
@@ -555,9 +628,9 @@ class Tacotron2(nn.Module):
         memory, mask = self.encode(text, text_lengths)
         # zero the padding so even inf/NaN there cannot reach a gradient through padded steps
         mels = torch.where(frame_mask(mel_lengths, mels.size(2)).unsqueeze(1), mels, 0.0)
-        mel, gate, alignments = self.decoder(memory, mask, mels)
-        mel, mel_post = self._postnet(mel, mel_lengths)
         dec_lengths = (mel_lengths + self.r - 1) // self.r
+        mel, gate, alignments = self.decoder(memory, mask, mels, dec_lengths)
+        mel, mel_post = self._postnet(mel, mel_lengths)
         step_mask = frame_mask(dec_lengths, alignments.size(1)).unsqueeze(2)  # [B, steps, 1]
         alignments = torch.where(step_mask, alignments, 0.0)
         return Tacotron2Output(mel, mel_post, gate, alignments)
