@@ -163,3 +163,46 @@ def test_shrinking_batch_plan_round_trips() -> None:
     # packed rows are step-major: step 0's five rows first, in sorted order
     assert (plan.source_of[:5] % 4).tolist() == [0] * 5
     assert (plan.source_of[:5] // 4).tolist() == plan.order.tolist()
+
+
+def test_fast_without_onednn_equals_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Builds without oneDNN (or where its probe fails) multiply by the plain weights."""
+    from tacotrain.model import recurrent
+
+    monkeypatch.setattr(recurrent, "_onednn_ok", lambda w: False)
+    cfg = load_config("tiny", [*NO_DROPOUT, "model.n_frames_per_step=1"])
+    torch.manual_seed(0)
+    model = Tacotron2(cfg.model, 20, 80).train()
+    batch = _batch(1, torch.float32)
+    ref, ref_loss, ref_grads = _run(model, batch, "reference", 1)
+    fast, fast_loss, fast_grads = _run(model, batch, "fast", 1)
+    assert torch.allclose(fast.mel_post, ref.mel_post, atol=2e-4, rtol=0)
+    assert fast_loss == pytest.approx(ref_loss, rel=1e-4)
+    for name in ("decoder.attention_rnn.weight_hh", "decoder.decoder_rnn.weight_ih",
+                 "decoder.prenet.layers.0.linear_layer.weight"):
+        assert _rel(fast_grads[name], ref_grads[name]) < 1e-4, name
+
+
+def test_onednn_probe_is_consistent() -> None:
+    from tacotrain.model import recurrent
+
+    if not recurrent._onednn_works():
+        pytest.skip("no usable oneDNN linear in this torch build")
+    w = torch.randn(64, 48)
+    x = torch.randn(5, 48)
+    assert torch.allclose(recurrent._Matmul(w, 16)(x), x @ w.t(), rtol=1e-5, atol=1e-5)
+
+
+def test_location_energies_equal_the_plain_expression_and_gradcheck() -> None:
+    from tacotrain.model.attention import location_energies
+
+    torch.manual_seed(0)
+    d = torch.float64
+    q = torch.randn(3, 5, dtype=d, requires_grad=True)
+    windows = torch.rand(3, 7, 4, dtype=d, requires_grad=True)
+    keys = torch.randn(3, 7, 5, dtype=d, requires_grad=True)
+    fused = torch.randn(4, 5, dtype=d, requires_grad=True)
+    v = torch.randn(5, dtype=d, requires_grad=True)
+    plain = (torch.tanh(q[:, None] + windows @ fused + keys) * v).sum(-1)
+    assert torch.allclose(location_energies(q, windows, keys, fused, v), plain, atol=1e-12)
+    assert torch.autograd.gradcheck(location_energies, (q, windows, keys, fused, v))

@@ -114,13 +114,58 @@ class LocationLayer(nn.Module):
         dense_w = self.location_dense.linear_layer.weight  # [A, F]
         return (dense_w @ conv_w.flatten(1)).t()  # [2K, A]
 
-    def apply_fused(self, weights_cat: Tensor, fused: Tensor) -> Tensor:
-        """``[B, 2, N]`` and ``fused_weight()`` -> ``[B, N, attention_dim]``, equal to forward."""
+    def windows(self, weights_cat: Tensor) -> Tensor:
+        """``[B, 2, N]`` -> the conv's input windows ``[B, N, 2K]`` (channel-major rows)."""
         b, c, n = weights_cat.shape
         x = F.pad(weights_cat, (self.pad_left, self.pad_right))  # [B, 2, N + K - 1]
         windows = x.unfold(2, self.kernel_size, 1)  # [B, 2, N, K]
-        windows = windows.permute(0, 2, 1, 3).reshape(b, n, c * self.kernel_size)  # [B, N, 2K]
-        return windows.to(fused.dtype) @ fused  # [B, N, A]
+        return windows.permute(0, 2, 1, 3).reshape(b, n, c * self.kernel_size)  # [B, N, 2K]
+
+    def apply_fused(self, weights_cat: Tensor, fused: Tensor) -> Tensor:
+        """``[B, 2, N]`` and ``fused_weight()`` -> ``[B, N, attention_dim]``, equal to forward."""
+        return self.windows(weights_cat).to(fused.dtype) @ fused  # [B, N, A]
+
+
+def location_energies(query: Tensor, windows: Tensor, keys: Tensor, fused: Tensor,
+                      v: Tensor) -> Tensor:
+    """``v . tanh(query + windows @ fused + keys)``: the location-sensitive energies ``[B, N]``.
+
+    query ``[B, A]`` (the projected query), windows ``[B, N, 2K]`` (``LocationLayer.windows``),
+    keys ``[B, N, A]``, fused ``[2K, A]`` (``LocationLayer.fused_weight``), v ``[A]``. Outside
+    autocast, one autograd node with a hand-written backward (``_LocationEnergies``): the
+    plain expression makes five nodes and three ``[B, N, A]`` temporaries per decoder step.
+    """
+    same = query.dtype == windows.dtype == keys.dtype == fused.dtype == v.dtype
+    if same and not torch.is_autocast_enabled(query.device.type):
+        return _LocationEnergies.apply(query, windows, keys, fused, v)
+    z = torch.tanh(query.unsqueeze(1) + windows.to(fused.dtype) @ fused + keys)
+    return (z @ v.to(z.dtype).unsqueeze(-1)).squeeze(-1)
+
+
+class _LocationEnergies(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, query: Tensor, windows: Tensor, keys: Tensor, fused: Tensor,
+                v: Tensor) -> Tensor:
+        b, n, k2 = windows.shape
+        z = (windows.reshape(b * n, k2) @ fused).view(b, n, -1)  # [B, N, A]
+        z += keys
+        z += query.unsqueeze(1)
+        z.tanh_()
+        ctx.save_for_backward(windows, z, fused, v)
+        return z @ v  # [B, N]
+
+    @staticmethod
+    def backward(ctx: Any, de: Tensor) -> tuple[Tensor | None, ...]:
+        windows, z, fused, v = ctx.saved_tensors
+        b, n, k2 = windows.shape
+        a = z.size(2)
+        dz = (de.unsqueeze(-1) * v).mul_(1 - z * z)  # [B, N, A]
+        flat = dz.view(b * n, a)
+        d_windows = (flat @ fused.t()).view(b, n, k2) if ctx.needs_input_grad[1] else None
+        d_fused = windows.reshape(b * n, k2).t() @ flat if ctx.needs_input_grad[3] else None
+        d_v = de.reshape(1, b * n) @ z.reshape(b * n, a) if ctx.needs_input_grad[4] else None
+        return (dz.sum(1), d_windows, dz, d_fused,
+                None if d_v is None else d_v.squeeze(0))
 
 
 class ProcessedMemory(NamedTuple):
@@ -184,10 +229,11 @@ class LocationSensitiveAttention(AttentionMechanism):
         """
         keys, location_weight = processed_memory
         loc_in = torch.stack((state.weights, state.cum_weights), dim=1)  # [B, 2, N]
-        processed_loc = self.location_layer.apply_fused(loc_in, location_weight)  # [B, N, A]
-        processed_query = self.query_layer(query).unsqueeze(1)  # [B, 1, A]
-        energies = self.v(torch.tanh(processed_query + processed_loc + keys))  # [B, N, 1]
-        energies = self.adjust(energies.squeeze(-1), state)  # [B, N]
+        windows = self.location_layer.windows(loc_in)  # [B, N, 2K]
+        processed_query = self.query_layer(query)  # [B, A]
+        energies = location_energies(processed_query, windows, keys, location_weight,
+                                     self.v.linear_layer.weight[0])  # [B, N]
+        energies = self.adjust(energies, state)  # [B, N]
         weights = masked_softmax(energies, mask)  # [B, N] float32
         context = torch.bmm(weights.unsqueeze(1).to(memory.dtype), memory).squeeze(1)  # [B, E]
         return context, weights, AttentionState(weights, state.cum_weights + weights)

@@ -21,6 +21,7 @@ sums differs, so results agree with ``nn.LSTMCell`` to rounding.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import torch
@@ -70,10 +71,24 @@ def unpack_rows(x: Tensor, plan: ShrinkingBatch, steps: int) -> Tensor:
     return x.index_select(0, plan.packed_of).view(-1, steps, x.size(1))
 
 
+@functools.cache
+def _onednn_works() -> bool:
+    """Whether this torch build can pack a float32 linear weight for oneDNN and multiply by it
+    correctly (checked once on a small case; private ops, so any failure means: don't)."""
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        w = torch.arange(12.0).view(3, 4) / 7
+        x = torch.arange(8.0).view(2, 4) / 5
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, 2)
+        y = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+        return bool(torch.allclose(y, x @ w.t(), rtol=1e-5, atol=1e-6))
+    except Exception:  # noqa: BLE001 - an op missing or refusing in this build
+        return False
+
+
 def _onednn_ok(w: Tensor) -> bool:
-    return (w.device.type == "cpu" and w.dtype == torch.float32
-            and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+    return w.device.type == "cpu" and w.dtype == torch.float32 and _onednn_works()
 
 
 class _Matmul:
