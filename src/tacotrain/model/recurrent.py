@@ -206,6 +206,4 @@ class _CellStep(torch.autograd.Function):
         if ctx.t == 0:
             # every later step's backward has run: the recurrence makes step 0 the last
             d_weight, d_bias, d_static = run.final_grads()
-            if run.static is None:
-                d_static = None
         return (None, None, dc_tot * f, d_weight, d_bias, d_static, *d_parts)
