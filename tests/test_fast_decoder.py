@@ -32,7 +32,7 @@ def _batch(r: int, dtype: torch.dtype, lengths=(37, 20, 33, 9, 37, 1)):
 
 
 def _run(model: Tacotron2, batch, impl: str, r: int):
-    model.decoder.impl = impl
+    model.set_impl(impl)
     model.zero_grad()
     out = model(batch.text, batch.text_lengths, batch.mels, batch.mel_lengths)
     loss = Tacotron2Loss(load_config("tiny").loss, r)(out, batch, 10.0)["loss"]
@@ -81,7 +81,7 @@ def test_fast_equals_reference_in_eval_without_grad() -> None:
     outs = []
     with torch.no_grad():
         for impl in ("reference", "fast"):
-            model.decoder.impl = impl
+            model.set_impl(impl)
             outs.append(model(batch.text, batch.text_lengths, batch.mels, batch.mel_lengths))
     assert torch.allclose(outs[0].mel_post, outs[1].mel_post, atol=1e-4, rtol=0)
     assert torch.allclose(outs[0].alignments, outs[1].alignments, atol=1e-5, rtol=0)
@@ -206,3 +206,40 @@ def test_location_energies_equal_the_plain_expression_and_gradcheck() -> None:
     plain = (torch.tanh(q[:, None] + windows @ fused + keys) * v).sum(-1)
     assert torch.allclose(location_energies(q, windows, keys, fused, v), plain, atol=1e-12)
     assert torch.autograd.gradcheck(location_energies, (q, windows, keys, fused, v))
+
+
+def test_context_reader_defers_the_memory_gradient_exactly() -> None:
+    """A recurrent chain (each step's weights depend on the previous context) read through
+    ``ContextReader``: values and the memory's gradient equal the plain per-step reads."""
+    from tacotrain.model.recurrent import ContextReader
+
+    torch.manual_seed(0)
+    lengths = torch.tensor([2, 5, 3, 5])
+    plan = shrinking_batch(lengths, 5)
+    mem0 = torch.randn(4, 6, 3, dtype=torch.float64)
+    scores = torch.randn(5, 4, 6, dtype=torch.float64)
+    proj = torch.randn(3, 6, dtype=torch.float64)
+
+    def run(deferred: bool, memory: torch.Tensor) -> torch.Tensor:
+        memory = memory[plan.order]
+        reader = ContextReader(memory, plan, 5)
+        ctx = memory.new_zeros(4, 3)
+        total = memory.new_zeros(())
+        for t, n in enumerate(plan.rows):
+            ctx = ctx[:n]
+            w = torch.softmax(scores[t, :n] + ctx @ proj, dim=1)
+            ctx = (reader.read(t, w) if deferred
+                   else torch.bmm(w.unsqueeze(1), memory[:n]).squeeze(1))
+            total = total + (ctx * (t + 1)).sum() + ctx.square().sum()
+        return total
+
+    grads = []
+    for deferred in (False, True):
+        mem = mem0.clone().requires_grad_()
+        value = run(deferred, mem)
+        value.backward()
+        grads.append((value.detach(), mem.grad))
+    assert torch.allclose(grads[1][0], grads[0][0], atol=1e-12, rtol=0)
+    assert torch.allclose(grads[1][1], grads[0][1], atol=1e-12, rtol=0)
+    assert grads[0][1].abs().sum() > 0
+    assert torch.autograd.gradcheck(lambda m: run(True, m), (mem0.clone().requires_grad_(),))

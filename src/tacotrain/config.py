@@ -125,10 +125,11 @@ class ModelConfig(Strict):
     # reduction factor r: frames per decoder step; with an r_schedule, the largest r in it
     # (the size of the frame and stop projections, whose first r slots a smaller r uses)
     n_frames_per_step: int = Field(1, ge=1, le=8)
-    # teacher-forced decoder loop: "fast" runs only the items still decoding at each step and
-    # the LSTM cells with one weight-gradient product per batch (model/recurrent.py); "reference"
-    # is the plain per-step autograd loop. Same maths, equal to rounding; autocast always uses
-    # "reference"
+    # teacher-forced decoder loop: "fast" runs only the items still decoding at each step, the
+    # LSTM cells with one weight-gradient product per batch (model/recurrent.py), and the
+    # encoder and postnet conv stacks without their padding (model/packed.py); "reference" is
+    # the plain padded per-step autograd code. Same maths, equal to rounding; autocast always
+    # uses "reference"
     decoder_impl: Literal["fast", "reference"] = "fast"
     # gradual training: [[step, r], ...] from step 0, steps increasing; r from the last pair
     # whose step <= the training step (train/schedules.r_at). Empty: r = n_frames_per_step

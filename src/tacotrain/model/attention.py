@@ -9,7 +9,10 @@ decoder never needs to know which one it runs:
   ``[B, ...]`` tensors, so the decoder can select and narrow it item-wise);
 * ``select(processed_memory, index)`` / ``narrow(processed_memory, n)``: the processed memory
   of some items (the decoder's fast loop runs only the items still decoding);
-* ``step(query, memory, processed_memory, mask, state) -> (context, weights, new_state)``.
+* ``attend(query, processed_memory, mask, state) -> (weights, new_state)``: a mechanism's own
+  work; ``step(query, memory, processed_memory, mask, state) -> (context, weights, new_state)``
+  adds the context, ``read(weights, memory)``, the same for every mechanism (so the decoder's
+  fast loop can read it its own way).
 
 Nothing is stored on ``self`` between calls. ``mask`` is ``[B, N]`` bool, True at real tokens;
 padded tokens get exactly zero weight. In free-running synthesis the decoder may pass a narrower
@@ -64,6 +67,11 @@ class AttentionMechanism(nn.Module):
         """Initial recurrent state for memory ``[B, N, E]`` and mask ``[B, N]``."""
         raise NotImplementedError
 
+    def attend(self, query: Tensor, processed_memory: Any, mask: Tensor, state: Any
+               ) -> tuple[Tensor, Any]:
+        """query ``[B, Q]`` -> weights ``[B, N]`` float32, new state."""
+        raise NotImplementedError
+
     def step(
         self,
         query: Tensor,
@@ -72,8 +80,16 @@ class AttentionMechanism(nn.Module):
         mask: Tensor,
         state: Any,
     ) -> tuple[Tensor, Tensor, Any]:
-        """query ``[B, Q]`` -> context ``[B, E]``, weights ``[B, N]`` float32, new state."""
-        raise NotImplementedError
+        """query ``[B, Q]``, memory ``[B, N, E]``, processed_memory from
+        ``preprocess_memory``, mask ``[B, N]`` -> context ``[B, E]``, weights ``[B, N]``
+        float32, new state."""
+        weights, new_state = self.attend(query, processed_memory, mask, state)
+        return read(weights, memory), weights, new_state
+
+
+def read(weights: Tensor, memory: Tensor) -> Tensor:
+    """The context: weights ``[B, N]`` over memory ``[B, N, E]`` -> ``[B, E]``."""
+    return torch.bmm(weights.unsqueeze(1).to(memory.dtype), memory).squeeze(1)
 
 
 class AttentionState(NamedTuple):
@@ -213,20 +229,9 @@ class LocationSensitiveAttention(AttentionMechanism):
         zeros = torch.zeros(mask.shape, dtype=torch.float32, device=memory.device)
         return AttentionState(zeros, zeros)
 
-    def step(
-        self,
-        query: Tensor,
-        memory: Tensor,
-        processed_memory: ProcessedMemory,
-        mask: Tensor,
-        state: AttentionState,
-    ) -> tuple[Tensor, Tensor, AttentionState]:
-        """One decoder step.
-
-        query ``[B, attention_rnn_dim]``, memory ``[B, N, E]``, processed_memory from
-        ``preprocess_memory``, mask ``[B, N]`` -> context ``[B, E]``, weights ``[B, N]``
-        float32, new state.
-        """
+    def attend(self, query: Tensor, processed_memory: ProcessedMemory, mask: Tensor,
+               state: AttentionState) -> tuple[Tensor, AttentionState]:
+        """query ``[B, attention_rnn_dim]`` -> weights ``[B, N]`` float32, new state."""
         keys, location_weight = processed_memory
         loc_in = torch.stack((state.weights, state.cum_weights), dim=1)  # [B, 2, N]
         windows = self.location_layer.windows(loc_in)  # [B, N, 2K]
@@ -235,8 +240,7 @@ class LocationSensitiveAttention(AttentionMechanism):
                                      self.v.linear_layer.weight[0])  # [B, N]
         energies = self.adjust(energies, state)  # [B, N]
         weights = masked_softmax(energies, mask)  # [B, N] float32
-        context = torch.bmm(weights.unsqueeze(1).to(memory.dtype), memory).squeeze(1)  # [B, E]
-        return context, weights, AttentionState(weights, state.cum_weights + weights)
+        return weights, AttentionState(weights, state.cum_weights + weights)
 
     def adjust(self, energies: Tensor, state: AttentionState) -> Tensor:
         """Hook for variants that bias the energies ``[B, N]``; plain LSA leaves them alone."""
@@ -397,21 +401,12 @@ class DynamicConvolutionAttention(AttentionMechanism):
             x = torch.bmm(windows, dynamic_weight) + (static @ static_weight).to(windows.dtype)
         return x + dense.bias.to(x.dtype)  # [B, N, A]
 
-    def step(
-        self,
-        query: Tensor,
-        memory: Tensor,
-        processed_memory: Tensor,
-        mask: Tensor,
-        state: DCAState,
-    ) -> tuple[Tensor, Tensor, DCAState]:
-        """query ``[B, attention_rnn_dim]``, memory ``[B, N, E]``, processed_memory from
-        ``preprocess_memory``, mask ``[B, N]`` -> context ``[B, E]``, weights ``[B, N]``
-        float32, new state."""
+    def attend(self, query: Tensor, processed_memory: Tensor, mask: Tensor, state: DCAState
+               ) -> tuple[Tensor, DCAState]:
+        """query ``[B, attention_rnn_dim]`` -> weights ``[B, N]`` float32, new state."""
         prev = state.weights
         x = self.features(query, prev, processed_memory)  # [B, N, A]
         energies = self.v(torch.tanh(x)).squeeze(-1)  # [B, N]
         energies = energies.float() + causal_log_prior(prev, self.prior_filter, self.floor)
         weights = masked_softmax(energies, mask)  # [B, N] float32
-        context = torch.bmm(weights.unsqueeze(1).to(memory.dtype), memory).squeeze(1)  # [B, E]
-        return context, weights, DCAState(weights)
+        return weights, DCAState(weights)

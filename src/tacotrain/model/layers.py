@@ -26,8 +26,14 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
         return x
     if x.device.type != "cpu":
         return F.dropout(x, p, True)
-    keep = torch.rand_like(x) >= p
-    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+    return x * keep_mask(x.shape, p, x)
+
+
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float, like: Tensor) -> Tensor:
+    """The scaled keep mask ``dropout`` multiplies by on a CPU (1 / (1 - p) where kept, 0
+    elsewhere), drawn from the same random stream, in ``like``'s dtype and device."""
+    keep = torch.rand(shape, dtype=like.dtype, device=like.device) >= p
+    return keep.to(like.dtype).mul_(1.0 / (1.0 - p))
 
 
 class LinearNorm(nn.Module):
@@ -75,6 +81,8 @@ class ConvNorm(nn.Module):
                     raise ValueError("even kernel sizes need stride 1 for 'same' padding")
                 self.extra_pad = (total // 2, total - total // 2)
                 padding = 0
+        # how far an output position reads back and ahead (the zeros each side)
+        self.reach: tuple[int, int] = self.extra_pad or (padding, padding)
         self.conv = nn.Conv1d(
             in_channels,
             out_channels,

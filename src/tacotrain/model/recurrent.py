@@ -207,3 +207,61 @@ class _CellStep(torch.autograd.Function):
             # every later step's backward has run: the recurrence makes step 0 the last
             d_weight, d_bias, d_static = run.final_grads()
         return (None, None, dc_tot * f, d_weight, d_bias, d_static, *d_parts)
+
+
+class ContextReader:
+    """The attention context ``weights_t @ memory`` at every step of a shrinking batch.
+
+    ``memory [B, N, E]`` is in the loop's sorted order (items longest first), so step t reads
+    its first ``rows[t]`` items. Plain autograd adds a ``[n, N, E]`` memory gradient into an
+    accumulator at every step; here each step's backward computes only the gradient of its
+    weights and records its context gradient, and the memory's gradient, the sum over steps of
+    ``weights_t^T dcontext_t``, is one batched product when step 0's backward runs (the last:
+    step t's context feeds step t + 1's attention).
+    """
+
+    def __init__(self, memory: Tensor, plan: ShrinkingBatch, steps: int) -> None:
+        self.memory = memory
+        self.offsets = [0]
+        for n in plan.rows:
+            self.offsets.append(self.offsets[-1] + n)
+        self.train = torch.is_grad_enabled() and memory.requires_grad
+        if self.train:
+            b, n_tokens, e = memory.shape
+            total = self.offsets[-1]
+            self.w = memory.new_zeros(total + 1, n_tokens)  # each step's weights; a zero row
+            self.dc = memory.new_zeros(total + 1, e)  # each step's context gradient
+            # [B, steps] packed row of each (sorted item, step); the zero row where none
+            self.index = plan.packed_of.view(b, steps)[plan.order].flatten()
+            self.steps = steps
+
+    def read(self, t: int, weights: Tensor) -> Tensor:
+        """Step t's ``weights [n, N]`` -> context ``[n, E]``."""
+        weights = weights.to(self.memory.dtype)
+        if not self.train:
+            return torch.bmm(weights.unsqueeze(1), self.memory[:weights.size(0)]).squeeze(1)
+        return _Read.apply(self, t, weights, self.memory)
+
+    def memory_grad(self) -> Tensor:
+        b, n_tokens, e = self.memory.shape
+        w = self.w.index_select(0, self.index).view(b, self.steps, n_tokens)
+        dc = self.dc.index_select(0, self.index).view(b, self.steps, e)
+        return torch.bmm(w.transpose(1, 2), dc)  # [B, N, E]
+
+
+class _Read(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, run: ContextReader, t: int, weights: Tensor, memory: Tensor
+                ) -> Tensor:
+        n = weights.size(0)
+        run.w[run.offsets[t]:run.offsets[t + 1]] = weights
+        ctx.run, ctx.t, ctx.n = run, t, n
+        return torch.bmm(weights.unsqueeze(1), memory[:n]).squeeze(1)
+
+    @staticmethod
+    def backward(ctx: Any, dc: Tensor) -> tuple[Any, ...]:
+        run: ContextReader = ctx.run
+        run.dc[run.offsets[ctx.t]:run.offsets[ctx.t + 1]] = dc
+        d_weights = torch.bmm(run.memory.detach()[:ctx.n], dc.unsqueeze(2)).squeeze(2)
+        d_memory = run.memory_grad() if ctx.t == 0 else None
+        return None, None, d_weights, d_memory

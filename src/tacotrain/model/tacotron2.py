@@ -42,8 +42,9 @@ from .attention import (
     LocationSensitiveAttention,
     PriorLocationSensitiveAttention,
 )
-from .layers import ConvNorm, LinearNorm, dropout, frame_mask
-from .recurrent import CellRunner, shrinking_batch, unpack_rows
+from .layers import ConvNorm, LinearNorm, dropout, frame_mask, keep_mask
+from .packed import PackedLayout, conv_bn, pack, packed_dropout, packed_layout, unpack, zero_gaps
+from .recurrent import CellRunner, ContextReader, shrinking_batch, unpack_rows
 
 
 class Tacotron2Output(NamedTuple):
@@ -114,6 +115,7 @@ class Encoder(nn.Module):
     ) -> None:
         super().__init__()
         self.dropout = dropout
+        self.packed = False  # run the convs on packed sequences (``packed.py``); same result
         convs = []
         for i in range(n_convolutions):
             convs.append(
@@ -141,9 +143,19 @@ class Encoder(nn.Module):
         """
         m = mask.unsqueeze(1)  # [B, 1, N]
         x = torch.where(m, x, 0.0)
-        for conv in self.convolutions:
-            x = dropout(F.relu(conv(x)), self.dropout, self.training)
-            x = torch.where(m, x, 0.0)  # [B, E, N]
+        if self.packed and len(self.convolutions) and not torch.is_autocast_enabled(
+                x.device.type):
+            layout = packed_layout(lengths, x.size(2), *self.convolutions[0][0].reach)
+            y = pack(x, layout)
+            for conv, bn in self.convolutions:
+                y = packed_dropout(F.relu(conv_bn(conv, bn, y, layout)), self.dropout,
+                                   self.training, layout)
+                y = zero_gaps(y, layout)
+            x = unpack(y, layout)
+        else:
+            for conv in self.convolutions:
+                x = dropout(F.relu(conv(x)), self.dropout, self.training)
+                x = torch.where(m, x, 0.0)  # [B, E, N]
         x = x.transpose(1, 2)  # [B, N, E]
         lengths_cpu = lengths.cpu()  # the one host sync of a forward pass (packing needs it)
         if int(lengths_cpu.min()) < 1 or int(lengths_cpu.max()) > x.size(1):
@@ -195,6 +207,7 @@ class Postnet(nn.Module):
     ) -> None:
         super().__init__()
         self.dropout = dropout
+        self.packed = False  # run the convs on packed sequences (``packed.py``); same result
         convs = []
         for i in range(n_convolutions):
             last = i == n_convolutions - 1
@@ -219,6 +232,10 @@ class Postnet(nn.Module):
         Re-masking after every layer keeps padded frames at zero, so the receptive field of a
         real frame near the end sees exactly what it would see without batch padding.
         """
+        if self.packed and not torch.is_autocast_enabled(x.device.type):
+            lengths = mask.squeeze(1).sum(1)
+            layout = packed_layout(lengths, x.size(2), *self.convolutions[0][0].reach)
+            return unpack(self._forward_packed(pack(x, layout), layout), layout)
         last = len(self.convolutions) - 1
         for i, conv in enumerate(self.convolutions):
             x = conv(x)
@@ -226,6 +243,15 @@ class Postnet(nn.Module):
                 x = torch.tanh(x)
             x = dropout(x, self.dropout, self.training)
             x = torch.where(mask, x, 0.0)
+        return x
+
+    def _forward_packed(self, x: Tensor, layout: PackedLayout) -> Tensor:
+        last = len(self.convolutions) - 1
+        for i, (conv, bn) in enumerate(self.convolutions):
+            x = conv_bn(conv, bn, x, layout)
+            if i < last:
+                x = torch.tanh(x)
+            x = zero_gaps(packed_dropout(x, self.dropout, self.training, layout), layout)
         return x
 
 
@@ -418,10 +444,16 @@ class Decoder(nn.Module):
         """The teacher-forced loop over the active items only (equal to the reference loop).
 
         Items are sorted longest first, so the n items still decoding at a step are the first
-        n rows and every per-step tensor is a prefix view. The prenet's share of the attention
-        LSTM's input projection does not depend on the recurrence and is computed for all
-        steps in one product. The steps' rows are projected together, packed (no padded
-        rows), and placed into the padded outputs by one gather; padded steps get zeros.
+        n rows and every per-step tensor is a prefix view. With the frames teacher-forced, the
+        decoder LSTM feeds nothing back into the attention, so the loop runs in two passes:
+        the attention LSTM and the attention over all steps, then the decoder LSTM, whose
+        input projection (attention hidden state and context) becomes one product over all
+        steps, and per step each pass reads only its own cell's recurrent weights. Likewise the
+        prenet's share of the attention LSTM's input projection is one product, and so is the
+        memory's gradient (``recurrent.ContextReader``). The steps' rows are projected
+        together, packed (no padded rows), and placed into the padded outputs by one gather;
+        padded steps get zeros. The decoder LSTM's dropout masks are drawn during the first
+        pass, where a one-pass loop draws them, so a seed gives the same masks either way.
         """
         b, steps, p = prenet_out.shape
         plan = shrinking_batch(dec_lengths, steps)
@@ -430,33 +462,48 @@ class Decoder(nn.Module):
         processed_memory = self.attention_layer.select(processed_memory, plan.order)
         prenet_rows = prenet_out.reshape(b * steps, p).index_select(0, plan.source_of)  # [R, P]
         att, dec = self.attention_rnn, self.decoder_rnn
-        # attention LSTM: the prenet columns for all rows at once; context and hidden per step
+        # pass 1: the attention LSTM (prenet columns for all rows at once) and the attention
         att_run = CellRunner(torch.cat((att.weight_ih, att.weight_hh), dim=1),
                              att.bias_ih + att.bias_hh, rows, static=prenet_rows)
-        dec_run = CellRunner(torch.cat((dec.weight_ih, dec.weight_hh), dim=1),
-                             dec.bias_ih + dec.bias_hh, rows)
         att_h, att_c, dec_h, dec_c, context, att_state = self.init_state(memory, mask)
-        dec_hs: list[Tensor] = []
+        reader = ContextReader(memory, plan, steps)
+        drop_dec = self.training and self.decoder_dropout > 0.0
+        att_hs: list[Tensor] = []
         contexts: list[Tensor] = []
         weights: list[Tensor] = []
+        dec_keep: list[Tensor] = []
         for k in range(steps):
             n = rows[k]
             if n < att_h.size(0):  # items finished: keep the first n rows
-                att_h, att_c, dec_h, dec_c, context = (
-                    x[:n] for x in (att_h, att_c, dec_h, dec_c, context))
+                att_h, att_c, context = (x[:n] for x in (att_h, att_c, context))
                 att_state = type(att_state)(*(x[:n] for x in att_state))
-                memory, mask = memory[:n], mask[:n]
+                mask = mask[:n]
                 processed_memory = self.attention_layer.narrow(processed_memory, n)
             att_h, att_c = att_run.step(k, [context, att_h], att_c)
             att_h = dropout(att_h, self.attention_dropout, self.training)
-            context, w, att_state = self.attention_layer.step(
-                att_h, memory, processed_memory, mask, att_state)
-            dec_h, dec_c = dec_run.step(k, [att_h, context, dec_h], dec_c)
-            dec_h = dropout(dec_h, self.decoder_dropout, self.training)
-            dec_hs.append(dec_h)
+            if drop_dec:  # the decoder LSTM's mask for this step, drawn where the loop drew it
+                dec_keep.append(keep_mask((n, self.decoder_rnn_dim), self.decoder_dropout,
+                                          dec_h))
+            w, att_state = self.attention_layer.attend(att_h, processed_memory, mask, att_state)
+            context = reader.read(k, w)
+            att_hs.append(att_h)
             contexts.append(context)
             weights.append(w)
-        hidden = torch.cat((torch.cat(dec_hs), torch.cat(contexts)), dim=1)  # [R, D + E]
+        context_rows = torch.cat(contexts)  # [R, E]
+        # pass 2: the decoder LSTM; its [attention h, context] columns for all rows at once
+        dec_run = CellRunner(torch.cat((dec.weight_ih, dec.weight_hh), dim=1),
+                             dec.bias_ih + dec.bias_hh, rows,
+                             static=torch.cat((torch.cat(att_hs), context_rows), dim=1))
+        dec_hs: list[Tensor] = []
+        for k in range(steps):
+            n = rows[k]
+            if n < dec_h.size(0):
+                dec_h, dec_c = dec_h[:n], dec_c[:n]
+            dec_h, dec_c = dec_run.step(k, [dec_h], dec_c)
+            if drop_dec:
+                dec_h = dec_h * dec_keep[k]
+            dec_hs.append(dec_h)
+        hidden = torch.cat((torch.cat(dec_hs), context_rows), dim=1)  # [R, D + E]
         frames, gate = self.project(hidden)  # [R, r * n_mels], [R, r]
         return self._frames(unpack_rows(frames, plan, steps), unpack_rows(gate, plan, steps),
                             unpack_rows(torch.cat(weights), plan, steps))
@@ -591,6 +638,16 @@ class Tacotron2(nn.Module):
             cfg.postnet_n_convolutions,
             cfg.postnet_dropout,
         )
+        self.set_impl(cfg.decoder_impl)
+
+    def set_impl(self, impl: str) -> None:
+        """``model.decoder_impl``: "fast" runs the teacher-forced decoder loop over the active
+        items only and the encoder and postnet conv stacks without their padding; "reference"
+        the plain padded code. Same function, equal to rounding."""
+        if impl not in ("fast", "reference"):
+            raise ValueError(f"decoder_impl must be 'fast' or 'reference', got {impl!r}")
+        self.decoder.impl = impl
+        self.encoder.packed = self.postnet.packed = impl == "fast"
 
     @property
     def r(self) -> int:
