@@ -354,6 +354,30 @@ def test_sigkilled_trial_fails_study_goes_on_mlflow_runs_all_closed(tiny_data, t
     assert by_trial[0].data.metrics["tune/objective"] == pytest.approx(study.trials[0].value)
 
 
+def test_closing_a_trial_killed_before_its_params_were_logged_adds_them(tmp_path):
+    """The training created its run (mlflow_run.json written) and was killed before logging."""
+    from mlflow import MlflowClient
+
+    from tacotrain.track.mlflow_sink import RUN_FILE
+    from tacotrain.tune.tracking import StudyTracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment("tacotrain")
+    run_id = client.create_run(exp_id).info.run_id
+    client.log_param(run_id, "model.prenet_dropout", "0.5")  # logged before the kill
+    run_dir = tmp_path / "trial_0001"
+    run_dir.mkdir()
+    (run_dir / RUN_FILE).write_text(json.dumps({"run_id": run_id}))
+    tracking = StudyTracking(uri, "tacotrain", "t")
+    closed = tracking.close_trial(run_dir, 1, "FAIL", "FAILED",
+                                  {"optim.lr": 0.00125, "model.prenet_dropout": 0.5}, None, {})
+    assert closed == run_id
+    run = client.get_run(run_id)
+    assert run.data.params == {"optim.lr": "0.00125", "model.prenet_dropout": "0.5"}
+    assert run.info.status == "FAILED"
+
+
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
 def test_heartbeat_fails_and_requeues_a_dead_workers_trial(tiny_data, tmp_path):
     opts = options(tmp_path, tiny_data, 1, heartbeat_seconds=1, grace_seconds=2,

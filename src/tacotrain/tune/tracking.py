@@ -147,6 +147,9 @@ class StudyTracking:
                                                  run_name=f"{self.study}-{number:04d}")
                     run_id = run.info.run_id
                     self._log_params(run_id, params)
+                else:  # a training killed before it logged its parameters leaves them missing
+                    logged = self.client.get_run(run_id).data.params
+                    self._log_params(run_id, {k: v for k, v in params.items() if k not in logged})
                 tags = [RunTag(STUDY_TAG, self.study), RunTag(TRIAL_TAG, str(number)),
                         RunTag(STATE_TAG, state)]
                 tags += [RunTag(f"tacotrain.{k}", param_value(v)[:5000])
