@@ -14,9 +14,11 @@ import json
 import math
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,7 @@ import torch
 import torch.multiprocessing as mp
 
 from tacotrain.data.loader import BucketBatchSampler, DistributedBucketSampler
-from tacotrain.train.checkpoint import load_checkpoint
+from tacotrain.train.checkpoint import load_checkpoint, step_checkpoints
 from tacotrain.train.ddp import SINGLE, Dist, DistError, from_env, process_group
 from tacotrain.train.inject import InjectError, parse
 from tacotrain.train.trainer import GuardStop, Trainer
@@ -424,14 +426,6 @@ def test_resume_under_ddp_is_exact(ddp_job):
     assert any(not torch.equal(half["params"][k], whole["params"][k]) for k in half["params"])
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_guard_stop_exits_3_on_every_rank(tiny_data, tmp_path):
     """Two ``python -m tacotrain train`` processes with torchrun's environment (each process's
     own exit code, which torchrun itself may mask by stopping the slower worker once the
@@ -468,3 +462,82 @@ def _exit_codes(text: str) -> dict[int, int]:
     found = re.findall(r"rank\s*:\s*(\d+) \(local_rank: \d+\)\s*\n\s*exitcode\s*:\s*(-?\d+)",
                        text)
     return {int(r): int(c) for r, c in found}
+
+
+# ------------------------------------------------------- a stopped or killed torchrun job
+def _torchrun(data: Path, run: Path, steps: int, *extra: str) -> subprocess.Popen:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "tacotrain", "train",
+           "--config", "tiny", "--data", str(data), "--out", str(run), "--max-steps", str(steps),
+           "--quiet", "--set", "train.threads=1", "--set", "train.batch_size=2",
+           "--set", "train.val_interval=4", *extra]
+    return subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _rank_pid(agent: int, rank: int) -> int:
+    """The pid of torchrun's worker of ``rank`` (a child of the agent with RANK=rank)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for task in Path(f"/proc/{agent}/task").iterdir():
+            for pid in (task / "children").read_text().split():
+                try:
+                    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if f"RANK={rank}".encode() in env:
+                    return int(pid)
+        time.sleep(0.1)
+    raise AssertionError(f"no worker of rank {rank} under torchrun {agent}")
+
+
+def _wait_for(path: Path, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline, f"{path} not written"
+        time.sleep(0.05)
+
+
+def _weights(run: Path, step: int) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run / "checkpoints" / f"step-{step:07d}.pt")["model"]
+
+
+def test_signalled_or_killed_rank_under_torchrun_resumes_exactly(tiny_data, tmp_path):
+    """Real torchrun, dropout on. SIGTERM to rank 1 alone: both ranks stop after the same
+    update, write one checkpoint with both ranks' random streams and exit 130; SIGKILL of rank
+    1: the job fails and the last regular checkpoint stays the newest. From either, ``--resume``
+    under torchrun reaches step 20 with the weights of the uninterrupted run, bit for bit."""
+    whole = tmp_path / "whole"
+    proc = _torchrun(tiny_data, whole, 20)
+    assert proc.wait(timeout=300) == 0, proc.communicate()[0]
+    expected = _weights(whole, 20)
+
+    for how, sig in (("term", signal.SIGTERM), ("kill", signal.SIGKILL)):
+        run = tmp_path / how
+        proc = _torchrun(tiny_data, run, 200)
+        _wait_for(run / "checkpoints" / "step-0000004.pt", proc)
+        os.kill(_rank_pid(proc.pid, 1), sig)
+        out = proc.communicate(timeout=300)[0]
+        assert proc.returncode != 0, out
+        steps = [s for s, _ in step_checkpoints(run / "checkpoints")]
+        assert 4 <= steps[-1] < 20, (steps, out)
+        last = load_checkpoint(run / "checkpoints" / f"step-{steps[-1]:07d}.pt")
+        assert len(last["rng_ranks"]) == 2  # a checkpoint of every rank's state
+        result = json.loads((run / "train_result.json").read_text())
+        if how == "term":
+            codes = _exit_codes(out)  # torchrun may stop the slower rank once one has exited
+            assert 130 in codes.values() and set(codes.values()) <= {130, -15}, out
+            assert result["stop_reason"] == "interrupted" and result["step"] == steps[-1]
+            assert f"interrupted at step {steps[-1]}; resume from" in out
+        else:
+            assert result["stop_reason"].startswith("crash")  # rank 0 lost its peer
+            assert steps[-1] % 4 == 0  # a regular checkpoint, none written after the kill
+        proc = _torchrun(tiny_data, run, 20, "--resume")
+        out = proc.communicate(timeout=300)[0]
+        assert proc.returncode == 0, out
+        assert f"resumed from {run / 'checkpoints' / f'step-{steps[-1]:07d}.pt'}" in out
+        got = _weights(run, 20)
+        assert got.keys() == expected.keys()
+        for k in expected:
+            assert torch.equal(got[k], expected[k]), (how, k)

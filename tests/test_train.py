@@ -16,7 +16,7 @@ from tacotrain.config import ConfigError, GuidedAttentionConfig, OptimConfig, lo
 from tacotrain.synth import Synthesizer
 from tacotrain.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tacotrain.train.schedules import ga_weight_at, lr_at
-from tacotrain.train.trainer import Trainer
+from tacotrain.train.trainer import StopRequested, Trainer
 
 from conftest import tiny_cfg
 
@@ -62,8 +62,13 @@ def test_config_overrides_are_validated():
     cfg = load_config("small", ["optim.lr=5e-4", "model.n_frames_per_step=2"])
     assert cfg.optim.lr == 5e-4 and cfg.model.n_frames_per_step == 2
     assert cfg.model.decoder_rnn_dim == 256  # from the preset
-    with pytest.raises(ConfigError, match="optim.lrr"):
+    with pytest.raises(ConfigError, match=r"optim.lrr: unknown key .*did you mean optim.lr\?"):
         load_config("small", ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match=r"modle: unknown key .*did you mean model\?"):
+        load_config("small", ["modle.x=1"])
+    with pytest.raises(ConfigError) as err:  # nothing close: no guess
+        load_config("small", ["train.zzzzqqq=1"])
+    assert "did you mean" not in str(err.value) and "tacotrain/config.py" in str(err.value)
     with pytest.raises(ConfigError, match="train.batch_size"):
         load_config("small", ["train.batch_size=0"])
     with pytest.raises(ConfigError, match="neither a preset"):
@@ -93,6 +98,77 @@ def test_resume_is_exact(tiny_data, tmp_path):
     # and the weights did change during training
     fresh = Trainer(cfg, tiny_data, tmp_path / "fresh", progress=False).model.state_dict()
     assert any(not torch.equal(fresh[k].cpu(), a[k]) for k in a if a[k].is_floating_point())
+
+
+def test_stop_request_stops_between_updates_and_resume_is_exact(tiny_data, tmp_path):
+    """request_stop (what Ctrl-C / SIGTERM call) in the middle of update 5: the update
+    completes, step 5 is checkpointed (not a validation step), and resuming from it gives the
+    uninterrupted run's weights bit for bit."""
+    cfg = tiny_cfg()
+    Trainer(cfg, tiny_data, tmp_path / "whole", progress=False).fit(max_steps=8)
+    half = Trainer(cfg, tiny_data, tmp_path / "half", progress=False)
+    real_step = half.train_step
+
+    def step_and_ask(batches):
+        out = real_step(batches)
+        if half.iteration == 5:
+            half.request_stop()
+        return out
+
+    half.train_step = step_and_ask
+    with pytest.raises(StopRequested) as stopped:
+        half.fit(max_steps=8)
+    assert stopped.value.checkpoint == tmp_path / "half" / "checkpoints" / "step-0000005.pt"
+    result = json.loads((tmp_path / "half" / "train_result.json").read_text())
+    assert (result["stop_reason"], result["step"]) == ("interrupted", 5)
+    again = Trainer(cfg, tiny_data, tmp_path / "half", resume=True, progress=False)
+    assert again.step == 5
+    again.fit(max_steps=8)
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "half")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_ctrl_c_on_the_command_line_checkpoints_and_exits_130(tiny_data, tmp_path):
+    run = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-m", "tacotrain", "train", "--config", "tiny",
+                             "--data", str(tiny_data), "--out", str(run), "--max-steps", "500",
+                             "--quiet", "--set", "train.val_interval=3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints" / "step-0000003.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out
+    result = json.loads((run / "train_result.json").read_text())
+    newest = sorted((run / "checkpoints").glob("step-*.pt"))[-1]
+    assert result["stop_reason"] == "interrupted"
+    assert newest.name == f"step-{result['step']:07d}.pt"
+    assert load_checkpoint(newest)["step"] == result["step"] >= 3
+    assert "stop requested" in out and f"resume from {newest}" in out
+
+
+def test_interrupt_inside_an_update_writes_no_checkpoint_of_it(tiny_data, tmp_path):
+    """A KeyboardInterrupt while the optimiser is applying update 5 (a half-updated model):
+    no checkpoint of that state; the newest stays the validation checkpoint of step 3."""
+    run = tmp_path / "r"
+    tr = Trainer(tiny_cfg(), tiny_data, run, progress=False)
+    real_opt_step = tr.scaler.step
+
+    def opt_step(optimizer):
+        if tr.iteration == 5:
+            raise KeyboardInterrupt
+        return real_opt_step(optimizer)
+
+    tr.scaler.step = opt_step
+    with pytest.raises(KeyboardInterrupt):
+        tr.fit(max_steps=8)
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*.pt")) == ["step-0000003.pt"]
+    result = json.loads((run / "train_result.json").read_text())
+    assert result["stop_reason"] == "interrupted"
+    assert load_checkpoint(run / "checkpoints" / "step-0000003.pt")["step"] == 3
 
 
 def test_run_dir_never_silently_overwritten(tiny_data, tmp_path):

@@ -9,7 +9,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GUARD = 0, 1, 2, 3
@@ -71,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer = Trainer(cfg, args.data, args.out, resume=args.resume,
                           progress=not args.quiet, trust=args.trust_checkpoint, dist=dist)
         try:
-            with sigterm_as_interrupt():
+            with signals_request_stop(trainer.request_stop, dist.is_main()):
                 result = trainer.fit(max_steps=args.max_steps)
         except GuardStop as exc:  # agreed by every rank: every process exits 3
             if dist.is_main():
@@ -280,8 +281,34 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def signals_request_stop(request: Callable[[], None], say: bool) -> Iterator[None]:
+    """Ctrl-C (SIGINT) or SIGTERM calls ``request`` (the run stops after its current update and
+    writes a checkpoint to resume from); another one more than a second later raises
+    KeyboardInterrupt at once. torchrun passes a Ctrl-C on to its processes as SIGTERM, so the
+    two that arrive together are one request."""
+    first: list[float] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        now = time.monotonic()
+        if not first:
+            first.append(now)
+            request()
+            if say:  # os.write: safe inside a signal handler, unlike print or logging
+                os.write(2, b"\nstop requested: stopping after this update and writing a "
+                            b"checkpoint (signal again to stop at once)\n")
+        elif now - first[0] > 1.0:
+            raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def cmd_monitor(args: argparse.Namespace) -> int:
-    import time
     import webbrowser
 
     from tacotrain.track.monitor import MonitorError, start_monitor
@@ -426,7 +453,6 @@ def cmd_tune_report(args: argparse.Namespace) -> int:
 
 def cmd_tune_dashboard(args: argparse.Namespace) -> int:
     import subprocess
-    import time
 
     from tacotrain.extras import require
 

@@ -9,6 +9,7 @@ environment variables at the place they are used.
 from __future__ import annotations
 
 import copy
+import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -603,13 +604,31 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
+def _sibling_keys(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
+    """The keys valid beside the one at ``loc`` (empty where the path leaves the models)."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if model else None
+        model = field.annotation if field else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+    return list(model.model_fields) if model else []
+
+
+def format_validation_error(exc: ValidationError, source: str,
+                            model: type[BaseModel] | None = None) -> str:
     lines = [f"invalid configuration ({source}):"]
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(root)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see configs/ for every key)"
+            known = _sibling_keys(model, tuple(err["loc"]))
+            close = difflib.get_close_matches(str(err["loc"][-1]), known, n=3, cutoff=0.5)
+            prefix = ".".join(str(p) for p in err["loc"][:-1])
+            msg = "unknown key (check the spelling"
+            if close:
+                msg += "; did you mean " + " or ".join(
+                    f"{prefix}.{c}" if prefix else c for c in close) + "?"
+            msg += "; every key and its default: tacotrain/config.py)"
         lines.append(f"  {key}: {msg}")
     return "\n".join(lines)
 
@@ -618,7 +637,7 @@ def validate_as(model: type[BaseModel], data: dict[str, Any], source: str) -> An
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, source, model)) from None
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

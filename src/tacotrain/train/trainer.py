@@ -76,6 +76,15 @@ class GuardStop(RuntimeError):
     checkpoint (the in-memory snapshot is written when it is newer than every checkpoint)."""
 
 
+class StopRequested(KeyboardInterrupt):
+    """A stop asked for with :meth:`Trainer.request_stop` (the CLI: Ctrl-C or SIGTERM), taken
+    between two updates, on every rank at the same one; ``checkpoint`` holds that state."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        super().__init__(f"stopped on request; checkpoint {checkpoint}")
+        self.checkpoint = checkpoint
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -148,6 +157,8 @@ class Trainer:
                  dist: Dist | None = None) -> None:
         self.cfg = cfg
         self.dist = dist or SINGLE
+        self._stop_requested = False  # request_stop(): stop at the next update boundary
+        self._mutating = False  # an update or rollback is half applied: no checkpoint now
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.progress = progress and self.dist.is_main()
@@ -513,6 +524,7 @@ class Trainer:
         nonfinite = metrics.pop("nonfinite") > 0
         decision = self.guard.check_step(math.nan if nonfinite else metrics["train/loss"],
                                          judged_norm)
+        self._mutating = True  # until fit() has counted the batch as consumed
         if decision.action == "ok":
             self.scaler.step(self.optimizer)
             self.step += 1
@@ -556,6 +568,7 @@ class Trainer:
         return _cpu_copy(self.checkpoint_payload(None))
 
     def _restore(self, snap: dict[str, Any]) -> None:
+        self._mutating = True  # until fit() is past the guard's decision
         self.model.load_state_dict(snap["model"])
         # a copy: Optimizer.load_state_dict keeps tensors already on the parameters' device and
         # dtype, and the next steps' in-place updates would otherwise rewrite the snapshot
@@ -690,9 +703,11 @@ class Trainer:
         budget = tc.time_budget_minutes * 60 if tc.time_budget_minutes else math.inf
         self._t0 = time.monotonic()
         n_params = sum(p.numel() for p in self.model.parameters())
-        log.info("training %.2fM parameters on %s (%s), %d train / %d val items, from step %d",
+        log.info("training %.2fM parameters on %s (%s), %d train / %d val items, from step %d; "
+                 "one update: batch %d x %d process(es) x %d micro-batch(es)",
                  n_params / 1e6, self.device, self.amp_dtype or "fp32", len(self.train_set),
-                 len(self.val_set), self.step)
+                 len(self.val_set), self.step, tc.batch_size, self.dist.world_size,
+                 tc.grad_accum_steps)
         if cfg.model.r_schedule:
             log.info("reduction factor r %d at step %d (model.r_schedule %s)", self.model.r,
                      self.step, [list(p) for p in cfg.model.r_schedule])
@@ -741,9 +756,12 @@ class Trainer:
                         self.batch_in_epoch += self.sampler.stride  # global batches consumed
                         if decision.action != "ok":
                             self._on_guard(decision, tracker)  # raises GuardStop on "stop"
+                            self._mutating = False
                             bar.n = self.step
                             bar.refresh()
+                            self._stop_if_requested()
                             continue
+                        self._mutating = False
                         for k, v in m.items():
                             acc[k] = acc.get(k, 0.0) + v
                         acc_n += 1
@@ -779,16 +797,23 @@ class Trainer:
                             stop = True
                         if stop:
                             break
+                        self._stop_if_requested()
                     else:
                         self.epoch += 1
                         self.batch_in_epoch = 0
                 self.events.finished(self.step, self._finished_text(result))
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:
                 result.stop_reason = "interrupted"
-                # not collective: under DDP the other ranks may be gone already
-                result.last_checkpoint = self.save(self._last_validation, collective=False)
+                if isinstance(exc, StopRequested):  # every rank's state, between two updates
+                    result.last_checkpoint = exc.checkpoint
+                elif self._mutating:  # a half-applied update is not a state to resume from
+                    result.last_checkpoint = latest_checkpoint(self.ckpt_dir)
+                else:  # not collective: under DDP the other ranks may be gone already
+                    result.last_checkpoint = self.save(self._last_validation, collective=False)
                 if main:
-                    log.warning("interrupted: checkpoint written to %s", result.last_checkpoint)
+                    log.warning("interrupted at step %d; resume from %s", self.step,
+                                result.last_checkpoint)
+                self._write_result(result)
                 self.events.interrupted(self.step, result.last_checkpoint)
                 raise
             except GuardStop as exc:
@@ -808,6 +833,18 @@ class Trainer:
         self._write_result(result)
         self.dist.barrier()  # no rank leaves before rank 0 has written everything
         return result
+
+    def request_stop(self) -> None:
+        """Ask :meth:`fit` to stop before its next update: it writes a checkpoint of that state
+        (under DDP with every rank's random streams, as a regular one: ``--resume`` continues
+        exactly) and raises :class:`StopRequested`. Safe to call from a signal handler."""
+        self._stop_requested = True
+
+    def _stop_if_requested(self) -> None:
+        """Between two updates: on a stop request (on any rank; every rank checks here after
+        the same update) write the checkpoint and raise StopRequested."""
+        if self.dist.any(self._stop_requested):
+            raise StopRequested(self.save(self._last_validation))
 
     def _budget_spent(self, budget: float, elapsed: float) -> bool:
         """Whether ``train.time_budget_minutes`` has run out; under DDP true on every rank
