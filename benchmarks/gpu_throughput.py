@@ -115,7 +115,7 @@ def run(preset: str, batch: int, bf16: bool, device: torch.device, warmup: int, 
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="default")
     ap.add_argument("--batches", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--warmup", type=int, default=3)

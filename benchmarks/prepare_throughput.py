@@ -21,7 +21,7 @@ from _common import mini_corpus
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=200)
     args = ap.parse_args()
     corpus = mini_corpus("en", args.size)

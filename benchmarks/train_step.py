@@ -111,7 +111,7 @@ def synthesis(model, b, cfg, audio, n_frames: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", choices=["mid", "peer"], default="mid",
                     help="mid: 16 x 260 frames; peer: NVIDIA's timing batch (see the docstring)")
     ap.add_argument("--presets", nargs="+", default=["small", "default"])

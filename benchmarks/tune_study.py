@@ -39,7 +39,7 @@ BROKEN = ("optim.lr=1.0,optim.warmup_steps=0,loss.guided_attention.initial_weigh
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=6)
     ap.add_argument("--max-steps", type=int, default=60)
     ap.add_argument("--workers", type=int, default=1)

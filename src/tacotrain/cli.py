@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -80,6 +81,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                 print(f"resume from the last good checkpoint with: tacotrain train --resume "
                       f"--out {args.out} ... (consider a lower optim.lr)", file=sys.stderr)
             return EXIT_GUARD
+        finally:
+            # the DDP wrapper holds gloo's work objects: freed while the group and the
+            # interpreter are alive, not at interpreter exit (seen once: SIGABRT at exit)
+            del trainer
+            gc.collect()
     if not dist.is_main():
         return EXIT_OK
     v = result.last_val

@@ -186,5 +186,6 @@ def process_group(device: torch.device, timeout_minutes: float = 30.0) -> Iterat
                             timeout=timedelta(minutes=timeout_minutes))
     try:
         yield placed
+        dist.barrier()  # leave together: no rank tears its connections down under another
     finally:
         dist.destroy_process_group()
