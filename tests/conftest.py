@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +139,12 @@ def launch_chromium(pw: Any) -> Any:
         return pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, timeout=60_000)
     except Exception as exc:
         pytest.fail(f"Chromium at {exe} did not start: {exc}", pytrace=False)
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Wait until ``path`` exists while ``proc`` keeps running (its output on failure)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline, f"{path} not written within {timeout:.0f} s"
+        time.sleep(0.05)

@@ -31,7 +31,7 @@ from tacotrain.train.ddp import SINGLE, Dist, DistError, from_env, process_group
 from tacotrain.train.inject import InjectError, parse
 from tacotrain.train.trainer import GuardStop, Trainer
 
-from conftest import tiny_cfg
+from conftest import tiny_cfg, wait_for_file
 
 # Dropout draws its masks from each rank's own RNG (seed + rank), so two ranks and one process
 # can only be compared without it.
@@ -491,14 +491,6 @@ def _rank_pid(agent: int, rank: int) -> int:
     raise AssertionError(f"no worker of rank {rank} under torchrun {agent}")
 
 
-def _wait_for(path: Path, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 120
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()[0]
-        assert time.monotonic() < deadline, f"{path} not written"
-        time.sleep(0.05)
-
-
 def _weights(run: Path, step: int) -> dict[str, torch.Tensor]:
     return load_checkpoint(run / "checkpoints" / f"step-{step:07d}.pt")["model"]
 
@@ -516,7 +508,7 @@ def test_signalled_or_killed_rank_under_torchrun_resumes_exactly(tiny_data, tmp_
     for how, sig in (("term", signal.SIGTERM), ("kill", signal.SIGKILL)):
         run = tmp_path / how
         proc = _torchrun(tiny_data, run, 200)
-        _wait_for(run / "checkpoints" / "step-0000004.pt", proc)
+        wait_for_file(run / "checkpoints" / "step-0000004.pt", proc)
         os.kill(_rank_pid(proc.pid, 1), sig)
         out = proc.communicate(timeout=300)[0]
         assert proc.returncode != 0, out

@@ -18,7 +18,7 @@ from tacotrain.train.checkpoint import CheckpointError, load_checkpoint, save_ch
 from tacotrain.train.schedules import ga_weight_at, lr_at
 from tacotrain.train.trainer import StopRequested, Trainer
 
-from conftest import tiny_cfg
+from conftest import tiny_cfg, wait_for_file
 
 
 def test_lr_schedule_warmup_then_decay():
@@ -135,10 +135,7 @@ def test_ctrl_c_on_the_command_line_checkpoints_and_exits_130(tiny_data, tmp_pat
                              "--data", str(tiny_data), "--out", str(run), "--max-steps", "500",
                              "--quiet", "--set", "train.val_interval=3"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while not (run / "checkpoints" / "step-0000003.pt").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
-        time.sleep(0.05)
+    wait_for_file(run / "checkpoints" / "step-0000003.pt", proc)
     proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, out
