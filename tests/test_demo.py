@@ -17,9 +17,17 @@ def test_demo_that_does_not_read_fails_and_says_why(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 1
     assert "not passed: the checkpoint's validation round failed the verdict" in captured.err
-    assert "held-out sentences: 0% of 3 passed the verdict; failed:" in captured.err
+    assert "held-out sentences: 0% of 3 passed the verdict (needed 90%); failed:" \
+        in captured.err
     s = json.loads((out / "summary.json").read_text())
-    assert s["passed"] is False and s["language"] == "en"
+    assert s["passed"] is False and s["language"] == "en" and s["engine"] == "kokoro"
+    # natural English: the recogniser judged the held-out round against its floor
+    heard = s["heldout"]["intelligibility"]
+    assert heard["tested"] and not heard["intelligible"] and heard["floor_wer"] < 0.6
+    assert heard["wer"] > heard["wer_bound"] and s["heldout"]["intelligible"] is False
+    assert "held-out sentences are not intelligible: recogniser WER" in captured.err
+    assert "held-out intelligibility: recogniser WER" in captured.out
+    assert json.loads((out / "corpus" / "corpus.json").read_text())["engine"] == "kokoro"
     # the demo reads espeak-ng phonemes by default (demo.phonemes)
     assert json.loads((out / "data" / "manifest.json").read_text())["phonemes"] is True
     # the summary describes the checkpoint the samples came from (no aligned round: the last)

@@ -45,8 +45,26 @@ def test_russian_heldout_sentences_have_stress_marks_and_numbers(seed):
         assert held == first
 
 
+def test_natural_english_heldout_sentences_are_the_free_form_ones():
+    from tacotrain.data.english import FREE_FORM
+
+    cfg = load_config("tiny")
+    assert cfg.demo.voice() == "kokoro" and cfg.demo.heldout_count() == 30
+    corpus = {FREE_FORM[2]}  # a sentence of the corpus is never held out
+    assert held_out_sentences(cfg, corpus) == [s for s in FREE_FORM if s != FREE_FORM[2]][:30]
+    assert load_config("tiny", ["demo.language=ru"]).demo.voice() == "espeak"
+
+
+def test_a_corpus_by_another_voice_is_not_reused(tmp_path):
+    cfg = load_config("tiny", ["demo.engine=espeak", "demo.corpus_size=10"])
+    demo_corpus(tmp_path, cfg, progress=False)
+    natural = load_config("tiny", ["demo.corpus_size=10"])
+    with pytest.raises(MiniCorpusError, match="spoken by espeak but demo.engine is kokoro"):
+        demo_corpus(tmp_path, natural, progress=False)
+
+
 def test_english_heldout_sentences_are_unchanged():
-    cfg = load_config("tiny", ["demo.heldout_sentences=8"])
+    cfg = load_config("tiny", ["demo.heldout_sentences=8", "demo.engine=espeak"])
     corpus = generated_corpus("en", 0, 200)
     expected, i = [], 0
     while len(expected) < 8:  # the first generator sentences not in the corpus

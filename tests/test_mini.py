@@ -52,3 +52,43 @@ def test_russian_mini_corpus(tmp_path):
         _, raw, normalized = line.split("|")
         assert not unknown_characters(normalized, "ru")
         assert not any(ch.isdigit() for ch in normalized)
+
+
+def test_natural_mini_corpus_is_deterministic_and_records_what_it_covers(tmp_path):
+    import json
+
+    import numpy as np
+    import pytest
+
+    from tacotrain.data import kokoro
+    from tacotrain.data.mini import MiniCorpusError
+
+    if not kokoro.available():
+        pytest.skip("needs the natural extra (make test installs it)")
+    a = make_mini_corpus(tmp_path / "a", "en", size=3, seed=5, progress=False,
+                         engine="kokoro").parent
+    rows = [line.split("|") for line in (a / "metadata.csv").read_text().splitlines()]
+    assert len(rows) == 3
+    for item_id, raw, normalized in rows:
+        assert item_id.startswith("enk05-")
+        # the generator's sentence, or a re-drawn one when the first was too long or short
+        assert raw in {sentence("en", 5, int(item_id[-4:]), k, "kokoro") for k in range(20)}
+        wav, sr = sf.read(a / "wavs" / f"{item_id}.wav", dtype="float32")
+        assert sr == 22050 and 0.9 <= len(wav) / sr <= 8.0
+        assert np.abs(wav).max() <= 0.951  # scaled below full scale, never clipped
+        assert normalized == clean_text(raw, "en")
+    info = json.loads((a / "corpus.json").read_text())
+    assert (info["engine"], info["style"], info["size"]) == ("kokoro", "jm_kumo", 3)
+    assert info["coverage"]["words"] >= 5 and info["coverage"]["phones_seen"] >= 10
+    assert "_" not in info["coverage"]["phones_missing"]
+    b = make_mini_corpus(tmp_path / "b", "en", size=3, seed=5, progress=False,
+                         engine="kokoro").parent
+    assert (a / "metadata.csv").read_text() == (b / "metadata.csv").read_text()
+    for item_id, *_ in rows:  # the same voice reads the same way (onnxruntime on the CPU)
+        x, _ = sf.read(a / "wavs" / f"{item_id}.wav", dtype="float32")
+        y, _ = sf.read(b / "wavs" / f"{item_id}.wav", dtype="float32")
+        assert len(x) == len(y) and np.abs(x - y).max() < 1e-3
+    with pytest.raises(MiniCorpusError, match="speaks en only"):
+        make_mini_corpus(tmp_path / "ru", "ru", size=2, engine="kokoro", progress=False)
+    with pytest.raises(MiniCorpusError, match="unknown engine"):
+        make_mini_corpus(tmp_path / "x", "en", size=2, engine="festival", progress=False)

@@ -137,10 +137,13 @@ def test_little_attention_on_the_final_token_is_not_a_skip():
 
 def test_length_ratio_and_identification_reasons():
     a = sharp(diagonal(20), 20)
-    v = judge(a, gt_frames=a.shape[0] * 4)  # half the ground truth's length
+    v = judge(a, gt_frames=a.shape[0] * 4, identified=True)  # half the ground truth's length
     assert v.reasons == ("length_ratio",)
     v = judge(a, gt_frames=a.shape[0] * 2, identified=False)
     assert v.reasons == ("not_identified",)
+    # ground truth, but too few candidates to test the content: never counts as reading
+    v = judge(a, gt_frames=a.shape[0] * 2, identified=None)
+    assert v.reasons == ("content_untested",) and not v.aligned
     v = judge(a)  # no ground truth: neither check applies
     assert v.aligned and v.length_ratio is None and v.identified is None
 
@@ -252,6 +255,9 @@ def test_a_round_with_a_repeated_sentence_is_judged_by_text():
     # the repeat does not count as a distinct candidate: 7 sentences, not 8, too few to test
     short = judge(synth, gts[:2], cfg, gts[2:7] + [gts[8]], texts, others[:5] + others[-1:])
     assert [it.verdict.identified for it in short.items] == [None, None]
+    # and an item whose content could not be tested never counts as reading
+    assert all(it.verdict.reasons == ("content_untested",) for it in short.items)
+    assert not short.verdict.aligned
 
 
 def test_a_stress_mark_is_read_with_the_onset_before_it():

@@ -47,11 +47,18 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_corpus_mini(args: argparse.Namespace) -> int:
-    from tacotrain.data.mini import make_mini_corpus
+    from tacotrain.data.mini import corpus_info, make_mini_corpus
 
     meta = make_mini_corpus(args.out, args.lang, args.size, args.seed, workers=args.workers,
-                            progress=not args.quiet)
-    print(f"mini corpus: {args.size} clips ({args.lang}) in {meta.parent}")
+                            progress=not args.quiet, engine=args.engine, style=args.style,
+                            speed=args.speed)
+    print(f"mini corpus: {args.size} clips ({args.lang}, {args.engine}) in {meta.parent}")
+    cover = corpus_info(meta.parent).get("coverage")
+    if cover:
+        print(f"covers {cover['words']} distinct words, {cover['phones_seen']} of "
+              f"{cover['phones_total']} phones, {cover['phone_pairs']} phone pairs within words"
+              + (f"; phones never heard: {' '.join(cover['phones_missing'])}"
+                 if cover["phones_missing"] else ""))
     return EXIT_OK
 
 
@@ -163,16 +170,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tacotrain.demo import describe_failure, run_demo
 
     lang = [f"demo.language={args.lang}"] if args.lang else []  # --lang wins over --set
-    cfg = load_config(args.config, args.set + lang)
+    lang += [f"demo.engine={args.engine}"] if args.engine else []
+    config = args.config
+    if config is None:  # the natural voice's preset for Kokoro's corpus, else the small one
+        natural = load_config("small", args.set + lang).demo.voice() == "kokoro"
+        config = "natural" if natural else "small"
+    cfg = load_config(config, args.set + lang)
     s = run_demo(args.out, cfg, progress=not args.quiet, vocoder=args.vocoder,
                  vocoder_config=args.vocoder_config)
     t, ck, held = s["training"], s["checkpoint"], s["heldout"]
     print(f"training: {t['steps']} steps, {t['wall_seconds'] / 60:.1f} min ({t['stop_reason']})")
     print(f"checkpoint {ck['path']} (step {ck['step']}): {ck['verdict']}")
-    print(f"held-out sentences: {held['aligned_share']:.0%} of {held['items']} pass the verdict")
+    print(f"held-out sentences: {held['aligned_share']:.0%} of {held['items']} pass the verdict "
+          f"(needed {held['required_share']:.0%}); identified {held['identified_share']:.0%}")
+    heard = held.get("intelligibility")
+    if heard and heard.get("tested"):
+        print(f"held-out intelligibility: recogniser WER {heard['wer']:.3f}, resynthesis floor "
+              f"{heard['floor_wer']:.3f} (x{heard['ratio']:.2f}, bound {heard['wer_bound']:.3f}): "
+              f"{'intelligible' if heard['intelligible'] else 'NOT intelligible'}")
+    elif heard:
+        print(f"held-out intelligibility: untested ({heard['note']})")
     for smp in held["samples"]:
         status = "aligned" if smp["aligned"] else "not aligned: " + ", ".join(smp["reasons"])
-        print(f"  {smp['wav']}: {status} <- {smp['text']!r}")
+        wer = f" WER {smp['wer']:.2f} (floor {smp['floor_wer']:.2f})" \
+            if smp.get("wer") is not None and smp.get("floor_wer") is not None else ""
+        print(f"  {smp['wav']}: {status}{wer} <- {smp['text']!r}")
     print(f"report: {args.out / s['report']['html']}; plots: "
           f"{args.out / s['plots']['training_curves']}, {args.out / s['plots']['free_run_mel']}")
     print(f"summary: {args.out / 'summary.json'}")
@@ -544,17 +566,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.set_defaults(func=cmd_prepare)
 
-    cp = sub.add_parser("corpus", help="built-in corpora (the espeak-ng mini corpus)",
+    cp = sub.add_parser("corpus", help="built-in corpora (the mini corpus)",
                         description="Built-in corpora.")
     csub = cp.add_subparsers(dest="corpus_command", metavar="KIND", required=True)
     mp = csub.add_parser(
-        "mini", formatter_class=fmt, help="write the espeak-ng mini corpus (LJSpeech format)",
+        "mini", formatter_class=fmt, help="write the mini corpus (LJSpeech format)",
         description="Write an LJSpeech-format corpus (wavs/*.wav 22050 Hz mono 16-bit, "
-                    "metadata.csv id|text|normalized) spoken by espeak-ng from a deterministic "
+                    "metadata.csv id|text|normalized, corpus.json) from a deterministic "
                     "sentence generator: varied lengths (about 1-8 s), numbers, abbreviations, "
-                    "punctuation. Same seed, same corpus.",
+                    "questions, punctuation. --engine kokoro (English): a natural-sounding "
+                    "neural voice (Kokoro-82M, offline, the 'natural' extra) reading varied "
+                    "sentences from a lexicon of several hundred words; it prints what the "
+                    "texts cover. --engine espeak: espeak-ng's robotic voice (English or "
+                    "Russian), fast, for tests. Same seed and engine, same corpus.",
     )
     mp.add_argument("--lang", choices=["en", "ru"], default="en", help="language (default en)")
+    mp.add_argument("--engine", choices=["kokoro", "espeak"], default="espeak",
+                    help="the voice: kokoro (natural, English) or espeak (default espeak)")
+    mp.add_argument("--style", default="jm_kumo",
+                    help="Kokoro voice style (jf_alpha, jf_gongitsune, jf_nezumi, jf_tebukuro, "
+                         "jm_kumo; default jm_kumo, the one the recogniser reads best)")
+    mp.add_argument("--speed", type=float, default=1.0, help="Kokoro speaking rate (0.5-2)")
     mp.add_argument("--size", type=int, default=200, help="number of clips (default 200)")
     mp.add_argument("--seed", type=int, default=0, help="sentence generator seed (default 0)")
     mp.add_argument("--out", type=Path, required=True, help="output corpus directory")
@@ -670,25 +702,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     dp = sub.add_parser(
         "demo", formatter_class=fmt, help="the whole job on the built-in mini corpus",
-        description="Build the espeak-ng mini corpus (English, or Russian with --lang ru), "
-                    "prepare it, train the small preset on "
-                    "this machine until train.stop_when_aligned_rounds (2) validation rounds "
-                    "in a row pass the alignment verdict (or "
-                    "the demo.time_budget_minutes budget runs out), then evaluate that "
-                    "checkpoint on its validation items and on demo.heldout_sentences "
-                    "sentences that are not in the corpus (espeak-ng speaks their ground "
-                    "truth), and write OUT/summary.json, OUT/eval/report.html and plots. "
-                    "Exit 0 only when the checkpoint's validation round and the held-out "
-                    "sentences pass the verdict; otherwise exit 1 and say which criterion "
-                    "failed.",
+        description="Build the mini corpus (English: a natural-sounding voice, Kokoro-82M "
+                    "offline; Russian, or --set demo.engine=espeak: espeak-ng), prepare it, "
+                    "train on this machine until train.stop_when_aligned_rounds (2) validation "
+                    "rounds in a row pass the verdict (attention, content and, for natural "
+                    "English, a speech recogniser's WER within alignment.max_wer_ratio (1.5) "
+                    "of the WER it reaches on the same sentences' recordings through our mel "
+                    "and vocoder) or demo.time_budget_minutes runs out, then evaluate that "
+                    "checkpoint on its validation items and on held-out sentences that are not "
+                    "in the corpus (natural English: 30 hand-written free-form sentences), and "
+                    "write OUT/summary.json, OUT/eval/report.html and plots. Exit 0 only when "
+                    "the checkpoint's validation round passes, demo.heldout_share (90%%) of "
+                    "the held-out sentences pass the verdict and, for natural English, the "
+                    "held-out sentences are intelligible; otherwise exit 1 and say which "
+                    "criterion failed.",
     )
     dp.add_argument("--out", type=Path, default=Path("demo"), help="output directory")
-    dp.add_argument("--config", default="small", help="preset or YAML (default: small)")
+    dp.add_argument("--config", default=None,
+                    help="preset or YAML (default: natural for the Kokoro corpus, small for "
+                         "espeak-ng)")
     dp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key, e.g. --set demo.time_budget_minutes=20")
     dp.add_argument("--lang", choices=["en", "ru"], default=None,
-                    help="language of the mini corpus, held-out sentences and espeak-ng voice "
-                         "(sets demo.language; default en)")
+                    help="language of the mini corpus and held-out sentences (sets "
+                         "demo.language; default en)")
+    dp.add_argument("--engine", choices=["auto", "kokoro", "espeak"], default=None,
+                    help="the corpus's voice (sets demo.engine; default auto: kokoro for "
+                         "English, espeak for Russian)")
     dp.add_argument("--vocoder", default=None, help=VOCODER_HELP + " (for the evaluation)")
     dp.add_argument("--vocoder-config", type=Path, default=None, help=VOCODER_CONFIG_HELP)
     dp.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -918,6 +958,7 @@ def main(argv: list[str] | None = None) -> int:
     from tacotrain.audio import AudioReadError, HifiGanError, VocoderError
     from tacotrain.config import ConfigError
     from tacotrain.data.corpus import CorpusError
+    from tacotrain.data.kokoro import KokoroError
     from tacotrain.data.loader import DataError
     from tacotrain.data.mini import MiniCorpusError
     from tacotrain.data.prepare import PrepareError
@@ -932,7 +973,7 @@ def main(argv: list[str] | None = None) -> int:
 
     known = (ConfigError, CorpusError, PrepareError, MiniCorpusError, DataError, TrainError,
              CheckpointError, SynthesisError, EvalError, PretrainedError, AudioReadError,
-             HifiGanError, VocoderError, ServeError, DistError, MissingExtra)
+             HifiGanError, VocoderError, ServeError, DistError, MissingExtra, KokoroError)
     try:
         return args.func(args)
     except known as exc:

@@ -334,6 +334,17 @@ class AlignmentConfig(Strict):
     n_cepstra: int = Field(13, ge=1)  # mel-cepstral coefficients c1..cN in MCD-DTW
     max_mcd_dtw_db: float | None = Field(None, gt=0.0)  # optional upper bound on MCD-DTW
     round_share: float = Field(1.0, gt=0.0, le=1.0)  # share of a round's items that must pass
+    # intelligibility (tacotrain/intelligibility.py): a recogniser transcribes each synthesis
+    # through the vocoder; the round's WER must stay within max_wer_ratio x the WER of the same
+    # items' ground truth through our mel and vocoder (the resynthesis floor, lifted to
+    # min_floor_wer). auto: PocketSphinx for English where installed; pocketsphinx: required;
+    # off: content rests on identification alone
+    asr: Literal["auto", "pocketsphinx", "off"] = "auto"
+    max_wer_ratio: float = Field(1.5, ge=1.0)
+    min_floor_wer: float = Field(0.05, ge=0.0, le=1.0)
+    # a floor above this means the recogniser cannot read the ground truth (espeak-ng's robot
+    # voice: 0.83 measured): it is then no judge, and intelligibility is reported as untested
+    max_floor_wer: float = Field(0.6, gt=0.0)
 
     @model_validator(mode="after")
     def _check(self) -> AlignmentConfig:
@@ -481,18 +492,39 @@ class NotifyConfig(Strict):
 
 
 class DemoConfig(Strict):
-    corpus_size: int = Field(200, ge=10)  # espeak-ng mini corpus clips
+    # the voice of the mini corpus and of the held-out ground truth: kokoro (natural-sounding,
+    # English, the `natural` extra), espeak (espeak-ng: robotic, fast; English or Russian) or
+    # auto (kokoro for English, espeak for Russian)
+    engine: Literal["auto", "kokoro", "espeak"] = "auto"
+    style: str = "jm_kumo"  # Kokoro voice style (data/kokoro.py)
+    corpus_size: int | None = Field(None, ge=10)  # clips; None: 600 (kokoro) or 200 (espeak)
     corpus_seed: int = 0
-    time_budget_minutes: float = Field(28.0, gt=0.0)  # training stops here if not aligned
-    # held-out sentences judged at the end (espeak-ng speaks their ground truth); empty:
-    # heldout_sentences sentences from the mini-corpus generator (same vocabulary, another
-    # seed) that are not in the training corpus
+    time_budget_minutes: float = Field(45.0, gt=0.0)  # training stops here if not aligned
+    # held-out sentences judged at the end (their ground truth spoken by the corpus's voice);
+    # empty: heldout_sentences sentences that are not in the corpus, from data/english.FREE_FORM
+    # (kokoro: hand-written, outside the corpus's frames) or from the mini-corpus generator
+    # with another seed (espeak)
     sentences: list[str] = []
-    heldout_sentences: int = Field(8, ge=1)
-    language: Literal["en", "ru"] = "en"  # mini corpus, held-out sentences and espeak-ng voice
+    heldout_sentences: int | None = Field(None, ge=1)  # None: 30 (kokoro) or 8 (espeak)
+    # share of the held-out sentences that must pass the item verdict; where a recogniser
+    # exists the held-out round must also be intelligible (alignment.max_wer_ratio)
+    heldout_share: float = Field(0.9, gt=0.0, le=1.0)
+    language: Literal["en", "ru"] = "en"  # mini corpus, held-out sentences and their voice
     # prepare the corpus as espeak-ng phonemes (text.phonemes): on the mini corpus a phoneme
     # voice read at step 450, a letter voice not by step 600 (benchmarks/RESULTS.md)
     phonemes: bool = True
+
+    def voice(self) -> str:
+        """The engine in effect (``auto`` resolved)."""
+        if self.engine != "auto":
+            return self.engine
+        return "kokoro" if self.language == "en" else "espeak"
+
+    def size(self) -> int:
+        return self.corpus_size or (600 if self.voice() == "kokoro" else 200)
+
+    def heldout_count(self) -> int:
+        return self.heldout_sentences or (30 if self.voice() == "kokoro" else 8)
 
 
 class SynthConfig(Strict):

@@ -1,13 +1,16 @@
-"""``tacotrain demo``: the whole job end to end on the built-in espeak-ng mini corpus.
+"""``tacotrain demo``: the whole job end to end on the built-in mini corpus.
 
-mini corpus in ``demo.language`` (en or ru) -> prepare (as espeak-ng phonemes with
-``demo.phonemes``) -> train the ``small`` preset until a
-validation round passes the alignment verdict (tacotrain/verdict.py) or
-``demo.time_budget_minutes`` runs out -> speak ``demo.heldout_sentences`` sentences that are
-not in the corpus with espeak-ng (their ground truth) -> ``tacotrain eval`` of the checkpoint
-on the validation items and those held-out sentences -> plots and ``DIR/summary.json``. The
-demo passes only when the checkpoint's validation round *and* the held-out sentences pass the
-verdict.
+mini corpus in ``demo.language`` spoken by ``demo.engine`` (English: Kokoro's natural voice;
+Russian, or ``engine: espeak``: espeak-ng) -> prepare (as espeak-ng phonemes with
+``demo.phonemes``) -> train until ``train.stop_when_aligned_rounds`` validation rounds in a row
+pass the verdict (attention, content and, where a recogniser exists, intelligibility against
+the resynthesis floor) or ``demo.time_budget_minutes`` runs out -> speak held-out sentences that
+are not in the corpus with the corpus's voice (their ground truth; for the natural voice
+hand-written free-form sentences outside the corpus's frames) -> ``tacotrain eval`` of the
+checkpoint on the validation items and those held-out sentences -> plots and
+``DIR/summary.json``. The demo passes only when the checkpoint's validation round passes, at
+least ``demo.heldout_share`` of the held-out sentences pass the item verdict and, where a
+recogniser exists for the language, the held-out round is intelligible.
 """
 
 from __future__ import annotations
@@ -21,8 +24,15 @@ from typing import Any
 
 from tacotrain.audio import load_vocoder
 from tacotrain.config import Config, Settings, TextConfig
+from tacotrain.data.english import FREE_FORM
 from tacotrain.data.loader import PreparedData
-from tacotrain.data.mini import MiniCorpusError, make_mini_corpus, sentence, speak_sentences
+from tacotrain.data.mini import (
+    MiniCorpusError,
+    corpus_info,
+    make_mini_corpus,
+    sentence,
+    speak_sentences,
+)
 from tacotrain.data.prepare import format_summary, prepare
 from tacotrain.evaluate.run import prepared_items, run_eval
 from tacotrain.fsutil import atomic_write_json
@@ -45,13 +55,20 @@ _MAX_GENERATED = 10_000  # generator sentences tried for the held-out set
 
 
 def held_out_sentences(cfg: Config, corpus_texts: set[str]) -> list[str]:
-    """Configured sentences, or ``demo.heldout_sentences`` generator sentences in
-    ``demo.language`` (same vocabulary, another seed) that are not in the corpus, in generator
-    order: the first ones, where needed swapping the last in for the first sentence with each
-    of ``HELDOUT_FEATURES`` (a number, a stress mark)."""
+    """Configured sentences; for the natural voice the first ``demo.heldout_count()`` of
+    :data:`tacotrain.data.english.FREE_FORM` not in the corpus; for espeak-ng that many
+    generator sentences in ``demo.language`` (same vocabulary, another seed) that are not in
+    the corpus, in generator order: the first ones, where needed swapping the last in for the
+    first sentence with each of ``HELDOUT_FEATURES`` (a number, a stress mark)."""
     if cfg.demo.sentences:
         return list(cfg.demo.sentences)
-    lang, n = cfg.demo.language, cfg.demo.heldout_sentences
+    lang, n = cfg.demo.language, cfg.demo.heldout_count()
+    if cfg.demo.voice() == "kokoro":
+        free = [s for s in FREE_FORM if s not in corpus_texts][:n]
+        if len(free) < n:
+            raise MiniCorpusError(f"only {len(free)} built-in free-form sentences; lower "
+                                  f"demo.heldout_sentences or give demo.sentences")
+        return free
     features = HELDOUT_FEATURES[lang][:n]
     found: list[str] = []
     for i in range(_MAX_GENERATED):
@@ -73,18 +90,23 @@ def held_out_sentences(cfg: Config, corpus_texts: set[str]) -> list[str]:
 
 
 def demo_corpus(out: Path, cfg: Config, progress: bool = True) -> Path:
-    """``OUT/corpus``: the mini corpus in ``demo.language``, made once and reused; a corpus
-    there in another language is an error (the demo would train on it silently)."""
+    """``OUT/corpus``: the mini corpus in ``demo.language`` by ``demo.engine``, made once and
+    reused; a corpus there in another language or by another voice is an error (the demo would
+    train on it silently)."""
     corpus = out / "corpus"
-    lang = cfg.demo.language
+    lang, engine = cfg.demo.language, cfg.demo.voice()
     meta = corpus / "metadata.csv"
     if not meta.exists():
-        make_mini_corpus(corpus, lang, cfg.demo.corpus_size, cfg.demo.corpus_seed,
-                         progress=progress)
+        make_mini_corpus(corpus, lang, cfg.demo.size(), cfg.demo.corpus_seed,
+                         progress=progress, engine=engine, style=cfg.demo.style)
     found = detect_language(corpus_texts(corpus))
     if found != lang:
         raise MiniCorpusError(f"{meta} is a {found} corpus but demo.language is {lang}; "
                               f"choose another --out for the {lang} demo")
+    made_by = corpus_info(corpus)["engine"]
+    if made_by != engine:
+        raise MiniCorpusError(f"{meta} was spoken by {made_by} but demo.engine is {engine}; "
+                              f"choose another --out for the {engine} demo")
     return corpus
 
 
@@ -95,12 +117,13 @@ def corpus_texts(corpus: Path) -> set[str]:
 
 
 def heldout_corpus(out: Path, cfg: Config, corpus: Path) -> Path:
-    """``OUT/heldout/corpus``: the held-out sentences, their ground truth spoken by espeak-ng in
-    ``demo.language`` as in the mini corpus (the normalised text; a stress mark is kept in the
+    """``OUT/heldout/corpus``: the held-out sentences, their ground truth spoken by the
+    corpus's voice as in the mini corpus (the normalised text; a stress mark is kept in the
     transcript and not given to espeak-ng, see data/mini.speak)."""
     sentences = held_out_sentences(cfg, corpus_texts(corpus))
     root = out / "heldout" / "corpus"
-    speak_sentences(root, cfg.demo.language, sentences, "heldout")
+    speak_sentences(root, cfg.demo.language, sentences, "heldout", engine=cfg.demo.voice(),
+                    style=cfg.demo.style)
     return root
 
 
@@ -142,7 +165,13 @@ def run_demo(out: str | Path, cfg: Config, progress: bool = True, vocoder: str |
 
     held_rows = [r for r in report["items"] if r["source"] == "heldout"]
     held_share = sum(r["aligned"] for r in held_rows) / max(len(held_rows), 1)
-    held_ok = bool(held_rows) and held_share >= cfg.alignment.round_share - 1e-9
+    heard = report["summary"]["by_source"].get("heldout", {}).get("intelligibility")
+    # natural speech must be understood by the recogniser (an untested round never counts as
+    # speaking); espeak-ng's voice is not readable by it, and is judged by the rest alone
+    must_listen = cfg.alignment.asr != "off" and cfg.demo.voice() == "kokoro"
+    heard_ok = bool(heard and heard["tested"] and heard["intelligible"]) if must_listen \
+        else not (heard and heard["tested"] and not heard["intelligible"])
+    held_ok = bool(held_rows) and held_share >= cfg.demo.heldout_share - 1e-9 and heard_ok
     failed: dict[str, int] = {}
     for r in held_rows:
         for reason in r["reasons"]:
@@ -152,6 +181,7 @@ def run_demo(out: str | Path, cfg: Config, progress: bool = True, vocoder: str |
     summary = {
         "passed": bool(verdict.get("aligned")) and held_ok,
         "language": cfg.demo.language,
+        "engine": cfg.demo.voice(),
         "checkpoint": {
             "path": _rel(ckpt, out),
             "step": verdict.get("step"),
@@ -162,12 +192,19 @@ def run_demo(out: str | Path, cfg: Config, progress: bool = True, vocoder: str |
         "heldout": {
             "items": len(held_rows),
             "aligned_share": round(held_share, 4),
+            "identified_share": round(sum(bool(r["identified"]) for r in held_rows)
+                                      / max(len(held_rows), 1), 4),
+            "required_share": cfg.demo.heldout_share,
+            "intelligibility": heard,
+            "intelligible": heard_ok,
             "aligned": held_ok,
             "failed": failed,
             "eval_summary": report["summary"]["by_source"].get("heldout"),
             "samples": [{"text": r["text"], "wav": _rel(out / "eval" / r["wav"], out),
                          "aligned": r["aligned"], "reasons": r["reasons"],
-                         "mcd_dtw_db": r["mcd_dtw_db"], "length_ratio": r["length_ratio"]}
+                         "mcd_dtw_db": r["mcd_dtw_db"], "length_ratio": r["length_ratio"],
+                         "wer": r["wer"], "floor_wer": r["floor_wer"],
+                         "transcript": r["transcript"]}
                         for r in held_rows],
         },
         "eval_summary": report["summary"],
@@ -191,7 +228,7 @@ def run_demo(out: str | Path, cfg: Config, progress: bool = True, vocoder: str |
         "curve": [{"step": h["step"], "minutes": h["minutes"],
                    **{k: h.get(f"free/{k}") for k in
                       ("aligned_share", "identified_share", "skipped_share", "length_ratio",
-                       "mcd_dtw_db", "focus", "stopped_by_gate")}}
+                       "mcd_dtw_db", "focus", "stopped_by_gate", "wer", "floor_wer")}}
                   for h in result.history],
     }
     atomic_write_json(out / "summary.json", summary)
@@ -204,8 +241,19 @@ def describe_failure(summary: dict[str, Any]) -> list[str]:
     ck, held = summary["checkpoint"], summary["heldout"]
     if not ck["aligned"]:
         lines.append(f"the checkpoint's validation round failed the verdict: {ck['verdict']}")
-    if not held["aligned"]:
+    if held["aligned_share"] < held["required_share"] - 1e-9 or not held["items"]:
         why = ", ".join(f"{k} ({v} item(s))" for k, v in held["failed"].items())
         lines.append(f"held-out sentences: {held['aligned_share']:.0%} of {held['items']} passed "
-                     f"the verdict; failed: {why or 'no items'}")
+                     f"the verdict (needed {held['required_share']:.0%}); failed: "
+                     f"{why or 'no items'}")
+    heard = held.get("intelligibility")
+    if not held["intelligible"]:
+        if heard and heard.get("tested"):
+            lines.append(f"held-out sentences are not intelligible: recogniser WER "
+                         f"{heard['wer']:.3f} against the resynthesis floor "
+                         f"{heard['floor_wer']:.3f} (bound {heard['wer_bound']:.3f})")
+        else:
+            note = heard["note"] if heard else "no held-out round"
+            lines.append(f"held-out intelligibility untested ({note}): never counts as "
+                         f"speaking")
     return lines

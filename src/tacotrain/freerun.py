@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from tacotrain.config import AlignmentConfig
+from tacotrain.intelligibility import Heard, Listener, round_intelligibility
 from tacotrain.model import Tacotron2
 from tacotrain.text import text_key
 from tacotrain.verdict import (
@@ -83,7 +84,8 @@ def synthesize(model: Tacotron2, texts: Sequence[Tensor], batch_size: int = 8,
 def judge(synth: Sequence[tuple[Tensor, Tensor, bool]], ground_truth: Sequence[Tensor | None],
           cfg: AlignmentConfig, extra_candidates: Sequence[Tensor] = (),
           texts: Sequence[str] | None = None, extra_texts: Sequence[str] | None = None,
-          attached: Sequence[Sequence[bool]] | None = None) -> FreeRunRound:
+          attached: Sequence[Sequence[bool]] | None = None,
+          listener: Listener | None = None, listen_always: bool = True) -> FreeRunRound:
     """Judge syntheses (from :func:`synthesize`) against their ground-truth mels (None where an
     item has none). The content test compares each synthesis with every ground truth here plus
     ``extra_candidates`` (mels of other sentences, e.g. training items), which should bring the
@@ -93,7 +95,12 @@ def judge(synth: Sequence[tuple[Tensor, Tensor, bool]], ground_truth: Sequence[T
     (equal :func:`text_key`) stand aside from each other's comparison; without them every
     ground truth counts as another sentence. ``attached`` (per item,
     :func:`tacotrain.text.attached_marks` of its tokens) lets the skip check read a phoneme
-    mark together with the sound before it."""
+    mark together with the sound before it. ``listener`` (with ``texts``) has a recogniser
+    transcribe each synthesis that has ground truth and that ground truth through the same
+    vocoder (its resynthesis floor), and judges the round's intelligibility from them; with
+    ``listen_always`` False only when the round passes every other check (the only case in
+    which it changes the decision: training validation saves the vocoding and recognition of
+    rounds that fail anyway)."""
     with_gt = [i for i, g in enumerate(ground_truth) if g is not None]
     candidates = [ground_truth[i] for i in with_gt] + list(extra_candidates)
     if texts is not None and extra_texts is not None:
@@ -113,16 +120,33 @@ def judge(synth: Sequence[tuple[Tensor, Tensor, bool]], ground_truth: Sequence[T
             mcd[i] = float(dist[row, row])
             if len(set(keys)) >= cfg.min_candidates:
                 ident[i], margin[i] = flags[row], margins[row]
-    items = []
-    for i, (mel, attn, by_gate) in enumerate(synth):
-        gt = ground_truth[i]
-        v = judge_item(attn, by_gate, mel.shape[1], cfg,
-                       gt_frames=int(gt.shape[1]) if gt is not None else None,
-                       mcd_dtw_db=mcd.get(i), identified=ident.get(i),
-                       content_margin=margin.get(i),
-                       attached=None if attached is None else attached[i])
-        items.append(FreeRunItem(mel, attn, v))
-    return FreeRunRound(tuple(items), judge_round([it.verdict for it in items], cfg))
+    def verdicts(heard: dict[int, Heard], floor: dict[int, Heard]) -> list[FreeRunItem]:
+        items = []
+        for i, (mel, attn, by_gate) in enumerate(synth):
+            gt = ground_truth[i]
+            v = judge_item(attn, by_gate, mel.shape[1], cfg,
+                           gt_frames=int(gt.shape[1]) if gt is not None else None,
+                           mcd_dtw_db=mcd.get(i), identified=ident.get(i),
+                           content_margin=margin.get(i),
+                           attached=None if attached is None else attached[i],
+                           heard=heard.get(i), floor=floor.get(i))
+            items.append(FreeRunItem(mel, attn, v))
+        return items
+
+    items = verdicts({}, {})
+    listened = None
+    rest_passes = judge_round([it.verdict for it in items], cfg).aligned
+    if listener is not None and texts is not None and with_gt and (listen_always or rest_passes):
+        floor = {i: listener.floor(text_key(texts[i]), ground_truth[i], texts[i])
+                 for i in with_gt}
+        floors = [floor[i] for i in with_gt]
+        # a recogniser that cannot read the ground truth is no judge: not worth hearing
+        if round_intelligibility(floors, floors, cfg) is not None:
+            heard = {i: listener.hear_mel(synth[i][0], texts[i]) for i in with_gt}
+            listened = round_intelligibility([heard[i] for i in with_gt], floors, cfg)
+            items = verdicts(heard, floor)
+    return FreeRunRound(tuple(items),
+                        judge_round([it.verdict for it in items], cfg, listened))
 
 
 def nearest_in_length(lengths: Sequence[int], targets: Sequence[int], k: int,

@@ -30,7 +30,16 @@ when every check below holds; each failed check adds a machine-readable reason:
   must be nearer to its own ground truth than to any other (MCD-DTW, below), and its ground
   truth nearer to it than to the round's other syntheses (see :func:`identify`). A voice that
   only fills the right length with an average spectrum matches its own sentence by chance;
-* ``mcd``: MCD-DTW above ``max_mcd_dtw_db`` (only when that bound is set).
+* ``mcd``: MCD-DTW above ``max_mcd_dtw_db`` (only when that bound is set);
+* ``content_untested``: the item has ground truth but fewer than ``min_candidates`` distinct
+  sentences could be compared, so the content test did not run; such an item never counts as
+  reading.
+
+A round is aligned when at least ``round_share`` of its items are *and*, where a recogniser
+judged it (tacotrain/intelligibility.py), the round's word error rate is within
+``max_wer_ratio`` of the same items' resynthesis floor. Rhythm and spectral envelope can make a
+synthesis nearest to its own recording while nobody understands it; the recogniser cannot be
+fooled that way.
 
 MCD-DTW, exactly: the cepstrum of a frame is the real cepstrum of its mel-warped natural-log
 magnitude spectrum, ``c_k = 1/M * sum_m log_mel[m] * cos(pi * k * (m + 1/2) / M)`` over the
@@ -55,11 +64,12 @@ from scipy.fft import dct
 
 from tacotrain.alignment import alignment_metrics
 from tacotrain.config import AlignmentConfig
+from tacotrain.intelligibility import Heard, Intelligibility
 
 MCD_CONST = 10.0 / math.log(10.0) * math.sqrt(2.0)
 
 REASONS = ("no_gate_stop", "length_ratio", "skipped_tokens", "repeats", "stalls", "focus",
-           "coverage", "diagonality", "not_identified", "mcd")
+           "coverage", "diagonality", "not_identified", "content_untested", "mcd")
 
 
 # ---------------------------------------------------------------------------- MCD-DTW
@@ -213,6 +223,9 @@ class ItemVerdict:
     mcd_dtw_db: float | None
     identified: bool | None
     content_margin: float | None  # how much nearer to its own ground truth (see identify)
+    wer: float | None = None  # the recogniser on the synthesis (None: not listened to)
+    floor_wer: float | None = None  # the recogniser on the ground truth through the vocoder
+    transcript: str | None = None
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -224,10 +237,13 @@ def judge_item(attn: np.ndarray | torch.Tensor, stopped_by_gate: bool, frames: i
                cfg: AlignmentConfig, gt_frames: int | None = None,
                mcd_dtw_db: float | None = None, identified: bool | None = None,
                content_margin: float | None = None,
-               attached: Sequence[bool] | None = None) -> ItemVerdict:
+               attached: Sequence[bool] | None = None, heard: Heard | None = None,
+               floor: Heard | None = None) -> ItemVerdict:
     """The verdict on one free-running item. ``attn [T_dec, N]`` is its valid region;
     ``gt_frames``, ``mcd_dtw_db``, ``identified`` and ``content_margin`` are None where it has
-    no ground truth; ``attached`` (see :func:`reading`) where its tokens are known."""
+    no ground truth; ``attached`` (see :func:`reading`) where its tokens are known; ``heard``
+    and ``floor`` what a recogniser made of the synthesis and of the ground truth (reported
+    here, judged per round)."""
     a = attn.detach().float().cpu() if isinstance(attn, torch.Tensor) \
         else torch.as_tensor(np.asarray(attn, dtype=np.float32))
     t, n = a.shape
@@ -246,6 +262,8 @@ def judge_item(attn: np.ndarray | torch.Tensor, stopped_by_gate: bool, frames: i
         "coverage": m["coverage"] < cfg.coverage,
         "diagonality": m["diagonality"] < cfg.diagonality,
         "not_identified": cfg.require_identified and identified is False,
+        "content_untested": cfg.require_identified and gt_frames is not None
+        and identified is None,
         "mcd": cfg.max_mcd_dtw_db is not None and mcd_dtw_db is not None
         and mcd_dtw_db > cfg.max_mcd_dtw_db,
     }
@@ -253,7 +271,10 @@ def judge_item(attn: np.ndarray | torch.Tensor, stopped_by_gate: bool, frames: i
     return ItemVerdict(not reasons, reasons, bool(stopped_by_gate), int(frames), ratio,
                        rd.skipped_tokens, rd.skipped_share, rd.repeated_tokens,
                        rd.stalled_tokens, m["diagonality"], m["focus"], m["coverage"],
-                       m["monotonicity"], mcd_dtw_db, identified, content_margin)
+                       m["monotonicity"], mcd_dtw_db, identified, content_margin,
+                       None if heard is None else heard.wer,
+                       None if floor is None else floor.wer,
+                       None if heard is None else heard.transcript)
 
 
 @dataclass(frozen=True)
@@ -263,6 +284,7 @@ class RoundVerdict:
     items: tuple[ItemVerdict, ...]
     aligned: bool
     aligned_share: float
+    intelligibility: Intelligibility | None = None  # None: no recogniser judged the round
 
     def summary(self) -> dict[str, float]:
         """Means and shares over the items (NaN where no item has the figure)."""
@@ -287,7 +309,17 @@ class RoundVerdict:
             "focus": mean([i.focus for i in it]),
             "coverage": mean([i.coverage for i in it]),
             "monotonicity": mean([i.monotonicity for i in it]),
+            **self.intelligibility_summary(),
         }
+
+    def intelligibility_summary(self) -> dict[str, float]:
+        """``wer``, ``floor_wer``, ``wer_bound``, ``intelligible``; empty where no recogniser
+        judged the round (nothing to plot)."""
+        i = self.intelligibility
+        if i is None:
+            return {}
+        return {"wer": i.wer, "floor_wer": i.floor_wer, "wer_bound": i.bound,
+                "intelligible": float(i.passed)}
 
     def failures(self) -> dict[str, int]:
         """How many items failed each reason (only reasons that occurred)."""
@@ -305,14 +337,22 @@ class RoundVerdict:
         fails = self.failures()
         if fails:
             text += "; failed: " + ", ".join(f"{r} ({c})" for r, c in fails.items())
+        i = self.intelligibility
+        if i is not None:
+            text += f"; {'intelligible' if i.passed else 'NOT intelligible'}: {i.describe()}"
         return text
 
 
-def judge_round(items: Sequence[ItemVerdict], cfg: AlignmentConfig) -> RoundVerdict:
-    """A round is aligned when at least ``round_share`` of its items are (default: all)."""
+def judge_round(items: Sequence[ItemVerdict], cfg: AlignmentConfig,
+                intelligibility: Intelligibility | None = None) -> RoundVerdict:
+    """A round is aligned when at least ``round_share`` of its items are (default: all) and,
+    where a recogniser judged it, it is intelligible."""
     n = len(items)
     share = sum(i.aligned for i in items) / n if n else 0.0
-    return RoundVerdict(tuple(items), n > 0 and share >= cfg.round_share - 1e-9, share)
+    ok = n > 0 and share >= cfg.round_share - 1e-9
+    if intelligibility is not None:
+        ok = ok and intelligibility.passed
+    return RoundVerdict(tuple(items), ok, share, intelligibility)
 
 
 __all__ = ["REASONS", "ItemVerdict", "Reading", "RoundVerdict", "cepstral_distance",

@@ -1,13 +1,19 @@
-"""The built-in mini corpus: deterministic sentences spoken by espeak-ng, in LJSpeech format.
+"""The built-in mini corpus: deterministic sentences spoken by a synthetic voice, in LJSpeech
+format.
 
-Used by the demo and the tests. Sentences mix lengths (about 1-8 s of speech), numbers,
-abbreviations and punctuation. espeak-ng speaks the *normalised* text (what the model will
-read), so audio and transcript always match. Same seed, same corpus.
+Two engines speak it. ``espeak`` (espeak-ng, English or Russian): a formant synthesiser, fast,
+every phoneme always sounding the same; the tests use it. ``kokoro`` (English): a neural voice
+(data/kokoro.py) that sounds natural, reading varied sentences (data/english.py); the demo uses
+it. Sentences mix lengths (about 1-8 s of speech), numbers, abbreviations and punctuation. The
+engine speaks the *normalised* text (what the model will read), so audio and transcript always
+match. Same seed, same engine, same corpus. ``corpus.json`` beside ``metadata.csv`` records how
+the corpus was made and what it covers.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import random
 import shutil
@@ -16,17 +22,22 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
+import soxr
 
 from tacotrain.audio import load_audio, save_wav
-from tacotrain.fsutil import atomic_write_text
-from tacotrain.text import clean_text
+from tacotrain.data import english, kokoro
+from tacotrain.fsutil import atomic_write_json, atomic_write_text
+from tacotrain.text import clean_text, phoneme_symbols, phonemize_many
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 22050
 MIN_SECONDS, MAX_SECONDS = 0.9, 8.0
 VOICES = {"en": "en-us", "ru": "ru"}
+ENGINES = ("espeak", "kokoro")
+ENGINE_LANGUAGES = {"espeak": ("en", "ru"), "kokoro": ("en",)}
 
 
 class MiniCorpusError(RuntimeError):
@@ -124,10 +135,21 @@ GENERATORS: dict[str, Callable[[random.Random, int], str]] = {
     "en": _en_sentence, "ru": _ru_sentence}
 
 
-def sentence(lang: str, seed: int, index: int, attempt: int = 0) -> str:
-    """The deterministic sentence number ``index`` of a mini corpus."""
+def sentence(lang: str, seed: int, index: int, attempt: int = 0, engine: str = "espeak") -> str:
+    """The deterministic sentence number ``index`` of a mini corpus: the espeak-ng corpus's
+    frames, or the varied English of data/english.py for the natural (``kokoro``) corpus."""
     rng = random.Random(f"{seed}:{lang}:{index}:{attempt}")
+    if engine == "kokoro":
+        return english.sentence(rng, rng.randint(3, 22))
     return GENERATORS[lang](rng, rng.randint(2, 18))
+
+
+def check_engine(engine: str, lang: str) -> None:
+    if engine not in ENGINES:
+        raise MiniCorpusError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    if lang not in ENGINE_LANGUAGES[engine]:
+        raise MiniCorpusError(f"the {engine} engine speaks {', '.join(ENGINE_LANGUAGES[engine])} "
+                              f"only, not {lang!r}; use --engine espeak for {lang!r}")
 
 
 def speak(text: str, lang: str, speed: int = 165) -> tuple[bytes, float]:
@@ -167,9 +189,50 @@ def _write_clip(data: bytes, wav_path: Path) -> None:
     save_wav(wav_path, audio.samples, SAMPLE_RATE)
 
 
+def _natural_clip(voice: kokoro.Kokoro, ipa: str, peak: float = 0.95) -> np.ndarray:
+    """Kokoro's audio at the corpus rate; a clip louder than ``peak`` is scaled down to it (the
+    model's output can exceed full scale, which 16-bit PCM would clip)."""
+    audio = soxr.resample(voice.speak_ipa(ipa), kokoro.SAMPLE_RATE, SAMPLE_RATE)
+    top = float(np.abs(audio).max()) if audio.size else 0.0
+    if top > peak:
+        audio = audio * (peak / top)
+    return audio.astype(np.float32)
+
+
+def _make_natural_items(lang: str, seed: int, paths: list[Path], style: str, speed: float,
+                        progress: bool) -> tuple[list[tuple[str, str]], list[str]]:
+    """Speak sentence ``i`` (re-drawn up to 20 times until its clip is MIN..MAX seconds long)
+    into ``paths[i]`` with Kokoro; returns the (raw, normalised) rows and each row's IPA."""
+    from tqdm import tqdm
+
+    voice = kokoro.Kokoro(style, speed)
+    attempt = dict.fromkeys(range(len(paths)), 0)
+    rows: dict[int, tuple[str, str, str]] = {}
+    with tqdm(total=len(paths), desc="speaking (kokoro)", unit="clip",
+              disable=not progress) as bar:
+        while attempt:
+            raw = {i: sentence(lang, seed, i, a, "kokoro") for i, a in attempt.items()}
+            norm = {i: clean_text(t, lang) for i, t in raw.items()}
+            ipas = phonemize_many([norm[i] for i in raw], lang, workers=2)
+            for i, ipa in zip(list(raw), ipas, strict=True):
+                audio = _natural_clip(voice, ipa)
+                seconds = len(audio) / SAMPLE_RATE
+                if MIN_SECONDS <= seconds <= MAX_SECONDS or attempt[i] >= 19:
+                    save_wav(paths[i], audio, SAMPLE_RATE)
+                    rows[i] = (raw[i], norm[i], ipa)
+                    del attempt[i]
+                    bar.update()
+                else:
+                    attempt[i] += 1
+    ordered = [rows[i] for i in range(len(paths))]
+    return [(r, n) for r, n, _ in ordered], [ipa for _, _, ipa in ordered]
+
+
 def make_mini_corpus(out: str | Path, lang: str = "en", size: int = 200, seed: int = 0,
-                     workers: int = 2, progress: bool = True) -> Path:
-    """Write ``out/wavs/*.wav`` and ``out/metadata.csv`` (``id|text|normalized``).
+                     workers: int = 2, progress: bool = True, engine: str = "espeak",
+                     style: str = kokoro.DEFAULT_STYLE, speed: float = 1.0) -> Path:
+    """Write ``out/wavs/*.wav``, ``out/metadata.csv`` (``id|text|normalized``) and
+    ``out/corpus.json`` (engine, style, seed; for the natural engine what the texts cover).
 
     ``metadata.csv`` is written last and atomically, so an interrupted run does not look like a
     corpus. Returns the metadata path.
@@ -178,6 +241,7 @@ def make_mini_corpus(out: str | Path, lang: str = "en", size: int = 200, seed: i
 
     if lang not in GENERATORS:
         raise MiniCorpusError(f"unknown language {lang!r}; use one of {sorted(GENERATORS)}")
+    check_engine(engine, lang)
     if size < 1:
         raise MiniCorpusError("size must be >= 1")
     out = Path(out)
@@ -186,33 +250,56 @@ def make_mini_corpus(out: str | Path, lang: str = "en", size: int = 200, seed: i
         raise MiniCorpusError(f"{out} is not empty and is not a corpus; choose another --out")
     (out / "wavs").mkdir(parents=True, exist_ok=True)
     (out / "metadata.csv").unlink(missing_ok=True)
-    ids = [f"{lang}{seed:02d}-{i:04d}" for i in range(size)]
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        futures = [pool.submit(_make_item, lang, seed, i, out / "wavs" / f"{ids[i]}.wav")
-                   for i in range(size)]
-        rows = [f.result() for f in tqdm(futures, desc="speaking", unit="clip",
-                                         disable=not progress)]
+    tag = "" if engine == "espeak" else "k"
+    ids = [f"{lang}{tag}{seed:02d}-{i:04d}" for i in range(size)]
+    info: dict = {"engine": engine, "language": lang, "seed": seed, "size": size}
+    if engine == "kokoro":
+        rows, ipas = _make_natural_items(lang, seed, [out / "wavs" / f"{i}.wav" for i in ids],
+                                         style, speed, progress)
+        info.update(style=style, speed=speed, coverage=english.coverage(
+            ipas, [r for r, _ in rows], phoneme_symbols(lang)))
+    else:
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            futures = [pool.submit(_make_item, lang, seed, i, out / "wavs" / f"{ids[i]}.wav")
+                       for i in range(size)]
+            rows = [f.result() for f in tqdm(futures, desc="speaking", unit="clip",
+                                             disable=not progress)]
     text = "".join(f"{i}|{raw}|{norm}\n" for i, (raw, norm) in zip(ids, rows, strict=True))
+    atomic_write_json(out / "corpus.json", info)
     meta = out / "metadata.csv"
     atomic_write_text(meta, text)
-    log.info("mini corpus: %d clips (%s) in %s", size, lang, out)
+    log.info("mini corpus: %d clips (%s, %s) in %s", size, lang, engine, out)
     return meta
 
 
-def speak_sentences(out: str | Path, lang: str, sentences: list[str], prefix: str = "s") -> Path:
-    """Ground truth for given sentences: ``out/wavs/PREFIX-NNNN.wav`` spoken by espeak-ng (the
+def corpus_info(corpus: str | Path) -> dict:
+    """``corpus.json`` of a mini corpus (``{"engine": "espeak"}`` for one made before it)."""
+    path = Path(corpus) / "corpus.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"engine": "espeak"}
+
+
+def speak_sentences(out: str | Path, lang: str, sentences: list[str], prefix: str = "s",
+                    engine: str = "espeak", style: str = kokoro.DEFAULT_STYLE,
+                    speed: float = 1.0) -> Path:
+    """Ground truth for given sentences: ``out/wavs/PREFIX-NNNN.wav`` spoken by ``engine`` (the
     normalised text, as in the mini corpus) and ``out/metadata.csv``, written last. Returns the
     metadata path."""
+    check_engine(engine, lang)
     out = Path(out)
     (out / "wavs").mkdir(parents=True, exist_ok=True)
     (out / "metadata.csv").unlink(missing_ok=True)
+    normalized = [clean_text(raw, lang) for raw in sentences]
+    voice = kokoro.Kokoro(style, speed) if engine == "kokoro" else None
+    ipas = phonemize_many(normalized, lang) if voice is not None else []
     rows = []
-    for k, raw in enumerate(sentences, start=1):
-        normalized = clean_text(raw, lang)
-        data, _ = speak(normalized, lang)
+    for k, (raw, norm) in enumerate(zip(sentences, normalized, strict=True), start=1):
         item = f"{prefix}-{k:04d}"
-        _write_clip(data, out / "wavs" / f"{item}.wav")
-        rows.append(f"{item}|{raw}|{normalized}\n")
+        if voice is not None:
+            save_wav(out / "wavs" / f"{item}.wav", _natural_clip(voice, ipas[k - 1]),
+                     SAMPLE_RATE)
+        else:
+            _write_clip(speak(norm, lang)[0], out / "wavs" / f"{item}.wav")
+        rows.append(f"{item}|{raw}|{norm}\n")
     meta = out / "metadata.csv"
     atomic_write_text(meta, "".join(rows))
     return meta

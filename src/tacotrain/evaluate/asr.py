@@ -70,7 +70,7 @@ def transcribe(wav: np.ndarray, sample_rate: int) -> str:
     return hypothesis.hypstr.lower().strip() if hypothesis is not None else ""
 
 
-def _normalise(text: str) -> str:
+def normalise(text: str) -> str:
     """Lower-case; apostrophes deleted ("don't" = "dont"), other punctuation becomes a space
     ("twenty-one" = "twenty one"), so neither side is penalised for spelling style."""
     text = "".join(c for c in text.lower() if c not in _APOSTROPHES)
@@ -78,7 +78,7 @@ def _normalise(text: str) -> str:
     return _SPACES_RE.sub(" ", text).strip()
 
 
-def _levenshtein(reference: Sequence[str], hypothesis: Sequence[str]) -> int:
+def levenshtein(reference: Sequence[str], hypothesis: Sequence[str]) -> int:
     """Fewest substitutions, insertions and deletions turning ``reference`` into ``hypothesis``."""
     previous = list(range(len(hypothesis) + 1))
     for i, ref in enumerate(reference, start=1):
@@ -97,9 +97,9 @@ def error_rates(reference: str, hypothesis: str) -> tuple[float, float]:
     punctuation; they can exceed 1 when the hypothesis has extra words. Raises ``ValueError``
     when the reference has no words, since a rate against nothing is undefined.
     """
-    ref, hyp = _normalise(reference), _normalise(hypothesis)
+    ref, hyp = normalise(reference), normalise(hypothesis)
     if not ref:
         raise ValueError(f"reference {reference!r} has no words to score against")
-    wer = _levenshtein(ref.split(), hyp.split()) / len(ref.split())
-    cer = _levenshtein(ref, hyp) / len(ref)
+    wer = levenshtein(ref.split(), hyp.split()) / len(ref.split())
+    cer = levenshtein(ref, hyp) / len(ref)
     return wer, cer

@@ -34,6 +34,9 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("coverage", "coverage", "num"),
     ("monotonicity", "monotonicity", "num"),
     ("mcd_dtw_db", "MCD-DTW dB", "num"),
+    ("wer", "WER (recogniser)", "num"),
+    ("floor_wer", "WER of the ground truth through the vocoder (floor)", "num"),
+    ("transcript", "what the recogniser heard", "text"),
     ("rtf", "RTF", "num"),
     ("wav", "audio", "audio"),
     ("alignment_png", "alignment", "img"),
@@ -142,6 +145,16 @@ def _cell(item: dict[str, Any], key: str, kind: str, out_dir: Path) -> str:
     return f"<td {attrs}>{body}</td>"
 
 
+def _heard_text(heard: dict[str, Any] | None) -> str:
+    if not heard:
+        return "not listened"
+    if not heard.get("tested"):
+        return f"untested: {heard.get('note', '')}"
+    verdict = "intelligible" if heard["intelligible"] else "NOT intelligible"
+    return (f"{verdict}: WER {_fmt(heard['wer'])}, floor {_fmt(heard['floor_wer'])}, "
+            f"bound {_fmt(heard['wer_bound'])}")
+
+
 def _summary_html(summary: dict[str, Any]) -> str:
     """Every summary figure in words, then the per-source and robustness tables."""
     n = summary.get("items")
@@ -157,11 +170,13 @@ def _summary_html(summary: dict[str, Any]) -> str:
     if by_source:
         rows = "".join(
             f"<tr><td>{escape(str(src))}</td><td class='num'>{escape(_fmt(s.get('items')))}</td>"
-            f"<td class='num'>{escape(_fmt(s.get('aligned_share')))}</td></tr>"
+            f"<td class='num'>{escape(_fmt(s.get('aligned_share')))}</td>"
+            f"<td>{escape(_heard_text(s.get('intelligibility')))}</td></tr>"
             for src, s in by_source.items()
         )
         parts.append("<h3>By source</h3><table id='by-source'><tr><th>source</th><th>items</th>"
-                     f"<th>aligned share</th></tr>{rows}</table>")
+                     "<th>aligned share</th><th>recogniser: WER against its resynthesis floor"
+                     f"</th></tr>{rows}</table>")
     failures = summary.get("robustness_failure_rate") or {}
     if failures:
         rows = "".join(f"<tr><td>{escape(str(cat))}</td><td class='num'>{escape(_fmt(rate))}"

@@ -32,11 +32,11 @@ from tqdm import tqdm
 from tacotrain.alignment import plot_alignment, plot_mel_pair
 from tacotrain.audio import mel_spectrogram, save_wav
 from tacotrain.data.loader import PreparedData, TextMelDataset
-from tacotrain.evaluate.asr import asr_available, error_rates, transcribe
 from tacotrain.evaluate.html import write_report_html
 from tacotrain.evaluate.robustness import robustness_set
 from tacotrain.freerun import judge, nearest_in_length, synthesize
 from tacotrain.fsutil import atomic_write_json
+from tacotrain.intelligibility import listener_for
 from tacotrain.synth import SynthesisError, Synthesizer
 from tacotrain.text import attached_marks, text_key
 from tacotrain.verdict import mcd_dtw
@@ -144,7 +144,9 @@ def run_eval(checkpoint: str | Path, data_dir: str | Path, out: str | Path,
     total = sum(len(g) for g in groups)
     bar = tqdm(total=total, unit="item", disable=not progress, desc="eval")
     records: list[dict[str, Any]] = []
-    use_asr = asr and synth.language == "en" and asr_available()
+    listener = listener_for(cfg, synth.language, synth.vocoder, synth.audio.sample_rate) \
+        if asr else None
+    heard: dict[str, dict[str, Any]] = {}
     for group in groups:
         results, seconds = [], []
         for item in group:
@@ -164,27 +166,26 @@ def run_eval(checkpoint: str | Path, data_dir: str | Path, out: str | Path,
             extra = [train[i][1] for i in idx]
             extra_texts = [train.items[i]["text"] for i in idx]
         rnd = judge([r for r, _ in results], gts, cfg, extra, [i.text for i in group],
-                    extra_texts, [attached_marks(i.ids.tolist(), synth.symbols) for i in group])
+                    extra_texts, [attached_marks(i.ids.tolist(), synth.symbols) for i in group],
+                    listener)
+        if group[0].source not in heard:
+            heard[group[0].source] = _intelligibility(rnd.verdict, listener is not None)
         for item, (_, wav), fr, sec in zip(group, results, rnd.items, seconds, strict=True):
-            records.append(_record(item, fr, wav, sec, synth, out, use_asr))
+            records.append(_record(item, fr, wav, sec, synth, out))
     bar.close()
 
     floor = _resynthesis_floor(synth, [i for g in groups for i in g if i.gt_mel is not None])
     report = {"checkpoint": str(Path(checkpoint).resolve()),
               "summary": summarize(records, floor), "items": records}
-    if use_asr:
-        report["summary"]["asr"] = {
-            "wer": _median([r.get("asr_wer") for r in records]),
-            "gt_wer": _median([r.get("gt_asr_wer") for r in records]),
-            "note": "PocketSphinx (US English, trained on real speech): weak on espeak-ng "
-                    "voices; compare checkpoints with each other, not with a threshold"}
+    for src, figures in heard.items():
+        report["summary"]["by_source"][src]["intelligibility"] = figures
     write_report_html(report, out)
     atomic_write_json(out / "report.json", report)  # last: marks the report complete
     return report
 
 
-def _record(item: EvalItem, fr, wav: np.ndarray, seconds: float, synth: Synthesizer, out: Path,
-            use_asr: bool) -> dict[str, Any]:
+def _record(item: EvalItem, fr, wav: np.ndarray, seconds: float, synth: Synthesizer,
+            out: Path) -> dict[str, Any]:
     v = fr.verdict
     name = item.id if item.source in item.id else f"{item.source}-{item.id}"
     wav_rel, png_rel = f"wav/{name}.wav", f"img/{name}.png"
@@ -206,14 +207,20 @@ def _record(item: EvalItem, fr, wav: np.ndarray, seconds: float, synth: Synthesi
         rec["mcd_dtw_db"] = _round(mcd_dtw(heard, item.gt_mel, synth.cfg.alignment.n_cepstra))
         rec["mel_png"] = f"img/{name}-mel.png"
         plot_mel_pair(item.gt_mel, fr.mel, out / rec["mel_png"], title)
-    if use_asr:
-        wer, cer = error_rates(item.text, transcribe(wav, synth.audio.sample_rate))
-        rec.update(asr_wer=round(wer, 4), asr_cer=round(cer, 4))
-        if item.gt_mel is not None:
-            gt_wav = synth.vocoder(item.gt_mel.to(synth.device))
-            gwer, gcer = error_rates(item.text, transcribe(gt_wav, synth.audio.sample_rate))
-            rec.update(gt_asr_wer=round(gwer, 4), gt_asr_cer=round(gcer, 4))
     return rec
+
+
+def _intelligibility(verdict, listened: bool) -> dict[str, Any]:
+    """A source's intelligibility figures for the report (see tacotrain/intelligibility.py)."""
+    i = verdict.intelligibility
+    if i is None:
+        why = ("no recogniser for this language, or it cannot read the ground truth "
+               "(floor above alignment.max_floor_wer), or no item has ground truth"
+               if listened else "not listened (--no-asr or alignment.asr: off)")
+        return {"tested": False, "note": why}
+    return {"tested": True, "intelligible": i.passed, "wer": round(i.wer, 4),
+            "floor_wer": round(i.floor_wer, 4), "wer_bound": round(i.bound, 4),
+            "ratio": round(i.ratio, 3), "items": i.items}
 
 
 def _heard_mel(wav: np.ndarray, synth: Synthesizer) -> torch.Tensor:
@@ -279,6 +286,14 @@ def format_summary(report: dict[str, Any]) -> str:
                     fails[reason] = fails.get(reason, 0) + 1
         why = ("; failed: " + ", ".join(f"{k} ({v})" for k, v in fails.items())) if fails else ""
         lines.append(f"  {src}: {b['items']} items, aligned share {b['aligned_share']}{why}")
+        heard = b.get("intelligibility")
+        if heard and heard["tested"]:
+            lines.append(f"    recogniser: WER {heard['wer']:.3f} against the resynthesis floor "
+                         f"{heard['floor_wer']:.3f} (x{heard['ratio']:.2f}; bound "
+                         f"{heard['wer_bound']:.3f}): "
+                         f"{'intelligible' if heard['intelligible'] else 'NOT intelligible'}")
+        elif heard:
+            lines.append(f"    recogniser: untested ({heard['note']})")
     if s["content_tested_items"] < s["items"]:
         lines.append("  note: items without ground truth (sentences, robustness) are judged on "
                      "attention and the gate alone; whether they are really said needs a "

@@ -26,6 +26,7 @@ from tacotrain.audio import GriffinLim
 from tacotrain.config import Config
 from tacotrain.data.loader import BucketBatchSampler, Collate, TextMelDataset
 from tacotrain.freerun import FreeRunRound, judge, nearest_in_length, synthesize
+from tacotrain.intelligibility import listener_for
 from tacotrain.model import Tacotron2, Tacotron2Loss
 from tacotrain.text import attached_marks, text_key
 from tacotrain.track import Tracker
@@ -77,6 +78,8 @@ class Validator:
         self.vocoder = vocoder
         self.plots = plots_dir
         self.items = free_run_items(val_set.lengths, cfg.train.val_free_run_items)
+        self.listener = listener_for(cfg.alignment, val_set.data.language, vocoder,
+                                     vocoder.sample_rate) if self.items else None
         # other ground truths for the content test: the other validation items first, then
         # training items as long as the free-run items
         others = [i for i in range(len(val_set)) if i not in self.items]
@@ -157,7 +160,8 @@ class Validator:
         symbols = self.val_set.data.symbols
         rnd = judge(synth, [m for _, m, _ in entries], self.cfg.alignment, self.candidates,
                     [self.val_set.items[i]["text"] for i in self.items], self.candidate_texts,
-                    [attached_marks(t.tolist(), symbols) for t, _, _ in entries])
+                    [attached_marks(t.tolist(), symbols) for t, _, _ in entries],
+                    self.listener, listen_always=False)
         if tracker is not None:
             self._report(rnd, entries[0][1], step, tracker)
         return rnd

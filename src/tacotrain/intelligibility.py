@@ -1,0 +1,138 @@
+"""Intelligibility: does a speech recogniser understand a synthesis as well as it understands
+the same sentence's recording passed through our own mel and vocoder?
+
+A voice can walk its attention along the text, stop at the right length and even be nearest to
+its own recording among similar sentences (rhythm and spectral envelope are enough for that)
+while a listener understands none of it. A recogniser is a judge of another kind than the
+spectral distances the verdict uses elsewhere, so it is the judge of *content* wherever one
+exists for the language (English: PocketSphinx, offline).
+
+Absolute error rates depend on the recogniser and the vocoder, not only the voice, so each
+synthesis is compared with its **resynthesis floor**: the item's ground-truth mel through the
+same vocoder and recogniser. A round's WER (word errors over reference words, all items
+together) must stay within ``alignment.max_wer_ratio`` x the floor's WER over the same items;
+the floor is lifted to ``alignment.min_floor_wer`` first, so that a floor of zero on a few
+words does not demand a flawless voice. Where the recogniser cannot read the ground truth
+(floor WER above ``alignment.max_floor_wer``: e.g. espeak-ng's robot voice), the recogniser is
+no judge and intelligibility is reported as untested.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from torch import Tensor
+
+from tacotrain.config import AlignmentConfig
+from tacotrain.evaluate import asr
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Heard:
+    """What the recogniser made of one piece of audio."""
+
+    transcript: str
+    words: int  # reference words
+    word_errors: int
+    wer: float
+    cer: float
+
+
+def hear(text: str, transcript: str) -> Heard:
+    """Score ``transcript`` against the reference ``text``."""
+    ref = asr.normalise(text).split()
+    errors = asr.levenshtein(ref, asr.normalise(transcript).split())
+    wer, cer = asr.error_rates(text, transcript)
+    return Heard(transcript, len(ref), errors, wer, cer)
+
+
+@dataclass(frozen=True)
+class Intelligibility:
+    """A round's intelligibility against its floor (see the module docstring)."""
+
+    wer: float  # the syntheses' word errors / reference words
+    floor_wer: float  # the same for the ground truths through our mel and vocoder
+    bound: float  # the WER the round may reach: max_wer_ratio x max(floor, min_floor_wer)
+    items: int
+
+    @property
+    def passed(self) -> bool:
+        return self.wer <= self.bound + 1e-12
+
+    @property
+    def ratio(self) -> float:
+        return self.wer / self.floor_wer if self.floor_wer > 0 else float("inf") \
+            if self.wer > 0 else 1.0
+
+    def describe(self) -> str:
+        return (f"WER {self.wer:.2f} against the resynthesis floor {self.floor_wer:.2f} "
+                f"(bound {self.bound:.2f}, {self.items} items)")
+
+
+def round_intelligibility(synth: Sequence[Heard], floor: Sequence[Heard],
+                          cfg: AlignmentConfig) -> Intelligibility | None:
+    """The round's figures, or None where the recogniser is no judge (no items, or the floor
+    above ``cfg.max_floor_wer``)."""
+    words = sum(h.words for h in floor)
+    if not synth or len(synth) != len(floor) or words == 0:
+        return None
+    floor_wer = sum(h.word_errors for h in floor) / words
+    if floor_wer > cfg.max_floor_wer:
+        return None
+    wer = sum(h.word_errors for h in synth) / words
+    bound = cfg.max_wer_ratio * max(floor_wer, cfg.min_floor_wer)
+    return Intelligibility(wer, floor_wer, bound, len(synth))
+
+
+class Listener:
+    """Vocode a log-mel and have the recogniser transcribe it. Floors (ground truth through the
+    vocoder) are kept per item key, since the ground truth does not change during a run."""
+
+    def __init__(self, vocoder: Callable[[Tensor], np.ndarray], sample_rate: int) -> None:
+        self.vocoder = vocoder
+        self.sample_rate = sample_rate
+        self._floors: dict[str, Heard] = {}
+
+    def hear_mel(self, mel: Tensor, text: str) -> Heard:
+        if mel.shape[-1] == 0 or not bool(mel.isfinite().all()):
+            return hear(text, "")
+        return hear(text, asr.transcribe(self.vocoder(mel), self.sample_rate))
+
+    def hear_wav(self, wav: np.ndarray, text: str) -> Heard:
+        return hear(text, asr.transcribe(wav, self.sample_rate))
+
+    def floor(self, key: str, gt_mel: Tensor, text: str) -> Heard:
+        if key not in self._floors:
+            self._floors[key] = self.hear_mel(gt_mel, text)
+        return self._floors[key]
+
+
+def listener_for(cfg: AlignmentConfig, language: str,
+                 vocoder: Callable[[Tensor], np.ndarray], sample_rate: int) -> Listener | None:
+    """A listener where ``alignment.asr`` asks for one and a recogniser exists for
+    ``language``; ``alignment.asr: pocketsphinx`` without one is an error, ``auto`` falls back
+    to no listener (content then rests on identification alone), ``off`` never listens."""
+    if cfg.asr == "off":
+        return None
+    if language != "en":
+        if cfg.asr == "pocketsphinx":
+            raise ValueError(f"alignment.asr: pocketsphinx recognises English only, the data is "
+                             f"{language!r}; set alignment.asr to auto or off")
+        return None
+    if not asr.asr_available():
+        if cfg.asr == "pocketsphinx":
+            raise ValueError("alignment.asr: pocketsphinx is not installed: "
+                             "pip install 'tacotrain[asr]'")
+        log.warning("no speech recogniser installed (pip install 'tacotrain[asr]'): "
+                    "intelligibility is not tested")
+        return None
+    return Listener(vocoder, sample_rate)
+
+
+__all__ = ["Heard", "Intelligibility", "Listener", "hear", "listener_for",
+           "round_intelligibility"]

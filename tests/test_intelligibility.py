@@ -1,0 +1,152 @@
+"""Intelligibility in the verdict: the round rule, and a content-free voice that today's other
+checks pass but a recogniser does not understand (needs Kokoro and PocketSphinx)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soxr
+import torch
+import torch.nn.functional as F
+
+from tacotrain.audio import GriffinLim, mel_spectrogram
+from tacotrain.config import AlignmentConfig, AudioConfig
+from tacotrain.data import kokoro
+from tacotrain.evaluate.asr import asr_available
+from tacotrain.freerun import judge
+from tacotrain.intelligibility import Heard, Listener, hear, listener_for, round_intelligibility
+from tacotrain.text import clean_text, phonemize_many
+
+CFG = AlignmentConfig()
+
+
+def heard(words: int, errors: int) -> Heard:
+    return Heard("", words, errors, errors / words, 0.0)
+
+
+def test_round_wer_is_pooled_and_bounded_by_the_floor():
+    # 2 + 6 errors over 10 + 10 words: 0.4; floor (1 + 3) / 20 = 0.2; bound 1.5 x 0.2 = 0.3
+    r = round_intelligibility([heard(10, 2), heard(10, 6)], [heard(10, 1), heard(10, 3)], CFG)
+    assert r.wer == pytest.approx(0.4) and r.floor_wer == pytest.approx(0.2)
+    assert r.bound == pytest.approx(0.3) and not r.passed and r.ratio == pytest.approx(2.0)
+    r = round_intelligibility([heard(10, 3), heard(10, 3)], [heard(10, 1), heard(10, 3)], CFG)
+    assert r.passed  # exactly on the bound
+
+
+def test_a_zero_floor_is_lifted_and_an_unreadable_ground_truth_is_no_judge():
+    r = round_intelligibility([heard(20, 1)], [heard(20, 0)], CFG)
+    assert r.bound == pytest.approx(1.5 * 0.05) and r.passed  # one error in 20 words passes
+    assert not round_intelligibility([heard(20, 2)], [heard(20, 0)], CFG).passed
+    # espeak-ng-like ground truth: the recogniser cannot read it, so it cannot judge the voice
+    assert round_intelligibility([heard(10, 9)], [heard(10, 8)], CFG) is None
+    assert round_intelligibility([], [], CFG) is None
+
+
+def test_hear_counts_word_errors_after_normalising():
+    h = hear("Twenty-one red boats, please.", "twenty one red boat please")
+    assert (h.words, h.word_errors) == (5, 1) and h.wer == pytest.approx(0.2)
+
+
+def test_listener_choice_follows_the_config():
+    gl = GriffinLim(AudioConfig())
+    assert listener_for(AlignmentConfig(asr="off"), "en", gl, 22050) is None
+    assert listener_for(CFG, "ru", gl, 22050) is None  # no Russian recogniser: untested
+    with pytest.raises(ValueError, match="English only"):
+        listener_for(AlignmentConfig(asr="pocketsphinx"), "ru", gl, 22050)
+    if asr_available():
+        assert isinstance(listener_for(CFG, "en", gl, 22050), Listener)
+
+
+SENTENCES = ["She learned to play the piano when she was seven years old.",
+             "Please remember to switch off the lights before you go to bed.",
+             "Nobody expected the small team to win the championship.",
+             "Our flight was delayed by three hours because of heavy snow."]
+
+
+@pytest.fixture(scope="module")
+def natural_mels():
+    if not (kokoro.available() and asr_available()):
+        pytest.skip("needs the natural and asr extras (make test installs them)")
+    audio = AudioConfig()
+    voice = kokoro.Kokoro()
+    texts = [clean_text(s, "en") for s in SENTENCES]
+    mels = []
+    for ipa in phonemize_many(texts, "en"):
+        wav = soxr.resample(voice.speak_ipa(ipa), kokoro.SAMPLE_RATE, audio.sample_rate)
+        mels.append(mel_spectrogram(wav.astype(np.float32), audio))
+    return texts, mels
+
+
+def smear(mel: torch.Tensor) -> torch.Tensor:
+    """What a voice that has not learnt to speak produces: the recording's level contour and
+    spectral envelope with harmonics and formant transitions blurred away (a 15-channel by
+    9-frame average)."""
+    return F.avg_pool2d(mel[None, None], (15, 9), stride=1, padding=(7, 4),
+                        count_include_pad=False)[0, 0]
+
+
+def reading_attention(frames: int, tokens: int, r: int = 4) -> torch.Tensor:
+    """A clean diagonal walk over the tokens, one decoder step per r frames."""
+    steps = -(-frames // r)
+    a = torch.zeros(steps, tokens)
+    a[torch.arange(steps), (torch.arange(steps) * tokens // steps).clamp(max=tokens - 1)] = 1.0
+    return a
+
+
+def test_a_smeared_voice_passes_the_old_checks_but_not_the_recogniser(natural_mels):
+    texts, mels = natural_mels
+    cfg = AlignmentConfig(min_candidates=len(texts))
+    synth = [(smear(m), reading_attention(m.shape[1], len(t)), True)
+             for m, t in zip(mels, texts, strict=True)]
+    old = judge(synth, mels, cfg, texts=texts)  # no recogniser: today's rules without ASR
+    assert old.verdict.aligned, old.verdict.describe()
+    assert all(i.verdict.identified for i in old.items)  # nearest to its own recording
+
+    listener = Listener(GriffinLim(AudioConfig()), AudioConfig().sample_rate)
+    new = judge(synth, mels, cfg, texts=texts, listener=listener)
+    heard_round = new.verdict.intelligibility
+    assert heard_round is not None and heard_round.floor_wer < 0.4, heard_round
+    assert heard_round.wer > 0.8 and not heard_round.passed, heard_round
+    assert not new.verdict.aligned and "NOT intelligible" in new.verdict.describe()
+    assert all(i.verdict.wer is not None and i.verdict.floor_wer is not None for i in new.items)
+
+    # the recordings themselves, as a voice, are understood as well as their floor
+    own = [(m, reading_attention(m.shape[1], len(t)), True) for m, t in zip(mels, texts,
+                                                                          strict=True)]
+    same = judge(own, mels, cfg, texts=texts, listener=listener)
+    assert same.verdict.intelligibility.passed and same.verdict.aligned
+
+
+class CountingListener(Listener):
+    """Hears every synthesis as ``errors`` word errors and every ground truth as perfect."""
+
+    def __init__(self, errors: int) -> None:
+        super().__init__(lambda mel: np.zeros(1), 22050)
+        self.errors, self.calls = errors, 0
+
+    def hear_mel(self, mel, text):
+        self.calls += 1
+        words = len(text.split())
+        errors = min(self.errors, words)
+        return Heard("", words, errors, errors / words, 0.0)
+
+    def floor(self, key, gt_mel, text):
+        return Heard(text, len(text.split()), 0, 0.0, 0.0)
+
+
+def test_training_listens_only_when_the_decision_depends_on_it():
+    rng = np.random.default_rng(0)
+    gts = [torch.tensor(rng.normal(size=(80, 40)), dtype=torch.float32) for _ in range(3)]
+    texts = ["one two three four", "five six seven eight", "nine ten eleven twelve"]
+    cfg = AlignmentConfig(min_candidates=3)
+    good = [(g + 0.05 * torch.randn(80, 40), reading_attention(40, 12), True) for g in gts]
+    stuck = [(m, a, False) for m, a, _ in good]  # no gate stop: fails whatever is heard
+    lazy = CountingListener(errors=4)
+    r = judge(stuck, gts, cfg, texts=texts, listener=lazy, listen_always=False)
+    assert lazy.calls == 0 and r.verdict.intelligibility is None and not r.verdict.aligned
+    r = judge(good, gts, cfg, texts=texts, listener=lazy, listen_always=False)
+    assert lazy.calls == 3 and r.verdict.intelligibility.wer == 1.0 and not r.verdict.aligned
+    assert judge(good, gts, cfg, texts=texts).verdict.aligned  # what it fails on is the WER
+    always = CountingListener(errors=0)
+    r = judge(stuck, gts, cfg, texts=texts, listener=always)  # eval: reported all the same
+    assert always.calls == 3 and r.verdict.intelligibility.passed and not r.verdict.aligned
