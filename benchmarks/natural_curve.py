@@ -20,6 +20,8 @@ from pathlib import Path
 
 import soundfile as sf
 
+import tacotrain.synth as synth_module
+from tacotrain.audio import load_vocoder
 from tacotrain.data.loader import PreparedData
 from tacotrain.evaluate.asr import transcribe
 from tacotrain.evaluate.run import prepared_items, run_eval
@@ -46,11 +48,26 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True, help="the prepared training data")
     ap.add_argument("--heldout", type=Path, required=True, help="prepared held-out data")
     ap.add_argument("--every", type=int, default=1, help="every Nth checkpoint (and the last)")
+    ap.add_argument("--steps", type=int, nargs="*", default=None,
+                    help="only the checkpoints of these steps")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    ap.add_argument("--griffin-lim-power", type=float, default=None,
+                    help="Griffin-Lim's power instead of the one stored with the checkpoint's "
+                         "data (runs prepared before its default changed)")
     args = ap.parse_args()
+    if args.griffin_lim_power is not None:
+        power = args.griffin_lim_power
+
+        def vocoder_with_power(name, audio, *rest, **kw):
+            return load_vocoder(name, audio.model_copy(update={"griffin_lim_power": power}),
+                                *rest, **kw)
+
+        synth_module.load_vocoder = vocoder_with_power
 
     ckpts = sorted((args.run / "checkpoints").glob("step-*.pt"))
     ckpts = [c for k, c in enumerate(ckpts) if k % args.every == 0 or c == ckpts[-1]]
+    if args.steps:
+        ckpts = [c for c in ckpts if int(c.stem.split("-")[1]) in args.steps]
     items = prepared_items(PreparedData.load(args.heldout), "heldout")
     raw = raw_wer(args.heldout)
     print(f"{len(items)} held-out sentences; the recordings' own WER (raw): {raw:.3f}")

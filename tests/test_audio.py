@@ -324,8 +324,8 @@ def test_griffin_lim_inverts_harmonic_mel(cfg: AudioConfig) -> None:
     Measured 0.23 over all bins and 0.10 over bins within 40 dB of the peak; without the
     non-negative refinement (bare clamped pseudo-inverse) 0.50 / 0.16, and after a single
     Griffin-Lim iteration 0.43 / 0.26. The thresholds (0.4 / 0.2) leave ~2x headroom while still
-    failing if either the refinement or the phase iterations stop working. Power 1.0 so that
-    the output's mel is comparable; the default 1.5 deliberately sharpens the spectrum
+    failing if either the refinement or the phase iterations stop working. Power 1.0 (the
+    default) so that the output's mel is comparable; a power of 1.5 sharpens the spectrum
     (measured 0.81 / 0.75 on this signal).
     """
     c = cfg.model_copy(update={"griffin_lim_power": 1.0})

@@ -38,8 +38,23 @@ def test_a_zero_floor_is_lifted_and_an_unreadable_ground_truth_is_no_judge():
     assert r.bound == pytest.approx(1.5 * 0.05) and r.passed  # one error in 20 words passes
     assert not round_intelligibility([heard(20, 2)], [heard(20, 0)], CFG).passed
     # espeak-ng-like ground truth: the recogniser cannot read it, so it cannot judge the voice
-    assert round_intelligibility([heard(10, 9)], [heard(10, 8)], CFG) is None
+    r = round_intelligibility([heard(10, 9)], [heard(10, 8)], CFG)
+    assert not r.tested and not r.passed and r.floor_wer == pytest.approx(0.8)
+    assert "untested" in r.describe()
     assert round_intelligibility([], [], CFG) is None
+    # the floor alone says whether the recogniser can judge, before any synthesis is heard
+    assert round_intelligibility(None, [heard(10, 2)], CFG).tested
+
+
+def test_an_untested_round_passes_only_where_the_recogniser_is_optional():
+    from tacotrain.verdict import judge_item, judge_round
+
+    item = judge_item(reading_attention(40, 10), True, 40, CFG)
+    untested = round_intelligibility(None, [heard(10, 8)], CFG)
+    assert judge_round([item], CFG, untested).aligned  # auto: the other checks decide
+    required = AlignmentConfig(asr="pocketsphinx")
+    assert not judge_round([item], required, untested).aligned
+    assert "intelligibility: untested" in judge_round([item], required, untested).describe()
 
 
 def test_hear_counts_word_errors_after_normalising():

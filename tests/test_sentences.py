@@ -125,6 +125,7 @@ def test_three_sentences_give_pieces_joined_with_pauses(synth, tmp_path):
         assert [p["text"] for p in info["pieces"]] == [p.text for p in res.pieces]
         assert info["frames"] == sum(p.mel.shape[1] for p in res.pieces)
         assert info["aligned"] == all(p.info["aligned"] for p in res.pieces)
+        assert {info["content"], *(p.info["content"] for p in res.pieces)} == {"untested"}
         assert info["focus"] == min(p.info["focus"] for p in res.pieces)
         assert res.alignment.shape == (sum(p.alignment.shape[0] for p in res.pieces),
                                        max(p.alignment.shape[1] for p in res.pieces))

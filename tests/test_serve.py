@@ -430,6 +430,7 @@ def test_page_in_a_browser(runs, tmp_path):
             assert float(figures["seconds of audio"]) == pytest.approx(duration, abs=0.002)
             assert figures["stopped by the gate"] == "no"
             assert figures["alignment verdict"].startswith("not aligned: no_gate_stop")
+            assert figures["alignment verdict"].endswith("(attention only; content untested)")
             assert float(figures["synthesis time"].removesuffix(" s")) > 0
             assert float(figures["real-time factor"]) > 0
             assert not page.locator("#error").is_visible()

@@ -135,7 +135,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
         if mel_path is not None:
             synth.save_mel(result, mel_path)
         verdict = "aligned" if info["aligned"] else "not aligned: " + ", ".join(info["reasons"])
-        print(f"{path}: {info['seconds']:.2f} s, {verdict}; stopped by gate: "
+        print(f"{path}: {info['seconds']:.2f} s, {verdict} (attention only, content untested: "
+              f"tacotrain eval --heldout judges recorded sentences); stopped by gate: "
               f"{str(info['stopped_by_gate']).lower()}, skipped tokens {info['skipped_tokens']}, "
               f"focus {info['focus']:.2f}, rtf {info['rtf']}")
     return EXIT_OK
@@ -590,7 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--size", type=int, default=200, help="number of clips (default 200)")
     mp.add_argument("--seed", type=int, default=0, help="sentence generator seed (default 0)")
     mp.add_argument("--out", type=Path, required=True, help="output corpus directory")
-    mp.add_argument("--workers", type=int, default=2, help="parallel espeak-ng processes")
+    mp.add_argument("--workers", type=int, default=2,
+                    help="parallel speakers: espeak-ng processes or one-thread Kokoro sessions")
     mp.add_argument("--quiet", action="store_true", help="no progress bar")
     mp.set_defaults(func=cmd_corpus_mini)
 
@@ -606,7 +608,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "'Several processes and machines').",
     )
     tp.add_argument("--config", default="small",
-                    help="preset name (default, small, tiny) or a YAML file (default: small)")
+                    help="preset name (default, small, natural, tiny) or a YAML file "
+                         "(default: small)")
     tp.add_argument("--data", type=Path, required=True, help="prepared data directory")
     tp.add_argument("--out", type=Path, required=True, help="run directory (RUN)")
     tp.add_argument("--resume", action="store_true",

@@ -140,8 +140,9 @@ def judge(synth: Sequence[tuple[Tensor, Tensor, bool]], ground_truth: Sequence[T
         floor = {i: listener.floor(text_key(texts[i]), ground_truth[i], texts[i])
                  for i in with_gt}
         floors = [floor[i] for i in with_gt]
+        listened = round_intelligibility(None, floors, cfg)
         # a recogniser that cannot read the ground truth is no judge: not worth hearing
-        if round_intelligibility(floors, floors, cfg) is not None:
+        if listened is not None and listened.tested:
             heard = {i: listener.hear_mel(synth[i][0], texts[i]) for i in with_gt}
             listened = round_intelligibility([heard[i] for i in with_gt], floors, cfg)
             items = verdicts(heard, floor)

@@ -14,7 +14,8 @@ together) must stay within ``alignment.max_wer_ratio`` x the floor's WER over th
 the floor is lifted to ``alignment.min_floor_wer`` first, so that a floor of zero on a few
 words does not demand a flawless voice. Where the recogniser cannot read the ground truth
 (floor WER above ``alignment.max_floor_wer``: e.g. espeak-ng's robot voice), the recogniser is
-no judge and intelligibility is reported as untested.
+no judge and intelligibility is untested: with ``alignment.asr: pocketsphinx`` (required) such
+a round never passes, with ``auto`` it is judged by the other checks alone.
 """
 
 from __future__ import annotations
@@ -55,38 +56,44 @@ def hear(text: str, transcript: str) -> Heard:
 class Intelligibility:
     """A round's intelligibility against its floor (see the module docstring)."""
 
-    wer: float  # the syntheses' word errors / reference words
+    wer: float | None  # the syntheses' word errors / reference words (None: not heard)
     floor_wer: float  # the same for the ground truths through our mel and vocoder
     bound: float  # the WER the round may reach: max_wer_ratio x max(floor, min_floor_wer)
     items: int
+    tested: bool  # False: the floor is above max_floor_wer, the recogniser is no judge
 
     @property
     def passed(self) -> bool:
-        return self.wer <= self.bound + 1e-12
+        return self.tested and self.wer is not None and self.wer <= self.bound + 1e-12
 
     @property
     def ratio(self) -> float:
+        if self.wer is None:
+            return float("nan")
         return self.wer / self.floor_wer if self.floor_wer > 0 else float("inf") \
             if self.wer > 0 else 1.0
 
     def describe(self) -> str:
+        if not self.tested:
+            return (f"untested: the recogniser cannot read the ground truth (floor WER "
+                    f"{self.floor_wer:.2f} above alignment.max_floor_wer, {self.items} items)")
         return (f"WER {self.wer:.2f} against the resynthesis floor {self.floor_wer:.2f} "
                 f"(bound {self.bound:.2f}, {self.items} items)")
 
 
-def round_intelligibility(synth: Sequence[Heard], floor: Sequence[Heard],
+def round_intelligibility(synth: Sequence[Heard] | None, floor: Sequence[Heard],
                           cfg: AlignmentConfig) -> Intelligibility | None:
-    """The round's figures, or None where the recogniser is no judge (no items, or the floor
-    above ``cfg.max_floor_wer``)."""
+    """The round's figures (``synth`` None: the floor alone, to see whether the recogniser can
+    judge), untested where the floor is above ``cfg.max_floor_wer``; None without items."""
     words = sum(h.words for h in floor)
-    if not synth or len(synth) != len(floor) or words == 0:
+    if not floor or words == 0 or (synth is not None and len(synth) != len(floor)):
         return None
     floor_wer = sum(h.word_errors for h in floor) / words
-    if floor_wer > cfg.max_floor_wer:
-        return None
-    wer = sum(h.word_errors for h in synth) / words
     bound = cfg.max_wer_ratio * max(floor_wer, cfg.min_floor_wer)
-    return Intelligibility(wer, floor_wer, bound, len(synth))
+    if floor_wer > cfg.max_floor_wer:
+        return Intelligibility(None, floor_wer, bound, len(floor), tested=False)
+    wer = None if synth is None else sum(h.word_errors for h in synth) / words
+    return Intelligibility(wer, floor_wer, bound, len(floor), tested=True)
 
 
 class Listener:

@@ -192,8 +192,10 @@ class Synthesizer:
             "frames": frames,
             "seconds": round(seconds, 3),
             "stopped_by_gate": v.stopped_by_gate,
-            # the verdict without ground truth: gate stop, skips, repeats, stalls, shape
+            # the verdict without ground truth: gate stop, skips, repeats, stalls, shape; what
+            # is said was not tested (no recording to compare with, no recogniser heard it)
             "aligned": v.aligned,
+            "content": "untested",
             "reasons": list(v.reasons),
             "skipped_tokens": v.skipped_tokens,
             "repeated_tokens": v.repeated_tokens,
@@ -228,6 +230,7 @@ class Synthesizer:
             "seconds": round(seconds, 3),
             "stopped_by_gate": all(i["stopped_by_gate"] for i in infos),
             "aligned": all(i["aligned"] for i in infos),
+            "content": "untested",
             "reasons": list(dict.fromkeys(reasons)),  # each failing piece says which in "pieces"
             **{k: sum(i[k] for i in infos)
                for k in ("skipped_tokens", "repeated_tokens", "stalled_tokens")},

@@ -316,7 +316,7 @@ class RoundVerdict:
         """``wer``, ``floor_wer``, ``wer_bound``, ``intelligible``; empty where no recogniser
         judged the round (nothing to plot)."""
         i = self.intelligibility
-        if i is None:
+        if i is None or not i.tested:
             return {}
         return {"wer": i.wer, "floor_wer": i.floor_wer, "wer_bound": i.bound,
                 "intelligible": float(i.passed)}
@@ -339,18 +339,21 @@ class RoundVerdict:
             text += "; failed: " + ", ".join(f"{r} ({c})" for r, c in fails.items())
         i = self.intelligibility
         if i is not None:
-            text += f"; {'intelligible' if i.passed else 'NOT intelligible'}: {i.describe()}"
+            verdict = "intelligibility" if not i.tested else \
+                "intelligible" if i.passed else "NOT intelligible"
+            text += f"; {verdict}: {i.describe()}"
         return text
 
 
 def judge_round(items: Sequence[ItemVerdict], cfg: AlignmentConfig,
                 intelligibility: Intelligibility | None = None) -> RoundVerdict:
     """A round is aligned when at least ``round_share`` of its items are (default: all) and,
-    where a recogniser judged it, it is intelligible."""
+    where a recogniser judged it, it is intelligible; with ``asr: pocketsphinx`` (required) a
+    round the recogniser could not judge never is."""
     n = len(items)
     share = sum(i.aligned for i in items) / n if n else 0.0
     ok = n > 0 and share >= cfg.round_share - 1e-9
-    if intelligibility is not None:
+    if intelligibility is not None and (intelligibility.tested or cfg.asr == "pocketsphinx"):
         ok = ok and intelligibility.passed
     return RoundVerdict(tuple(items), ok, share, intelligibility)
 

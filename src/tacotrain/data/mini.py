@@ -18,6 +18,7 @@ import logging
 import random
 import shutil
 import subprocess
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -200,22 +201,29 @@ def _natural_clip(voice: kokoro.Kokoro, ipa: str, peak: float = 0.95) -> np.ndar
 
 
 def _make_natural_items(lang: str, seed: int, paths: list[Path], style: str, speed: float,
-                        progress: bool) -> tuple[list[tuple[str, str]], list[str]]:
+                        progress: bool, workers: int
+                        ) -> tuple[list[tuple[str, str]], list[str]]:
     """Speak sentence ``i`` (re-drawn up to 20 times until its clip is MIN..MAX seconds long)
-    into ``paths[i]`` with Kokoro; returns the (raw, normalised) rows and each row's IPA."""
+    into ``paths[i]`` with Kokoro, ``workers`` sessions of one thread each (onnxruntime runs
+    outside the GIL); returns the (raw, normalised) rows and each row's IPA."""
     from tqdm import tqdm
 
-    voice = kokoro.Kokoro(style, speed)
+    local = threading.local()
+
+    def clip(ipa: str) -> np.ndarray:
+        if not hasattr(local, "voice"):
+            local.voice = kokoro.Kokoro(style, speed, threads=1)
+        return _natural_clip(local.voice, ipa)
+
     attempt = dict.fromkeys(range(len(paths)), 0)
     rows: dict[int, tuple[str, str, str]] = {}
     with tqdm(total=len(paths), desc="speaking (kokoro)", unit="clip",
-              disable=not progress) as bar:
+              disable=not progress) as bar, ThreadPoolExecutor(max(1, workers)) as pool:
         while attempt:
             raw = {i: sentence(lang, seed, i, a, "kokoro") for i, a in attempt.items()}
             norm = {i: clean_text(t, lang) for i, t in raw.items()}
             ipas = phonemize_many([norm[i] for i in raw], lang, workers=2)
-            for i, ipa in zip(list(raw), ipas, strict=True):
-                audio = _natural_clip(voice, ipa)
+            for i, ipa, audio in zip(list(raw), ipas, pool.map(clip, ipas), strict=True):
                 seconds = len(audio) / SAMPLE_RATE
                 if MIN_SECONDS <= seconds <= MAX_SECONDS or attempt[i] >= 19:
                     save_wav(paths[i], audio, SAMPLE_RATE)
@@ -255,7 +263,7 @@ def make_mini_corpus(out: str | Path, lang: str = "en", size: int = 200, seed: i
     info: dict = {"engine": engine, "language": lang, "seed": seed, "size": size}
     if engine == "kokoro":
         rows, ipas = _make_natural_items(lang, seed, [out / "wavs" / f"{i}.wav" for i in ids],
-                                         style, speed, progress)
+                                         style, speed, progress, workers)
         info.update(style=style, speed=speed, coverage=english.coverage(
             ipas, [r for r, _ in rows], phoneme_symbols(lang)))
     else:

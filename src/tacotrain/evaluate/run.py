@@ -213,11 +213,13 @@ def _record(item: EvalItem, fr, wav: np.ndarray, seconds: float, synth: Synthesi
 def _intelligibility(verdict, listened: bool) -> dict[str, Any]:
     """A source's intelligibility figures for the report (see tacotrain/intelligibility.py)."""
     i = verdict.intelligibility
-    if i is None:
-        why = ("no recogniser for this language, or it cannot read the ground truth "
-               "(floor above alignment.max_floor_wer), or no item has ground truth"
-               if listened else "not listened (--no-asr or alignment.asr: off)")
-        return {"tested": False, "note": why}
+    if i is None or not i.tested:
+        why = ("not listened (--no-asr or alignment.asr: off)" if not listened
+               else "no recogniser for this language, or no item has ground truth" if i is None
+               else f"the recogniser cannot read the ground truth: floor WER {i.floor_wer:.3f} "
+                    f"above alignment.max_floor_wer")
+        return {"tested": False, "note": why,
+                "floor_wer": None if i is None else round(i.floor_wer, 4)}
     return {"tested": True, "intelligible": i.passed, "wer": round(i.wer, 4),
             "floor_wer": round(i.floor_wer, 4), "wer_bound": round(i.bound, 4),
             "ratio": round(i.ratio, 3), "items": i.items}

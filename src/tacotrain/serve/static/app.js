@@ -81,7 +81,8 @@ async function loadCheckpoints() {
 }
 
 function figureRows(f) {
-  const verdict = f.aligned ? 'aligned' : `not aligned: ${(f.reasons || []).join(', ')}`;
+  const verdict = (f.aligned ? 'aligned' : `not aligned: ${(f.reasons || []).join(', ')}`)
+    + ' (attention only; content untested)';
   const rows = [
     ['frames', fmt(f.frames)],
     ['seconds of audio', fixed(f.seconds, 3)],
