@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="*", default=None,
                     help="only the checkpoints of these steps")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="keep each checkpoint's eval report (audio, mels) in KEEP/step-N")
     ap.add_argument("--griffin-lim-power", type=float, default=None,
                     help="Griffin-Lim's power instead of the one stored with the checkpoint's "
                          "data (runs prepared before its default changed)")
@@ -77,7 +79,8 @@ def main() -> None:
     for ckpt in ckpts:
         meta = load_checkpoint(ckpt)
         with tempfile.TemporaryDirectory() as tmp:
-            report = run_eval(ckpt, args.data, tmp, heldout=items, include_validation=False,
+            out = args.keep / ckpt.stem if args.keep else Path(tmp)
+            report = run_eval(ckpt, args.data, out, heldout=items, include_validation=False,
                               progress=False)
         heard = report["summary"]["by_source"]["heldout"]["intelligibility"]
         held = [r for r in report["items"] if r["source"] == "heldout"]
