@@ -715,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "checkpoint on its validation items and on held-out sentences that are not "
                     "in the corpus (natural English: 30 hand-written free-form sentences), and "
                     "write OUT/summary.json, OUT/eval/report.html and plots. Exit 0 only when "
-                    "the checkpoint's validation round passes, demo.heldout_share (90%%) of "
+                    "the checkpoint's validation round passes, demo.heldout_share (90%) of "
                     "the held-out sentences pass the verdict and, for natural English, the "
                     "held-out sentences are intelligible; otherwise exit 1 and say which "
                     "criterion failed.",
