@@ -41,7 +41,7 @@ class AudioConfig(Strict):
     griffin_lim_iters: int = Field(60, ge=1)
     # magnitude sharpening before Griffin-Lim; 1.0 keeps the mel's own magnitudes: the
     # recogniser reads natural speech through it far better than through the common 1.5
-    # (benchmarks/RESULTS.md, "Natural speech": floor WER 0.45 against 0.64)
+    # (benchmarks/RESULTS.md, "Natural speech")
     griffin_lim_power: float = Field(1.0, gt=0.0)
 
     @model_validator(mode="after")
