@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -85,7 +86,8 @@ def judge(synth: Sequence[tuple[Tensor, Tensor, bool]], ground_truth: Sequence[T
           cfg: AlignmentConfig, extra_candidates: Sequence[Tensor] = (),
           texts: Sequence[str] | None = None, extra_texts: Sequence[str] | None = None,
           attached: Sequence[Sequence[bool]] | None = None,
-          listener: Listener | None = None, listen_always: bool = True) -> FreeRunRound:
+          listener: Listener | None = None, listen_always: bool = True,
+          wavs: Sequence[np.ndarray] | None = None) -> FreeRunRound:
     """Judge syntheses (from :func:`synthesize`) against their ground-truth mels (None where an
     item has none). The content test compares each synthesis with every ground truth here plus
     ``extra_candidates`` (mels of other sentences, e.g. training items), which should bring the
@@ -100,7 +102,8 @@ def judge(synth: Sequence[tuple[Tensor, Tensor, bool]], ground_truth: Sequence[T
     vocoder (its resynthesis floor), and judges the round's intelligibility from them; with
     ``listen_always`` False only when the round passes every other check (the only case in
     which it changes the decision: training validation saves the vocoding and recognition of
-    rounds that fail anyway)."""
+    rounds that fail anyway). ``wavs`` (per item, the syntheses already vocoded) spares the
+    listener vocoding them again."""
     with_gt = [i for i, g in enumerate(ground_truth) if g is not None]
     candidates = [ground_truth[i] for i in with_gt] + list(extra_candidates)
     if texts is not None and extra_texts is not None:
@@ -143,7 +146,8 @@ def judge(synth: Sequence[tuple[Tensor, Tensor, bool]], ground_truth: Sequence[T
         listened = round_intelligibility(None, floors, cfg)
         # a recogniser that cannot read the ground truth is no judge: not worth hearing
         if listened is not None and listened.tested:
-            heard = {i: listener.hear_mel(synth[i][0], texts[i]) for i in with_gt}
+            heard = {i: listener.hear_mel(synth[i][0], texts[i]) if wavs is None
+                     else listener.hear_wav(wavs[i], texts[i]) for i in with_gt}
             listened = round_intelligibility([heard[i] for i in with_gt], floors, cfg)
             items = verdicts(heard, floor)
     return FreeRunRound(tuple(items),

@@ -167,7 +167,7 @@ def run_eval(checkpoint: str | Path, data_dir: str | Path, out: str | Path,
             extra_texts = [train.items[i]["text"] for i in idx]
         rnd = judge([r for r, _ in results], gts, cfg, extra, [i.text for i in group],
                     extra_texts, [attached_marks(i.ids.tolist(), synth.symbols) for i in group],
-                    listener)
+                    listener, wavs=[wav for _, wav in results])
         if group[0].source not in heard:
             heard[group[0].source] = _intelligibility(rnd.verdict, listener is not None)
         for item, (_, wav), fr, sec in zip(group, results, rnd.items, seconds, strict=True):
