@@ -34,7 +34,7 @@ def judge_items(model: Tacotron2, cfg: Config, items, train: TextMelDataset):
     if missing > 0:
         idx = nearest_in_length(train.lengths, [g.shape[1] for g in gts], missing)
         extra = [train[i][1] for i in idx]
-    return judge(synth, gts, cfg.alignment, extra).verdict
+    return judge(synth, gts, cfg.alignment, cfg.audio.frame_ms, extra).verdict
 
 
 def row(v) -> str:

@@ -18,6 +18,7 @@ from tacotrain.intelligibility import Heard, Listener, hear, listener_for, round
 from tacotrain.text import clean_text, phonemize_many
 
 CFG = AlignmentConfig()
+FRAME_MS = AudioConfig().frame_ms
 
 
 def heard(words: int, errors: int) -> Heard:
@@ -49,7 +50,7 @@ def test_a_zero_floor_is_lifted_and_an_unreadable_ground_truth_is_no_judge():
 def test_an_untested_round_passes_only_where_the_recogniser_is_optional():
     from tacotrain.verdict import judge_item, judge_round
 
-    item = judge_item(reading_attention(40, 10), True, 40, CFG)
+    item = judge_item(reading_attention(40, 10), True, 40, CFG, FRAME_MS)
     untested = round_intelligibility(None, [heard(10, 8)], CFG)
     assert judge_round([item], CFG, untested).aligned  # auto: the other checks decide
     required = AlignmentConfig(asr="pocketsphinx")
@@ -113,12 +114,13 @@ def test_a_smeared_voice_passes_the_old_checks_but_not_the_recogniser(natural_me
     cfg = AlignmentConfig(min_candidates=len(texts))
     synth = [(smear(m), reading_attention(m.shape[1], len(t)), True)
              for m, t in zip(mels, texts, strict=True)]
-    old = judge(synth, mels, cfg, texts=texts)  # no recogniser: today's rules without ASR
+    # no recogniser: today's rules without ASR
+    old = judge(synth, mels, cfg, FRAME_MS, texts=texts)
     assert old.verdict.aligned, old.verdict.describe()
     assert all(i.verdict.identified for i in old.items)  # nearest to its own recording
 
     listener = Listener(GriffinLim(AudioConfig()), AudioConfig().sample_rate)
-    new = judge(synth, mels, cfg, texts=texts, listener=listener)
+    new = judge(synth, mels, cfg, FRAME_MS, texts=texts, listener=listener)
     heard_round = new.verdict.intelligibility
     assert heard_round is not None and heard_round.floor_wer < 0.4, heard_round
     assert heard_round.wer > 0.8 and not heard_round.passed, heard_round
@@ -128,7 +130,7 @@ def test_a_smeared_voice_passes_the_old_checks_but_not_the_recogniser(natural_me
     # the recordings themselves, as a voice, are understood as well as their floor
     own = [(m, reading_attention(m.shape[1], len(t)), True) for m, t in zip(mels, texts,
                                                                           strict=True)]
-    same = judge(own, mels, cfg, texts=texts, listener=listener)
+    same = judge(own, mels, cfg, FRAME_MS, texts=texts, listener=listener)
     assert same.verdict.intelligibility.passed and same.verdict.aligned
 
 
@@ -157,11 +159,13 @@ def test_training_listens_only_when_the_decision_depends_on_it():
     good = [(g + 0.05 * torch.randn(80, 40), reading_attention(40, 12), True) for g in gts]
     stuck = [(m, a, False) for m, a, _ in good]  # no gate stop: fails whatever is heard
     lazy = CountingListener(errors=4)
-    r = judge(stuck, gts, cfg, texts=texts, listener=lazy, listen_always=False)
+    r = judge(stuck, gts, cfg, FRAME_MS, texts=texts, listener=lazy, listen_always=False)
     assert lazy.calls == 0 and r.verdict.intelligibility is None and not r.verdict.aligned
-    r = judge(good, gts, cfg, texts=texts, listener=lazy, listen_always=False)
+    r = judge(good, gts, cfg, FRAME_MS, texts=texts, listener=lazy, listen_always=False)
     assert lazy.calls == 3 and r.verdict.intelligibility.wer == 1.0 and not r.verdict.aligned
-    assert judge(good, gts, cfg, texts=texts).verdict.aligned  # what it fails on is the WER
+    # what it fails on is the WER
+    assert judge(good, gts, cfg, FRAME_MS, texts=texts).verdict.aligned
     always = CountingListener(errors=0)
-    r = judge(stuck, gts, cfg, texts=texts, listener=always)  # eval: reported all the same
+    # eval: reported all the same
+    r = judge(stuck, gts, cfg, FRAME_MS, texts=texts, listener=always)
     assert always.calls == 3 and r.verdict.intelligibility.passed and not r.verdict.aligned

@@ -36,6 +36,17 @@ def test_every_english_phoneme_has_a_kokoro_token():
 
 
 @needs_kokoro
+def test_every_russian_phoneme_has_a_kokoro_token():
+    voice = kokoro.Kokoro()
+    table = "".join(phoneme_symbols("ru")[1:])
+    assert all(voice.tokens(f"a{c}", "ru") for c in table if c not in "_ \"()")
+    # the symbols its table lacks become their neighbours; English rewrites do not apply
+    assert kokoro.to_kokoro_ipa("dɭʲˈinnʌjɪ mɵt ʉ aɪ", "ru") == "dlʲˈinnʌjɪ mot u aɪ"
+    with pytest.raises(kokoro.KokoroError, match="not 'de'"):
+        kokoro.to_kokoro_ipa("a", "de")
+
+
+@needs_kokoro
 def test_the_model_is_assembled_once_and_checked(tmp_path, monkeypatch):
     path = kokoro.model_path(tmp_path)
     assert path.stat().st_size > 80e6 and kokoro._sha256(path) == kokoro._expected_sha256()

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tacotrain.config import AlignmentConfig
+from tacotrain.config import AlignmentConfig, AudioConfig
 from tacotrain.verdict import (
     MCD_CONST,
     dtw_mean_cost,
@@ -20,6 +20,7 @@ from tacotrain.verdict import (
 )
 
 CFG = AlignmentConfig()
+FRAME_MS = AudioConfig().frame_ms  # 11.6 ms: 22050 Hz, hop 256
 PRIOR = np.array([0.5, 0.3, 0.15, 0.05])  # the small preset's forward prior: stay, +1, +2, +3
 
 
@@ -54,7 +55,7 @@ def forward_walk(n: int) -> np.ndarray:
 
 
 def judge(attn: np.ndarray, gate: bool = True, **kw):
-    return judge_item(attn, gate, frames=2 * attn.shape[0], cfg=CFG, **kw)
+    return judge_item(attn, gate, frames=2 * attn.shape[0], cfg=CFG, frame_ms=FRAME_MS, **kw)
 
 
 def test_clean_gate_stopped_diagonal_is_aligned():
@@ -124,7 +125,7 @@ def test_boundary_jitter_is_not_a_repeat():
     path = diagonal(n)
     i = path.index(12)
     path[i:i] = [14, 14]  # a glance two tokens ahead, then back: seen in a reading voice
-    assert reading(sharp(path, n), CFG).repeated_tokens == 0
+    assert reading(sharp(path, n), CFG, 2 * FRAME_MS).repeated_tokens == 0
 
 
 def test_little_attention_on_the_final_token_is_not_a_skip():
@@ -132,7 +133,7 @@ def test_little_attention_on_the_final_token_is_not_a_skip():
     a = sharp(diagonal(n), n, peak=1.0)
     a[:, -2] += a[:, -1]
     a[:, -1] = 0.0  # the gate fired as attention reached the final punctuation
-    assert reading(a, CFG).skipped_tokens == 0
+    assert reading(a, CFG, 2 * FRAME_MS).skipped_tokens == 0
 
 
 def test_length_ratio_and_identification_reasons():
@@ -206,14 +207,37 @@ def test_identification_tells_reading_from_an_average():
     assert math.isfinite(float(dist.min()))
 
 
+def constant(distance: float) -> np.ndarray:
+    """Cepstra at a chosen distance from ``np.ones((1, 13))``: MCD-DTW is proportional to it."""
+    return np.full((1, 13), 1.0 + distance)
+
+
 def test_identification_needs_a_margin_not_a_near_tie():
     synth = [np.ones((1, 13))]
-    gts = [np.full((1, 13), 1.100), np.full((1, 13), 1.101), np.full((1, 13), 3.0)]
+    gts = [constant(0.100), constant(0.101), constant(0.102), constant(0.103)]
     flags, margins, _ = identify(synth, gts, [0], margin=0.0)
-    assert flags == [True] and margins[0] == pytest.approx(0.01, abs=1e-3)
-    assert identify(synth, gts, [0], margin=0.02)[0] == [False]  # 1% nearer is a tie
-    gts[1] = np.full((1, 13), 1.2)
-    assert identify(synth, gts, [0], margin=0.02)[0] == [True]
+    # the median other is 0.102 away: 2% further than the own sentence
+    assert flags == [True] and margins[0] == pytest.approx(0.02, abs=1e-3)
+    assert identify(synth, gts, [0], margin=0.05)[0] == [False]  # 2% nearer is a tie
+    gts[2:] = [constant(0.2), constant(0.3)]
+    assert identify(synth, gts, [0], margin=0.05)[0] == [True]
+    # nearest is necessary: a typical distance far away does not excuse a nearer sentence
+    gts = [constant(0.1), constant(0.09), constant(1.0), constant(1.0), constant(1.0)]
+    flags, margins, _ = identify(synth, gts, [0], margin=0.05)
+    assert flags == [False] and margins[0] > 5
+
+
+def test_the_margin_does_not_drift_with_the_number_of_candidates():
+    # the same voice judged among 8 or among 30 sentences: the nearest other comes closer as
+    # candidates are added, the median other does not; the test must mean the same in both
+    synth = [np.ones((1, 13))]
+    pool = np.linspace(1.3, 2.0, 29)  # other sentences 1.3x to 2x as far as the own one
+    sample = pool[2::4]  # 7 of them, spread the same way
+    few = identify(synth, [constant(1.0)] + [constant(d) for d in sample], [0], margin=0.3)
+    many = identify(synth, [constant(1.0)] + [constant(d) for d in pool], [0], margin=0.3)
+    assert few[0] == many[0] == [True]
+    assert few[1][0] == pytest.approx(many[1][0]) == pytest.approx(0.65)
+    assert sample.min() / pool.min() > 1.03  # while the nearest other did come closer
 
 
 def test_the_same_sentence_twice_is_not_another_sentence():
@@ -226,7 +250,9 @@ def test_the_same_sentence_twice_is_not_another_sentence():
     ceps = [mel_cepstra(g, 13) for g in gts]
     synth = [mel_cepstra(gts[i] + 0.3 * rng.normal(size=gts[i].shape), 13) for i in (0, 1, 2)]
     keys = ["s0"] + [f"s{k}" for k in range(1, 8)] + ["s0"]
-    assert identify(synth, ceps, [0, 1, 2], margin=0.1)[0] == [False, True, True]
+    # told nothing, the repeat is "another sentence" as near as its own: a coin flip
+    dist = identify(synth, ceps, [0, 1, 2], margin=0.1)[2]
+    assert dist[0, 8] == pytest.approx(dist[0, 0], rel=0.05)
     flags, margins, _ = identify(synth, ceps, [0, 1, 2], margin=0.1, keys=keys)
     assert flags == [True, True, True] and min(margins) > 0.1
     # ... while a voice that does not read still fails, keys or not
@@ -248,12 +274,14 @@ def test_a_round_with_a_repeated_sentence_is_judged_by_text():
     texts = ["Sentence zero.", "sentence one"]
     others = [f"sentence {k}" for k in range(2, 8)] + ["sentence ZERO!"]
     cfg = AlignmentConfig(identify_margin=0.1)
-    blind = judge(synth, gts[:2], cfg, gts[2:])
-    assert [it.verdict.identified for it in blind.items] == [False, True]
-    by_text = judge(synth, gts[:2], cfg, gts[2:], texts, others)
+    blind = judge(synth, gts[:2], cfg, FRAME_MS, gts[2:])
+    # told nothing, item 0 stands beside a repeat of its own sentence: 9 candidates counted
+    assert all(it.verdict.identified is not None for it in blind.items)
+    by_text = judge(synth, gts[:2], cfg, FRAME_MS, gts[2:], texts, others)
     assert [it.verdict.identified for it in by_text.items] == [True, True]
     # the repeat does not count as a distinct candidate: 7 sentences, not 8, too few to test
-    short = judge(synth, gts[:2], cfg, gts[2:7] + [gts[8]], texts, others[:5] + others[-1:])
+    short = judge(synth, gts[:2], cfg, FRAME_MS, gts[2:7] + [gts[8]], texts,
+                  others[:5] + others[-1:])
     assert [it.verdict.identified for it in short.items] == [None, None]
     # and an item whose content could not be tested never counts as reading
     assert all(it.verdict.reasons == ("content_untested",) for it in short.items)
@@ -299,7 +327,7 @@ def test_a_stress_mark_is_read_with_the_onset_before_it():
     v = judge(skip_words, attached=attached)
     assert "skipped_tokens" in v.reasons and v.skipped_tokens == 4 * 2
     with pytest.raises(ValueError, match="attached"):
-        reading(a, CFG, attached=attached[:-1])
+        reading(a, CFG, 2 * FRAME_MS, attached=attached[:-1])
 
 
 def test_attached_marks_are_the_modifier_marks_of_the_phoneme_tables():

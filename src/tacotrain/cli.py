@@ -173,8 +173,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     lang = [f"demo.language={args.lang}"] if args.lang else []  # --lang wins over --set
     lang += [f"demo.engine={args.engine}"] if args.engine else []
     config = args.config
-    if config is None:  # the natural voice's preset for Kokoro's corpus, else the small one
-        natural = load_config("small", args.set + lang).demo.voice() == "kokoro"
+    if config is None:  # the natural preset for Kokoro's English, else the small one
+        demo = load_config("small", args.set + lang).demo
+        natural = demo.voice() == "kokoro" and demo.language == "en"
         config = "natural" if natural else "small"
     cfg = load_config(config, args.set + lang)
     s = run_demo(args.out, cfg, progress=not args.quiet, vocoder=args.vocoder,
@@ -575,15 +576,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write an LJSpeech-format corpus (wavs/*.wav 22050 Hz mono 16-bit, "
                     "metadata.csv id|text|normalized, corpus.json) from a deterministic "
                     "sentence generator: varied lengths (about 1-8 s), numbers, abbreviations, "
-                    "questions, punctuation. --engine kokoro (English): a natural-sounding "
-                    "neural voice (Kokoro-82M, offline, the 'natural' extra) reading varied "
-                    "sentences from a lexicon of several hundred words; it prints what the "
-                    "texts cover. --engine espeak: espeak-ng's robotic voice (English or "
-                    "Russian), fast, for tests. Same seed and engine, same corpus.",
+                    "questions, punctuation. --engine kokoro: a natural-sounding neural voice "
+                    "(Kokoro-82M, offline, the 'natural' extra); in English it reads varied "
+                    "sentences from a lexicon of several hundred words and prints what the "
+                    "texts cover, in Russian the espeak-ng corpus's sentences with an accent "
+                    "(not measured by a recogniser: none ships for Russian). --engine "
+                    "espeak: espeak-ng's robotic voice (English or Russian), fast, for tests. "
+                    "Same seed and engine, same corpus.",
     )
     mp.add_argument("--lang", choices=["en", "ru"], default="en", help="language (default en)")
     mp.add_argument("--engine", choices=["kokoro", "espeak"], default="espeak",
-                    help="the voice: kokoro (natural, English) or espeak (default espeak)")
+                    help="the voice: kokoro (natural) or espeak (default espeak)")
     mp.add_argument("--style", default="jm_kumo",
                     help="Kokoro voice style (jf_alpha, jf_gongitsune, jf_nezumi, jf_tebukuro, "
                          "jm_kumo; default jm_kumo, the one the recogniser reads best)")
@@ -722,8 +725,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dp.add_argument("--out", type=Path, default=Path("demo"), help="output directory")
     dp.add_argument("--config", default=None,
-                    help="preset or YAML (default: natural for the Kokoro corpus, small for "
-                         "espeak-ng)")
+                    help="preset or YAML (default: natural for the English Kokoro corpus, "
+                         "small otherwise)")
     dp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key, e.g. --set demo.time_budget_minutes=20")
     dp.add_argument("--lang", choices=["en", "ru"], default=None,

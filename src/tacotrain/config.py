@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import copy
 import difflib
+import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -43,6 +46,11 @@ class AudioConfig(Strict):
     # recogniser reads natural speech through it far better than through the common 1.5
     # (benchmarks/RESULTS.md, "Natural speech")
     griffin_lim_power: float = Field(1.0, gt=0.0)
+
+    @property
+    def frame_ms(self) -> float:
+        """Milliseconds between mel frames."""
+        return 1000.0 * self.hop_length / self.sample_rate
 
     @model_validator(mode="after")
     def _check(self) -> AudioConfig:
@@ -309,19 +317,20 @@ class AlignmentConfig(Strict):
     require_gate_stop: bool = True  # stopped by the gate, not by the step cap
     length_ratio_min: float = Field(0.75, gt=0.0)  # free-running / ground-truth frames, where
     length_ratio_max: float = Field(1.33, gt=0.0)  # the item has ground truth
-    # a token is read when its attention summed over decoder steps reaches this share of a step
-    # (a reading voice at r = 2 spends about 2.5 steps per character, but may take two
-    # characters of a double letter in one step: measured 0.08-0.49 on such letters)
-    read_threshold: float = Field(0.25, gt=0.0)
+    # a token is read when its attention summed over decoder steps, times the audio one step
+    # speaks (r x hop_length / sample_rate), reaches this many milliseconds (a reading voice at
+    # r = 2 spends about 2.5 steps per character, but may take two characters of a double
+    # letter in one step: measured 0.08-0.49 steps, 2-11 ms, on such letters)
+    read_ms: float = Field(6.0, gt=0.0)
     max_skipped_share: float = Field(0.1, ge=0.0, le=1.0)  # unread tokens allowed (share)
     # the attended token may step back this many tokens without counting as a repeat (a reading
     # voice was measured jittering back by 2 around a word boundary)
     repeat_tolerance: int = Field(2, ge=0)
     max_repeated_tokens: int = Field(0, ge=0)  # tokens returned to beyond the tolerance
     # a token stalls when it holds more than stall_factor x the item's median per-token
-    # attention and at least stall_min_steps decoder steps
+    # attention and at least stall_min_ms of audio
     stall_factor: float = Field(8.0, gt=1.0)
-    stall_min_steps: float = Field(10.0, ge=0.0)
+    stall_min_ms: float = Field(300.0, ge=0.0)
     max_stalled_tokens: int = Field(0, ge=0)
     # shape of the attention (see alignment.py); diagonality alone is not evidence of reading
     diagonality: float = Field(0.8, ge=0.0, le=1.0)
@@ -330,10 +339,11 @@ class AlignmentConfig(Strict):
     # content: nearer (MCD-DTW) to its own ground truth than to any other of >= min_candidates
     require_identified: bool = True
     min_candidates: int = Field(8, ge=2)
-    # own distance x (1 + margin) must be below every other, both ways. Measured on the demo
-    # corpus: the smallest margin of a reading voice (step 600) 0.15, the largest of the same
-    # run before it read (step 425, matched by chance among near-equal distances) 0.055
-    identify_margin: float = Field(0.1, ge=0.0, le=1.0)
+    # mutual nearest, and own distance x (1 + margin) below the median distance to the other
+    # sentences, both ways. Measured on the natural demo corpus (benchmarks/RESULTS.md, "The
+    # content test's margin"): a voice that does not read yet (step 500) has 95% of its items'
+    # margins below 0.14-0.15 among 8, 16 or 30 candidates alike
+    identify_margin: float = Field(0.2, ge=0.0, le=1.0)
     n_cepstra: int = Field(13, ge=1)  # mel-cepstral coefficients c1..cN in MCD-DTW
     max_mcd_dtw_db: float | None = Field(None, gt=0.0)  # optional upper bound on MCD-DTW
     round_share: float = Field(1.0, gt=0.0, le=1.0)  # share of a round's items that must pass
@@ -496,8 +506,8 @@ class NotifyConfig(Strict):
 
 class DemoConfig(Strict):
     # the voice of the mini corpus and of the held-out ground truth: kokoro (natural-sounding,
-    # English, the `natural` extra), espeak (espeak-ng: robotic, fast; English or Russian) or
-    # auto (kokoro for English, espeak for Russian)
+    # the `natural` extra), espeak (espeak-ng: robotic, fast) or auto (kokoro for English,
+    # espeak for Russian: no Russian recogniser ships offline to judge a natural voice by)
     engine: Literal["auto", "kokoro", "espeak"] = "auto"
     style: str = "jm_kumo"  # Kokoro voice style (data/kokoro.py)
     corpus_size: int | None = Field(None, ge=10)  # clips; None: 600 (kokoro) or 200 (espeak)
@@ -505,8 +515,8 @@ class DemoConfig(Strict):
     time_budget_minutes: float = Field(45.0, gt=0.0)  # training stops here if not aligned
     # held-out sentences judged at the end (their ground truth spoken by the corpus's voice);
     # empty: heldout_sentences sentences that are not in the corpus, from data/english.FREE_FORM
-    # (kokoro: hand-written, outside the corpus's frames) or from the mini-corpus generator
-    # with another seed (espeak)
+    # (English kokoro: hand-written, outside the corpus's frames) or from the mini-corpus
+    # generator with another seed (otherwise)
     sentences: list[str] = []
     heldout_sentences: int | None = Field(None, ge=1)  # None: 30 (kokoro) or 8 (espeak)
     # share of the held-out sentences that must pass the item verdict; where a recogniser
@@ -582,10 +592,18 @@ class Config(Strict):
     @classmethod
     def from_saved(cls, data: dict[str, Any]) -> Config:
         """The config stored in a checkpoint, including one written by an earlier version:
-        keys that no longer exist are dropped (their decisions now belong to the verdict)."""
+        keys that no longer exist are dropped (their decisions now belong to the verdict; the
+        verdict's thresholds in decoder steps became milliseconds of audio, which a config
+        without the audio settings cannot convert: the new keys' defaults apply)."""
         data = copy.deepcopy(data)
         for phase in ("alignment", "learning", "fine_tuning"):
             data.get("early_stop", {}).get(phase, {}).pop("min_diagonality", None)
+        for old, new, default in (("read_threshold", "read_ms", 0.25),
+                                  ("stall_min_steps", "stall_min_ms", 10.0)):
+            value = data.get("alignment", {}).pop(old, None)
+            if value is not None and value != default:
+                log.warning("alignment.%s = %s (decoder steps) in a saved config is no longer "
+                            "read: alignment.%s (milliseconds) applies instead", old, value, new)
         return cls.model_validate(data)
 
     @model_validator(mode="after")

@@ -83,18 +83,19 @@ def synthesize(model: Tacotron2, texts: Sequence[Tensor], batch_size: int = 8,
 
 
 def judge(synth: Sequence[tuple[Tensor, Tensor, bool]], ground_truth: Sequence[Tensor | None],
-          cfg: AlignmentConfig, extra_candidates: Sequence[Tensor] = (),
+          cfg: AlignmentConfig, frame_ms: float, extra_candidates: Sequence[Tensor] = (),
           texts: Sequence[str] | None = None, extra_texts: Sequence[str] | None = None,
           attached: Sequence[Sequence[bool]] | None = None,
           listener: Listener | None = None, listen_always: bool = True,
           wavs: Sequence[np.ndarray] | None = None) -> FreeRunRound:
     """Judge syntheses (from :func:`synthesize`) against their ground-truth mels (None where an
-    item has none). The content test compares each synthesis with every ground truth here plus
-    ``extra_candidates`` (mels of other sentences, e.g. training items), which should bring the
-    number of distinct sentences to ``cfg.min_candidates``; with fewer, identification is not
-    tested and the items' ``identified`` stays None. ``texts`` and ``extra_texts`` (the
-    sentences of the items and of the extra candidates) let ground truths of the same sentence
-    (equal :func:`text_key`) stand aside from each other's comparison; without them every
+    item has none); ``frame_ms``: milliseconds per mel frame. The content test compares each
+    synthesis with every ground truth here plus ``extra_candidates`` (mels of other sentences,
+    e.g. training items), which should bring the number of distinct sentences to
+    ``cfg.min_candidates``; with fewer, identification is not tested and the items'
+    ``identified`` stays None. ``texts`` and ``extra_texts`` (the sentences of the items and of
+    the extra candidates) let ground truths of the same sentence (equal :func:`text_key`) stand
+    aside from each other's comparison; without them every
     ground truth counts as another sentence. ``attached`` (per item,
     :func:`tacotrain.text.attached_marks` of its tokens) lets the skip check read a phoneme
     mark together with the sound before it. ``listener`` (with ``texts``) has a recogniser
@@ -127,7 +128,7 @@ def judge(synth: Sequence[tuple[Tensor, Tensor, bool]], ground_truth: Sequence[T
         items = []
         for i, (mel, attn, by_gate) in enumerate(synth):
             gt = ground_truth[i]
-            v = judge_item(attn, by_gate, mel.shape[1], cfg,
+            v = judge_item(attn, by_gate, mel.shape[1], cfg, frame_ms,
                            gt_frames=int(gt.shape[1]) if gt is not None else None,
                            mcd_dtw_db=mcd.get(i), identified=ident.get(i),
                            content_margin=margin.get(i),

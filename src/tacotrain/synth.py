@@ -184,7 +184,7 @@ class Synthesizer:
               ) -> dict[str, Any]:
         """The verdict and figures of one piece (``seq``: its symbol ids); ``elapsed`` None
         where it was synthesised in a batch (its own time is not known)."""
-        v = judge_item(align, stopped_by_gate, frames, self.cfg.alignment,
+        v = judge_item(align, stopped_by_gate, frames, self.cfg.alignment, self.audio.frame_ms,
                        attached=attached_marks(seq, self.symbols))
         seconds = len(wav) / self.audio.sample_rate
         return {

@@ -7,8 +7,9 @@ when every check below holds; each failed check adds a machine-readable reason:
 * ``no_gate_stop``: the decoder hit its step cap instead of stopping by the gate;
 * ``length_ratio``: free-running frames / ground-truth frames outside
   ``[length_ratio_min, length_ratio_max]`` (ground truth only);
-* ``skipped_tokens``: a token is *read* when its attention summed over decoder steps reaches
-  ``read_threshold`` (a share of one step); more than ``max_skipped_share`` unread tokens fails.
+* ``skipped_tokens``: a token is *read* when its attention summed over decoder steps, in
+  milliseconds of audio (a step speaks ``r x hop_length / sample_rate``), reaches ``read_ms``;
+  more than ``max_skipped_share`` unread tokens fails.
   The last token is not counted: the gate fires as attention reaches it (often the final
   punctuation), so a reading voice gives it little attention. Where the caller says which
   tokens are marks attached to the sound before them (phoneme stress, length and
@@ -20,7 +21,7 @@ when every check below holds; each failed check adds a machine-readable reason:
 * ``repeats``: the attention argmax returns more than ``repeat_tolerance`` tokens behind the
   furthest token it had reached; the distinct tokens returned to are counted;
 * ``stalls``: a token holds more than ``stall_factor`` x the item's median per-token attention
-  (and at least ``stall_min_steps`` steps);
+  (and at least ``stall_min_ms`` of audio);
 * ``focus``, ``coverage``, ``diagonality``: the four classic metrics of
   :func:`tacotrain.alignment.alignment_metrics` below their thresholds. They describe the shape
   of the attention only: a text-ignoring forward walk scores a diagonality of 0.84-0.97, so
@@ -28,7 +29,8 @@ when every check below holds; each failed check adds a machine-readable reason:
 * ``not_identified``: the content test. Among the ground truths of a round (at least
   ``min_candidates``, padded with training items when the round has fewer), an item's synthesis
   must be nearer to its own ground truth than to any other (MCD-DTW, below), and its ground
-  truth nearer to it than to the round's other syntheses (see :func:`identify`). A voice that
+  truth nearer to it than to the round's other syntheses, both by a margin against the median
+  distance to another sentence (see :func:`identify`). A voice that
   only fills the right length with an average spectrum matches its own sentence by chance;
 * ``mcd``: MCD-DTW above ``max_mcd_dtw_db`` (only when that bound is set);
 * ``content_untested``: the item has ground truth but fewer than ``min_candidates`` distinct
@@ -127,31 +129,39 @@ def identify(synth_ceps: Sequence[np.ndarray], gt_ceps: Sequence[np.ndarray],
     """The content test, both ways. ``synth_ceps[i]`` is identified when its own ground truth
     ``gt_ceps[own[i]]`` is the nearest of all ``gt_ceps`` to it, *and* it is the nearest of the
     syntheses to that ground truth (mutual nearest neighbours; the second half needs two or
-    more syntheses), each by a relative ``margin``: ``d_own * (1 + margin) < d_other``. The
-    second half matters: a voice that does not read produces about the same spectrum for every
-    sentence, which lies nearest to one "hub" ground truth, and the one synthesis whose own
-    sentence is the hub would pass a one-way test by chance; the margin keeps a near tie (a
-    match by chance among similar distances) from counting. ``keys`` (one per ground truth,
-    e.g. the normalised sentence) mark ground truths of the same sentence: those are not
-    "another sentence" for each other, so they are left out of each other's comparisons (the
-    same sentence spoken twice cannot be told apart, and is not a failure to read).
+    more syntheses), *and* in both directions its own distance is clearly below the typical
+    distance to another sentence: ``d_own * (1 + margin) < median(d_other)``. The second half
+    matters: a voice that does not read produces about the same spectrum for every sentence,
+    which lies nearest to one "hub" ground truth, and the one synthesis whose own sentence is the
+    hub would pass a one-way test by chance. The margin is taken against the median rather than
+    the nearest other, so that it means the same with 8 candidates or 30: the nearest of more
+    distances is nearer (measured: benchmarks/content_margin.py), the median is not. ``keys``
+    (one per ground truth, e.g. the normalised sentence) mark ground truths of the same sentence:
+    those are not "another sentence" for each other, so they are left out of each other's
+    comparisons (the same sentence spoken twice cannot be told apart, and is not a failure to
+    read).
 
-    Returns the flags, each item's content margin ``min(d_other) / d_own - 1`` over both
-    directions (positive: nearer to its own than to anything else by that share; ``inf`` with
-    nothing to compare) and the distance matrix ``[S, G]`` (dB)."""
+    Returns the flags, each item's content margin ``median(d_other) / d_own - 1`` (the smaller
+    of the two directions; ``inf`` with nothing to compare; an item that is not a mutual nearest
+    neighbour keeps its margin but is not identified) and the distance matrix ``[S, G]`` (dB)."""
     dist = np.array([[cepstral_distance(s, g) for g in gt_ceps] for s in synth_ceps])
     dist = dist.reshape(len(synth_ceps), len(gt_ceps))
     keys = list(keys) if keys is not None else list(range(len(gt_ceps)))
-    margins = []
+    flags, margins = [], []
     for i, o in enumerate(own):
-        other_gts = [g for g in range(len(gt_ceps)) if keys[g] != keys[o]]
-        other_synths = [k for k in range(len(own)) if keys[own[k]] != keys[o]]
-        others = np.concatenate([dist[i, other_gts], dist[other_synths, o]])
-        nearest_other = float(others.min()) if others.size else math.inf
+        other_gts = dist[i, [g for g in range(len(gt_ceps)) if keys[g] != keys[o]]]
+        other_synths = dist[[k for k in range(len(own)) if keys[own[k]] != keys[o]], o]
         d = float(dist[i, o])
-        margins.append(nearest_other / d - 1.0 if d > 0 else
-                       math.inf if nearest_other > 0 else 0.0)
-    return [m > margin for m in margins], margins, dist
+        sides = [x for x in (other_gts, other_synths) if x.size]
+        if not sides:
+            flags.append(True), margins.append(math.inf)
+            continue
+        typical = min(float(np.median(x)) for x in sides)
+        nearest = min(float(x.min()) for x in sides)
+        m = typical / d - 1.0 if d > 0 else math.inf if typical > 0 else 0.0
+        margins.append(m)
+        flags.append(d < nearest and m > margin)
+    return flags, margins, dist
 
 
 # ---------------------------------------------------------------------------- reading
@@ -167,9 +177,10 @@ class Reading:
     stalled_tokens: int
 
 
-def reading(attn: np.ndarray, cfg: AlignmentConfig,
+def reading(attn: np.ndarray, cfg: AlignmentConfig, step_ms: float,
             attached: Sequence[bool] | None = None) -> Reading:
-    """Skips, repeats and stalls of one item's attention ``[T_dec, N]`` (valid region only).
+    """Skips, repeats and stalls of one item's attention ``[T_dec, N]`` (valid region only);
+    ``step_ms``: the milliseconds of audio one decoder step speaks.
 
     ``attached`` ``[N]``: True at a mark that is read together with the token before it (see
     the module docstring); skips are then counted over such units, ``skipped_tokens`` being the
@@ -178,15 +189,15 @@ def reading(attn: np.ndarray, cfg: AlignmentConfig,
     t, n = a.shape
     if t == 0 or n == 0:
         return Reading(n, 1.0, 0, 0)
-    dwell = a.sum(axis=0)  # [N]: decoder steps' worth of attention on each token
-    read = dwell >= cfg.read_threshold
+    dwell = a.sum(axis=0) * step_ms  # [N]: milliseconds of audio spoken on each token
+    read = dwell >= cfg.read_ms
     if attached is not None:
         if len(attached) != n:
             raise ValueError(f"attached has {len(attached)} entries for {n} tokens")
         starts = ~np.asarray(attached, dtype=bool)
         starts[0] = True
         unit = np.cumsum(starts) - 1  # [N]: the unit each token belongs to
-        unit_read = np.bincount(unit, weights=dwell) >= cfg.read_threshold
+        unit_read = np.bincount(unit, weights=dwell) >= cfg.read_ms
     else:
         unit_read = read
     counted = max(len(unit_read) - 1, 1)  # the last unit is where the gate fires: not counted
@@ -197,7 +208,7 @@ def reading(attn: np.ndarray, cfg: AlignmentConfig,
     back[1:] = path[1:] < furthest[:-1] - cfg.repeat_tolerance
     repeated = len(set(path[back].tolist()))
     median = float(np.median(dwell[read])) if read.any() else 0.0
-    limit = max(cfg.stall_factor * median, cfg.stall_min_steps)
+    limit = max(cfg.stall_factor * median, cfg.stall_min_ms)
     stalled = int((dwell > limit).sum())
     return Reading(skipped, skipped / counted, repeated, stalled)
 
@@ -234,12 +245,13 @@ class ItemVerdict:
 
 
 def judge_item(attn: np.ndarray | torch.Tensor, stopped_by_gate: bool, frames: int,
-               cfg: AlignmentConfig, gt_frames: int | None = None,
+               cfg: AlignmentConfig, frame_ms: float, gt_frames: int | None = None,
                mcd_dtw_db: float | None = None, identified: bool | None = None,
                content_margin: float | None = None,
                attached: Sequence[bool] | None = None, heard: Heard | None = None,
                floor: Heard | None = None) -> ItemVerdict:
-    """The verdict on one free-running item. ``attn [T_dec, N]`` is its valid region;
+    """The verdict on one free-running item. ``attn [T_dec, N]`` is its valid region, of
+    ``frames`` mel frames of ``frame_ms`` milliseconds each (hop_length / sample_rate);
     ``gt_frames``, ``mcd_dtw_db``, ``identified`` and ``content_margin`` are None where it has
     no ground truth; ``attached`` (see :func:`reading`) where its tokens are known; ``heard``
     and ``floor`` what a recogniser made of the synthesis and of the ground truth (reported
@@ -249,7 +261,7 @@ def judge_item(attn: np.ndarray | torch.Tensor, stopped_by_gate: bool, frames: i
     t, n = a.shape
     m = {k: float(v[0]) for k, v in alignment_metrics(
         a[None], torch.tensor([n]), torch.tensor([t])).items()}
-    rd = reading(a.numpy(), cfg, attached)
+    rd = reading(a.numpy(), cfg, frame_ms * frames / max(t, 1), attached)
     ratio = frames / gt_frames if gt_frames else None
     checks = {
         "no_gate_stop": cfg.require_gate_stop and not stopped_by_gate,

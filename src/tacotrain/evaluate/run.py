@@ -165,7 +165,8 @@ def run_eval(checkpoint: str | Path, data_dir: str | Path, out: str | Path,
                                     cfg.min_candidates - n_gt)
             extra = [train[i][1] for i in idx]
             extra_texts = [train.items[i]["text"] for i in idx]
-        rnd = judge([r for r, _ in results], gts, cfg, extra, [i.text for i in group],
+        rnd = judge([r for r, _ in results], gts, cfg, synth.audio.frame_ms, extra,
+                    [i.text for i in group],
                     extra_texts, [attached_marks(i.ids.tolist(), synth.symbols) for i in group],
                     listener, wavs=[wav for _, wav in results])
         if group[0].source not in heard:

@@ -158,7 +158,8 @@ class Validator:
         synth = synthesize(model, [t for t, _, _ in entries], autocast=autocast,
                            max_frames=[int(m.shape[1] * bound) + 1 for _, m, _ in entries])
         symbols = self.val_set.data.symbols
-        rnd = judge(synth, [m for _, m, _ in entries], self.cfg.alignment, self.candidates,
+        rnd = judge(synth, [m for _, m, _ in entries], self.cfg.alignment,
+                    self.val_set.data.settings.audio.frame_ms, self.candidates,
                     [self.val_set.items[i]["text"] for i in self.items], self.candidate_texts,
                     [attached_marks(t.tolist(), symbols) for t, _, _ in entries],
                     self.listener, listen_always=False)
