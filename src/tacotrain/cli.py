@@ -160,7 +160,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       robustness=args.robustness, vocoder=args.vocoder,
                       vocoder_config=args.vocoder_config, device=args.device,
                       seed=args.seed, asr=not args.no_asr, progress=not args.quiet,
-                      heldout=heldout, trust=args.trust_checkpoint)
+                      heldout=heldout, trust=args.trust_checkpoint, asr_model=args.asr_model)
     print(format_summary(report))
     print(f"report: {args.out / 'report.json'} and {args.out / 'report.html'}")
     return EXIT_OK
@@ -702,6 +702,10 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     ep.add_argument("--seed", type=int, default=0, help="seed for the prenet's dropout")
     ep.add_argument("--no-asr", action="store_true", help="skip ASR even where installed")
+    ep.add_argument("--asr-model", type=Path, default=None, metavar="DIR",
+                    help="listen through this Vosk model directory (any language Vosk has a "
+                         "model for; the 'vosk' extra) instead of the checkpoint's "
+                         "alignment.asr")
     ep.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     ep.add_argument("--quiet", action="store_true", help="no progress bar")
     ep.set_defaults(func=cmd_eval)

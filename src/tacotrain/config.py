@@ -351,8 +351,10 @@ class AlignmentConfig(Strict):
     # through the vocoder; the round's WER must stay within max_wer_ratio x the WER of the same
     # items' ground truth through our mel and vocoder (the resynthesis floor, lifted to
     # min_floor_wer). auto: PocketSphinx for English where installed; pocketsphinx: required;
+    # vosk: required, the Vosk model directory in asr_model (any language it has a model for);
     # off: content rests on identification alone
-    asr: Literal["auto", "pocketsphinx", "off"] = "auto"
+    asr: Literal["auto", "pocketsphinx", "vosk", "off"] = "auto"
+    asr_model: str | None = None  # with asr: vosk, the model directory
     max_wer_ratio: float = Field(1.5, ge=1.0)
     min_floor_wer: float = Field(0.05, ge=0.0, le=1.0)
     # a floor above this means the recogniser cannot read the ground truth (espeak-ng's robot
@@ -363,7 +365,14 @@ class AlignmentConfig(Strict):
     def _check(self) -> AlignmentConfig:
         if self.length_ratio_min >= self.length_ratio_max:
             raise ValueError("alignment.length_ratio_min must be < alignment.length_ratio_max")
+        if (self.asr == "vosk") != (self.asr_model is not None):
+            raise ValueError("alignment.asr: vosk needs alignment.asr_model (a Vosk model "
+                             "directory), and alignment.asr_model is read only with asr: vosk")
         return self
+
+    def asr_required(self) -> bool:
+        """A named recogniser: a round it cannot judge never passes."""
+        return self.asr in ("pocketsphinx", "vosk")
 
 
 # Parameters an intervention may set: each is read by the live training step (trainer.py,

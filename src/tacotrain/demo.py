@@ -166,11 +166,12 @@ def run_demo(out: str | Path, cfg: Config, progress: bool = True, vocoder: str |
     held_rows = [r for r in report["items"] if r["source"] == "heldout"]
     held_share = sum(r["aligned"] for r in held_rows) / max(len(held_rows), 1)
     heard = report["summary"]["by_source"].get("heldout", {}).get("intelligibility")
-    # natural English must be understood by the recogniser (an untested round never counts as
-    # speaking); espeak-ng's voice is not readable by it, and Russian has no recogniser here:
-    # those are judged by the rest (identification) alone
-    must_listen = cfg.alignment.asr != "off" and cfg.demo.voice() == "kokoro" \
-        and cfg.demo.language == "en"
+    # natural English, and any voice with a named recogniser (alignment.asr: pocketsphinx or
+    # vosk), must be understood by it (an untested round never counts as speaking); espeak-ng's
+    # voice is not readable by PocketSphinx, and no Russian recogniser ships: those are judged
+    # by the rest (identification) alone
+    must_listen = cfg.alignment.asr_required() or (
+        cfg.alignment.asr == "auto" and cfg.demo.voice() == "kokoro" and cfg.demo.language == "en")
     heard_ok = bool(heard and heard["tested"] and heard["intelligible"]) if must_listen \
         else not (heard and heard["tested"] and not heard["intelligible"])
     held_ok = bool(held_rows) and held_share >= cfg.demo.heldout_share - 1e-9 and heard_ok

@@ -98,20 +98,23 @@ def round_intelligibility(synth: Sequence[Heard] | None, floor: Sequence[Heard],
 
 class Listener:
     """Vocode a log-mel and have the recogniser transcribe it. Floors (ground truth through the
-    vocoder) are kept per item key, since the ground truth does not change during a run."""
+    vocoder) are kept per item key, since the ground truth does not change during a run.
+    ``transcribe(wav, sample_rate) -> str``: the recogniser (default PocketSphinx)."""
 
-    def __init__(self, vocoder: Callable[[Tensor], np.ndarray], sample_rate: int) -> None:
+    def __init__(self, vocoder: Callable[[Tensor], np.ndarray], sample_rate: int,
+                 transcribe: Callable[[np.ndarray, int], str] = asr.transcribe) -> None:
         self.vocoder = vocoder
         self.sample_rate = sample_rate
+        self.transcribe = transcribe
         self._floors: dict[str, Heard] = {}
 
     def hear_mel(self, mel: Tensor, text: str) -> Heard:
         if mel.shape[-1] == 0 or not bool(mel.isfinite().all()):
             return hear(text, "")
-        return hear(text, asr.transcribe(self.vocoder(mel), self.sample_rate))
+        return hear(text, self.transcribe(self.vocoder(mel), self.sample_rate))
 
     def hear_wav(self, wav: np.ndarray, text: str) -> Heard:
-        return hear(text, asr.transcribe(wav, self.sample_rate))
+        return hear(text, self.transcribe(wav, self.sample_rate))
 
     def floor(self, key: str, gt_mel: Tensor, text: str) -> Heard:
         if key not in self._floors:
@@ -123,9 +126,14 @@ def listener_for(cfg: AlignmentConfig, language: str,
                  vocoder: Callable[[Tensor], np.ndarray], sample_rate: int) -> Listener | None:
     """A listener where ``alignment.asr`` asks for one and a recogniser exists for
     ``language``; ``alignment.asr: pocketsphinx`` without one is an error, ``auto`` falls back
-    to no listener (content then rests on identification alone), ``off`` never listens."""
+    to no listener (content then rests on identification alone), ``off`` never listens;
+    ``vosk`` listens through the model in ``alignment.asr_model`` (the user's choice of model
+    says the language)."""
     if cfg.asr == "off":
         return None
+    if cfg.asr == "vosk":
+        assert cfg.asr_model is not None  # the config's validator requires it
+        return Listener(vocoder, sample_rate, asr.Vosk(cfg.asr_model).transcribe)
     if language != "en":
         if cfg.asr == "pocketsphinx":
             raise ValueError(f"alignment.asr: pocketsphinx recognises English only, the data is "

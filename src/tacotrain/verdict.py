@@ -360,12 +360,12 @@ class RoundVerdict:
 def judge_round(items: Sequence[ItemVerdict], cfg: AlignmentConfig,
                 intelligibility: Intelligibility | None = None) -> RoundVerdict:
     """A round is aligned when at least ``round_share`` of its items are (default: all) and,
-    where a recogniser judged it, it is intelligible; with ``asr: pocketsphinx`` (required) a
-    round the recogniser could not judge never is."""
+    where a recogniser judged it, it is intelligible; with a recogniser named in ``asr``
+    (pocketsphinx, vosk: required) a round it could not judge never is."""
     n = len(items)
     share = sum(i.aligned for i in items) / n if n else 0.0
     ok = n > 0 and share >= cfg.round_share - 1e-9
-    if intelligibility is not None and (intelligibility.tested or cfg.asr == "pocketsphinx"):
+    if intelligibility is not None and (intelligibility.tested or cfg.asr_required()):
         ok = ok and intelligibility.passed
     return RoundVerdict(tuple(items), ok, share, intelligibility)
 

@@ -1,9 +1,10 @@
-"""Intelligibility of English synthesis: transcribe with an offline recogniser, score WER/CER.
+"""Intelligibility of synthesis: transcribe with an offline recogniser, score WER/CER.
 
 A voice that produces clean spectrograms can still mumble; a speech recogniser reading the
 audio back is a cheap, automatic check of that. PocketSphinx (the optional extra
-``tacotrain[asr]``) is used because its wheel ships a US English acoustic model, language
-model and dictionary, so it runs offline with no download. It is trained on real speech: its
+``tacotrain[asr]``) is the default for English because its wheel ships a US English acoustic
+model, language model and dictionary, so it runs offline with no download; :class:`Vosk` reads
+any language from a model directory the user names. It is trained on real speech: its
 absolute error rates on synthetic voices are high, so compare checkpoints with each other, not
 with a fixed threshold. ``error_rates`` is pure Python and needs no extra package.
 """
@@ -11,10 +12,12 @@ with a fixed threshold. ``error_rates`` is pure Python and needs no extra packag
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import unicodedata
 from collections.abc import Sequence
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,13 +48,8 @@ def _decoder() -> Any:
     return Decoder(loglevel="FATAL")  # the default en-us model, quietly
 
 
-def transcribe(wav: np.ndarray, sample_rate: int) -> str:
-    """Lower-case English transcript of ``wav`` (float in [-1, 1], mono or (frames, channels)).
-
-    Raises ``RuntimeError`` when pocketsphinx is not installed.
-    """
-    if not asr_available():
-        raise RuntimeError("pocketsphinx is not installed: pip install 'tacotrain[asr]'")
+def _pcm16(wav: np.ndarray, sample_rate: int) -> np.ndarray:
+    """16-bit mono PCM at :data:`ASR_SAMPLE_RATE` of float audio (mono or (frames, channels))."""
     import soxr
 
     audio = np.asarray(wav, dtype=np.float32)
@@ -61,13 +59,57 @@ def transcribe(wav: np.ndarray, sample_rate: int) -> str:
         raise ValueError(f"expected mono or (frames, channels) audio, got shape {wav.shape}")
     if sample_rate != ASR_SAMPLE_RATE:
         audio = soxr.resample(audio, sample_rate, ASR_SAMPLE_RATE)
-    pcm = (np.clip(audio, -1.0, 1.0) * _INT16_MAX).astype(np.int16)
+    return (np.clip(audio, -1.0, 1.0) * _INT16_MAX).astype(np.int16)
+
+
+def transcribe(wav: np.ndarray, sample_rate: int) -> str:
+    """Lower-case English transcript of ``wav`` (float in [-1, 1], mono or (frames, channels)).
+
+    Raises ``RuntimeError`` when pocketsphinx is not installed.
+    """
+    if not asr_available():
+        raise RuntimeError("pocketsphinx is not installed: pip install 'tacotrain[asr]'")
+    pcm = _pcm16(wav, sample_rate)
     decoder = _decoder()
     decoder.start_utt()
     decoder.process_raw(pcm.tobytes(), no_search=False, full_utt=True)
     decoder.end_utt()
     hypothesis = decoder.hyp()
     return hypothesis.hypstr.lower().strip() if hypothesis is not None else ""
+
+
+class Vosk:
+    """A Vosk (Kaldi) recogniser from a local model directory that the user names
+    (``alignment.asr: vosk``, ``alignment.asr_model``): any language Vosk has a model for.
+    Needs the ``vosk`` extra (``pip install 'tacotrain[vosk]'``); the model is loaded once per
+    directory and process."""
+
+    def __init__(self, model_dir: str | Path) -> None:
+        from tacotrain.extras import require
+
+        path = Path(model_dir).expanduser()
+        if not (path / "am").is_dir() and not (path / "conf" / "model.conf").is_file():
+            raise ValueError(f"alignment.asr_model: {path} is not a Vosk model directory (it "
+                             "has neither am/ nor conf/model.conf); unpack a model from "
+                             "alphacephei.com/vosk/models and name its folder")
+        require("vosk", "alignment.asr: vosk", "vosk")
+        self.path = path.resolve()
+
+    def transcribe(self, wav: np.ndarray, sample_rate: int) -> str:
+        """Lower-case transcript of ``wav`` (float in [-1, 1], mono)."""
+        from vosk import KaldiRecognizer
+
+        recogniser = KaldiRecognizer(_vosk_model(str(self.path)), ASR_SAMPLE_RATE)
+        recogniser.AcceptWaveform(_pcm16(wav, sample_rate).tobytes())
+        return str(json.loads(recogniser.FinalResult()).get("text", "")).lower().strip()
+
+
+@cache
+def _vosk_model(path: str) -> Any:
+    from vosk import Model, SetLogLevel
+
+    SetLogLevel(-1)
+    return Model(path)
 
 
 def normalise(text: str) -> str:

@@ -113,10 +113,13 @@ def run_eval(checkpoint: str | Path, data_dir: str | Path, out: str | Path,
              sentences: Path | None = None, robustness: bool = False, vocoder: str | None = None,
              device: str = "auto", seed: int = 0, asr: bool = True, progress: bool = True,
              heldout: list[EvalItem] | None = None, include_validation: bool = True,
-             vocoder_config: str | Path | None = None, trust: bool = False) -> dict[str, Any]:
+             vocoder_config: str | Path | None = None, trust: bool = False,
+             asr_model: str | Path | None = None) -> dict[str, Any]:
     """Evaluate ``checkpoint``; returns the report (also written to ``out``). ``vocoder`` and
     ``vocoder_config`` choose the vocoder (see :func:`tacotrain.audio.load_vocoder`);
-    ``trust`` (``--trust-checkpoint``) lets the checkpoint unpickle arbitrary objects."""
+    ``trust`` (``--trust-checkpoint``) lets the checkpoint unpickle arbitrary objects;
+    ``asr_model`` (a Vosk model directory) listens through Vosk instead of the checkpoint's
+    ``alignment.asr`` (see :func:`tacotrain.intelligibility.listener_for`)."""
     out = Path(out)
     synth = Synthesizer.from_checkpoint(checkpoint, device=device, vocoder=vocoder,
                                         vocoder_config=vocoder_config, trust=trust)
@@ -141,6 +144,8 @@ def run_eval(checkpoint: str | Path, data_dir: str | Path, out: str | Path,
     (out / "img").mkdir(exist_ok=True)
 
     cfg = synth.cfg.alignment
+    if asr_model is not None:
+        cfg = cfg.model_copy(update={"asr": "vosk", "asr_model": str(asr_model)})
     total = sum(len(g) for g in groups)
     bar = tqdm(total=total, unit="item", disable=not progress, desc="eval")
     records: list[dict[str, Any]] = []
