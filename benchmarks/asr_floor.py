@@ -5,7 +5,7 @@ beside the recordings' own WER.
     python benchmarks/asr_floor.py --data DATA [--split val] [--items 12] [--powers 1.0 1.5]
 
 This is the floor that the verdict's intelligibility check compares a voice with
-(tacotrain/intelligibility.py), so the vocoder setting that lets the recogniser read the
+(tacotrain/judge/intelligibility.py), so the vocoder setting that lets the recogniser read the
 recordings best is the one that lets it judge voices at all.
 """
 
@@ -21,8 +21,8 @@ import torch
 
 from tacotrain.audio import GriffinLim
 from tacotrain.data.loader import PreparedData
-from tacotrain.evaluate.asr import transcribe
-from tacotrain.intelligibility import Listener, hear
+from tacotrain.judge.asr import transcribe
+from tacotrain.judge.intelligibility import Listener, hear
 
 
 def main() -> None:

@@ -27,9 +27,9 @@ import torch
 
 from tacotrain.data.loader import PreparedData
 from tacotrain.evaluate.run import prepared_items
-from tacotrain.freerun import synthesize
-from tacotrain.synth import Synthesizer
-from tacotrain.verdict import cepstral_distance, mel_cepstra
+from tacotrain.infer.synth import Synthesizer
+from tacotrain.judge.freerun import synthesize
+from tacotrain.judge.verdict import cepstral_distance, mel_cepstra
 
 
 def margins(dist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

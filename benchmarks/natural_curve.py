@@ -20,13 +20,13 @@ from pathlib import Path
 
 import soundfile as sf
 
-import tacotrain.synth as synth_module
+import tacotrain.infer.synth as synth_module
 from tacotrain.audio import load_vocoder
 from tacotrain.data.loader import PreparedData
-from tacotrain.evaluate.asr import transcribe
 from tacotrain.evaluate.run import prepared_items, run_eval
-from tacotrain.intelligibility import hear
-from tacotrain.train.checkpoint import load_checkpoint
+from tacotrain.infer.checkpoint import load_checkpoint
+from tacotrain.judge.asr import transcribe
+from tacotrain.judge.intelligibility import hear
 
 
 def raw_wer(heldout: Path) -> float:

@@ -20,9 +20,9 @@ import torch
 from tacotrain.config import Config
 from tacotrain.data.loader import PreparedData, TextMelDataset
 from tacotrain.evaluate.run import prepared_items
-from tacotrain.freerun import judge, nearest_in_length, synthesize
+from tacotrain.infer.checkpoint import load_checkpoint
+from tacotrain.judge.freerun import judge, nearest_in_length, synthesize
 from tacotrain.model import Tacotron2
-from tacotrain.train.checkpoint import load_checkpoint
 
 
 def judge_items(model: Tacotron2, cfg: Config, items, train: TextMelDataset):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from tacotrain.alignment import alignment_metrics, plot_alignment, plot_mel
+from tacotrain.judge.alignment import alignment_metrics, plot_alignment, plot_mel
 
 
 def diagonal(t: int, n: int) -> Tensor:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from tacotrain.evaluate.asr import asr_available, error_rates, transcribe
+from tacotrain.judge.asr import asr_available, error_rates, transcribe
 
 
 @pytest.mark.parametrize(

@@ -12,10 +12,10 @@ import torch
 import yaml
 
 from tacotrain.data.loader import PreparedData, TextMelDataset
+from tacotrain.infer.checkpoint import latest_checkpoint, load_checkpoint
 from tacotrain.model import Tacotron2, Tacotron2Loss
 from tacotrain.model import tacotron2 as t2
 from tacotrain.train import batch_size as bs
-from tacotrain.train.checkpoint import latest_checkpoint, load_checkpoint
 from tacotrain.train.trainer import Trainer
 
 from conftest import tiny_cfg

@@ -18,7 +18,7 @@ import torch
 
 from tacotrain.cli import main
 from tacotrain.config import load_config
-from tacotrain.train.checkpoint import (
+from tacotrain.infer.checkpoint import (
     MAGIC,
     CheckpointError,
     load_checkpoint,

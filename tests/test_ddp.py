@@ -26,7 +26,7 @@ import torch
 import torch.multiprocessing as mp
 
 from tacotrain.data.loader import BucketBatchSampler, DistributedBucketSampler
-from tacotrain.train.checkpoint import load_checkpoint, step_checkpoints
+from tacotrain.infer.checkpoint import load_checkpoint, step_checkpoints
 from tacotrain.train.ddp import SINGLE, Dist, DistError, from_env, process_group
 from tacotrain.train.inject import InjectError, parse
 from tacotrain.train.trainer import GuardStop, Trainer

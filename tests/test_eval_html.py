@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tacotrain.alignment import plot_alignment
 from tacotrain.evaluate.html import write_report_html
+from tacotrain.judge.alignment import plot_alignment
 
 from conftest import launch_chromium
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tacotrain.cli import main
 from tacotrain.config import EarlyStopConfig, GuardConfig, InterventionConfig, PhaseConfig
-from tacotrain.train.checkpoint import load_checkpoint, state_hash
+from tacotrain.infer.checkpoint import load_checkpoint, state_hash
 from tacotrain.train.early_stop import EarlyStopper
 from tacotrain.train.guard import Guard
 from tacotrain.train.inject import InjectError, parse

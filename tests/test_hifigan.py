@@ -34,7 +34,7 @@ from tacotrain.audio import (
 from tacotrain.audio.hifigan import fold_weight_norm
 from tacotrain.cli import main
 from tacotrain.config import AudioConfig
-from tacotrain.train.checkpoint import save_checkpoint
+from tacotrain.infer.checkpoint import save_checkpoint
 from tacotrain.train.trainer import Trainer
 
 from conftest import tiny_cfg, tone, write

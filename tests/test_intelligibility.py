@@ -14,9 +14,15 @@ import torch.nn.functional as F
 from tacotrain.audio import GriffinLim, mel_spectrogram
 from tacotrain.config import AlignmentConfig, AudioConfig
 from tacotrain.data import kokoro
-from tacotrain.evaluate.asr import asr_available
-from tacotrain.freerun import judge
-from tacotrain.intelligibility import Heard, Listener, hear, listener_for, round_intelligibility
+from tacotrain.judge.asr import asr_available
+from tacotrain.judge.freerun import judge
+from tacotrain.judge.intelligibility import (
+    Heard,
+    Listener,
+    hear,
+    listener_for,
+    round_intelligibility,
+)
 from tacotrain.text import clean_text, phonemize_many
 
 CFG = AlignmentConfig()
@@ -50,7 +56,7 @@ def test_a_zero_floor_is_lifted_and_an_unreadable_ground_truth_is_no_judge():
 
 
 def test_an_untested_round_passes_only_where_the_recogniser_is_optional():
-    from tacotrain.verdict import judge_item, judge_round
+    from tacotrain.judge.verdict import judge_item, judge_round
 
     item = judge_item(reading_attention(40, 10), True, 40, CFG, FRAME_MS)
     untested = round_intelligibility(None, [heard(10, 8)], CFG)

@@ -15,7 +15,8 @@ from tacotrain.data.loader import PreparedData, TextMelDataset
 from tacotrain.data.mini import sentence
 from tacotrain.data.prepare import PHONEME_REASON, prepare
 from tacotrain.evaluate.robustness import robustness_set
-from tacotrain.synth import SynthesisError, Synthesizer
+from tacotrain.infer.checkpoint import load_checkpoint, save_checkpoint
+from tacotrain.infer.synth import SynthesisError, Synthesizer
 from tacotrain.text import (
     PhonemeError,
     clean_text,
@@ -28,7 +29,6 @@ from tacotrain.text import (
     symbols_for,
 )
 from tacotrain.text import phonemes as ph
-from tacotrain.train.checkpoint import load_checkpoint, save_checkpoint
 from tacotrain.train.trainer import Trainer
 
 from conftest import tiny_cfg, tone, write

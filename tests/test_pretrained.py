@@ -23,8 +23,8 @@ from safetensors.torch import load_file
 from tacotrain.cli import main
 from tacotrain.config import AudioConfig, ConfigError, load_config
 from tacotrain.data.loader import PreparedData
-from tacotrain.model import Tacotron2
-from tacotrain.pretrained import (
+from tacotrain.infer.checkpoint import load_checkpoint
+from tacotrain.infer.pretrained import (
     NVIDIA_SYMBOLS,
     PretrainedError,
     check_nvidia_audio,
@@ -33,8 +33,8 @@ from tacotrain.pretrained import (
     plan_warm_start,
     read_source,
 )
-from tacotrain.synth import SynthesisError, Synthesizer
-from tacotrain.train.checkpoint import load_checkpoint
+from tacotrain.infer.synth import SynthesisError, Synthesizer
+from tacotrain.model import Tacotron2
 from tacotrain.train.trainer import Trainer, TrainError
 
 from conftest import tiny_cfg

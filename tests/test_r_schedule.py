@@ -13,10 +13,10 @@ import torch
 
 from tacotrain.config import ConfigError, ModelConfig, load_config
 from tacotrain.data.loader import Collate
+from tacotrain.infer.checkpoint import load_checkpoint, save_checkpoint
+from tacotrain.infer.synth import Synthesizer
 from tacotrain.model import Tacotron2
-from tacotrain.synth import Synthesizer
-from tacotrain.train.checkpoint import load_checkpoint, save_checkpoint
-from tacotrain.train.schedules import r_at
+from tacotrain.model.reduction import r_at
 from tacotrain.train.trainer import Trainer
 
 from conftest import tiny_cfg

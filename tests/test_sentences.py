@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tacotrain.data.mini import sentence
-from tacotrain.synth import Synthesizer
+from tacotrain.infer.synth import Synthesizer
 from tacotrain.text.sentences import split_sentences
 from tacotrain.train.trainer import Trainer
 

@@ -30,11 +30,11 @@ import uvicorn
 
 from tacotrain.cli import main
 from tacotrain.config import ServeConfig
-from tacotrain.pretrained import export_model
+from tacotrain.infer.pretrained import export_model
+from tacotrain.infer.synth import Synthesizer
 from tacotrain.serve.app import create_app
 from tacotrain.serve.models import Catalog, CheckpointInfo, checkpoint_loader
 from tacotrain.serve.server import bind
-from tacotrain.synth import Synthesizer
 from tacotrain.train.trainer import Trainer
 
 from conftest import launch_chromium, tiny_cfg

@@ -13,8 +13,8 @@ import torch
 
 from tacotrain.cli import main
 from tacotrain.config import ConfigError, GuidedAttentionConfig, OptimConfig, load_config
-from tacotrain.synth import Synthesizer
-from tacotrain.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from tacotrain.infer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from tacotrain.infer.synth import Synthesizer
 from tacotrain.train.schedules import ga_weight_at, lr_at
 from tacotrain.train.trainer import StopRequested, Trainer
 
@@ -232,7 +232,7 @@ def slow_fsync(fd):
     Path({str(started)!r}).touch()
     time.sleep(60)
 fs.os.fsync = slow_fsync
-from tacotrain.train.checkpoint import save_checkpoint
+from tacotrain.infer.checkpoint import save_checkpoint
 save_checkpoint({str(path)!r}, {{"w": torch.zeros(2_000_000)}})
 """
     proc = subprocess.Popen([sys.executable, "-c", child], env={**os.environ})

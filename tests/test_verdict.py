@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tacotrain.config import AlignmentConfig, AudioConfig
-from tacotrain.verdict import (
+from tacotrain.judge.verdict import (
     MCD_CONST,
     dtw_mean_cost,
     identify,
@@ -264,7 +264,7 @@ def test_the_same_sentence_twice_is_not_another_sentence():
 def test_a_round_with_a_repeated_sentence_is_judged_by_text():
     import torch
 
-    from tacotrain.freerun import judge
+    from tacotrain.judge.freerun import judge
 
     rng = np.random.default_rng(3)
     gts = [torch.tensor(rng.normal(size=(80, 50)), dtype=torch.float32) for _ in range(9)]

@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY = {
-    "Synthesizer": "tacotrain.synth",
+    "Synthesizer": "tacotrain.infer.synth",
     "Trainer": "tacotrain.train.trainer",
     "load_config": "tacotrain.config",
     "prepare": "tacotrain.data.prepare",
@@ -32,7 +32,7 @@ __all__ = ["Synthesizer", "Trainer", "__version__", "load_config", "prepare"]
 if TYPE_CHECKING:
     from tacotrain.config import load_config
     from tacotrain.data.prepare import prepare
-    from tacotrain.synth import Synthesizer
+    from tacotrain.infer.synth import Synthesizer
     from tacotrain.train.trainer import Trainer
 
 

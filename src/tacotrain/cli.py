@@ -64,8 +64,9 @@ def cmd_corpus_mini(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from tacotrain.config import load_config
+    from tacotrain.infer.device import resolve_device
     from tacotrain.train.ddp import process_group
-    from tacotrain.train.trainer import GuardStop, Trainer, resolve_device
+    from tacotrain.train.trainer import GuardStop, Trainer
 
     warm = []  # --init-from / --ignore-layers are config keys; JSON is YAML, so any path parses
     if args.init_from is not None:
@@ -108,7 +109,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from tacotrain.synth import Synthesizer
+    from tacotrain.infer.synth import Synthesizer
 
     if (args.text is None) == (args.text_file is None):
         print("error: give exactly one of --text or --text-file", file=sys.stderr)
@@ -219,7 +220,7 @@ def cmd_vocode(args: argparse.Namespace) -> int:
     )
     from tacotrain.config import AudioConfig
     from tacotrain.data.loader import PreparedData
-    from tacotrain.train.trainer import resolve_device
+    from tacotrain.infer.device import resolve_device
 
     if (args.mel is None) == (args.wav is None):
         print("error: give exactly one of --mel or --wav", file=sys.stderr)
@@ -247,7 +248,7 @@ def cmd_vocode(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from tacotrain.pretrained import CONFIG_FILE, WEIGHTS_FILE, export_model
+    from tacotrain.infer.pretrained import CONFIG_FILE, WEIGHTS_FILE, export_model
 
     src = export_model(args.checkpoint, args.out, trust=args.trust_checkpoint,
                        overwrite=args.force)
@@ -974,14 +975,16 @@ def main(argv: list[str] | None = None) -> int:
     from tacotrain.data.prepare import PrepareError
     from tacotrain.evaluate.run import EvalError
     from tacotrain.extras import MissingExtra
-    from tacotrain.pretrained import PretrainedError
+    from tacotrain.infer.checkpoint import CheckpointError
+    from tacotrain.infer.device import DeviceError
+    from tacotrain.infer.pretrained import PretrainedError
+    from tacotrain.infer.synth import SynthesisError
     from tacotrain.serve.models import ServeError
-    from tacotrain.synth import SynthesisError
-    from tacotrain.train.checkpoint import CheckpointError
     from tacotrain.train.ddp import DistError
     from tacotrain.train.trainer import TrainError
 
     known = (ConfigError, CorpusError, PrepareError, MiniCorpusError, DataError, TrainError,
+             DeviceError,
              CheckpointError, SynthesisError, EvalError, PretrainedError, AudioReadError,
              HifiGanError, VocoderError, ServeError, DistError, MissingExtra, KokoroError)
     try:

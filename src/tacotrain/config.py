@@ -291,7 +291,7 @@ class TrainConfig(Strict):
     # (measured on the Russian mini corpus: the first passing round, step 450, read 7 of 8
     # held-out sentences; two in a row, step 475, all 8; benchmarks/RESULTS.md)
     stop_when_aligned_rounds: int = Field(2, ge=1)
-    # warm start (pretrained.py): the model's weights from this checkpoint (tacotrain's or
+    # warm start (infer/pretrained.py): the model's weights from this checkpoint (tacotrain's or
     # NVIDIA/tacotron2's), embedding rows matched by symbol; optimiser, step and schedules start
     # fresh. None: a fresh initialisation. Not with --resume
     init_from: str | None = None
@@ -308,7 +308,8 @@ class TrainConfig(Strict):
 
 
 class AlignmentConfig(Strict):
-    """The verdict on free-running synthesis (tacotrain/verdict.py): when an item reads its text.
+    """The verdict on free-running synthesis (tacotrain/judge/verdict.py): when an item reads
+    its text.
 
     Used by every decision that depends on alignment: early-stop phases, ``best.pt``, the tuner,
     notifications, ``tacotrain demo`` and ``tacotrain eval``. An item must pass every check.
@@ -332,7 +333,7 @@ class AlignmentConfig(Strict):
     stall_factor: float = Field(8.0, gt=1.0)
     stall_min_ms: float = Field(300.0, ge=0.0)
     max_stalled_tokens: int = Field(0, ge=0)
-    # shape of the attention (see alignment.py); diagonality alone is not evidence of reading
+    # shape of the attention (see judge/alignment.py); diagonality alone is not evidence of reading
     diagonality: float = Field(0.8, ge=0.0, le=1.0)
     focus: float = Field(0.5, ge=0.0, le=1.0)
     coverage: float = Field(0.5, ge=0.0, le=1.0)
@@ -347,7 +348,7 @@ class AlignmentConfig(Strict):
     n_cepstra: int = Field(13, ge=1)  # mel-cepstral coefficients c1..cN in MCD-DTW
     max_mcd_dtw_db: float | None = Field(None, gt=0.0)  # optional upper bound on MCD-DTW
     round_share: float = Field(1.0, gt=0.0, le=1.0)  # share of a round's items that must pass
-    # intelligibility (tacotrain/intelligibility.py): a recogniser transcribes each synthesis
+    # intelligibility (tacotrain/judge/intelligibility.py): a recogniser transcribes each synthesis
     # through the vocoder; the round's WER must stay within max_wer_ratio x the WER of the same
     # items' ground truth through our mel and vocoder (the resynthesis floor, lifted to
     # min_floor_wer). auto: PocketSphinx for English where installed; pocketsphinx: required;

@@ -36,9 +36,9 @@ from tacotrain.data.mini import (
 from tacotrain.data.prepare import format_summary, prepare
 from tacotrain.evaluate.run import prepared_items, run_eval
 from tacotrain.fsutil import atomic_write_json
+from tacotrain.infer.checkpoint import load_checkpoint
 from tacotrain.plots import plot_training_curves
 from tacotrain.text import STRESS, detect_language
-from tacotrain.train.checkpoint import load_checkpoint
 from tacotrain.train.trainer import Trainer
 from tacotrain.train.validation import PLOT_FREE_ALIGNMENT, PLOT_FREE_MEL, PLOT_TF_ALIGNMENT
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tacotrain.alignment import save_figure
+from tacotrain.judge.alignment import save_figure
 from tacotrain.track import read_events
 
 

@@ -1,7 +1,7 @@
 """Loading prepared data for training: dataset, bucket batch sampler, collate.
 
 Items are grouped into batches of similar *mel length* so that little of each batch is padding
-(the predecessor keyed its buckets on a constant, so nothing was bucketed).
+(tests/test_loader.py measures the padding share).
 """
 
 from __future__ import annotations

@@ -29,17 +29,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tacotrain.alignment import plot_alignment, plot_mel_pair
 from tacotrain.audio import mel_spectrogram, save_wav
 from tacotrain.data.loader import PreparedData, TextMelDataset
 from tacotrain.evaluate.html import write_report_html
 from tacotrain.evaluate.robustness import robustness_set
-from tacotrain.freerun import judge, nearest_in_length, synthesize
 from tacotrain.fsutil import atomic_write_json
-from tacotrain.intelligibility import listener_for
-from tacotrain.synth import SynthesisError, Synthesizer
+from tacotrain.infer.synth import SynthesisError, Synthesizer
+from tacotrain.judge.alignment import plot_alignment, plot_mel_pair
+from tacotrain.judge.freerun import judge, nearest_in_length, synthesize
+from tacotrain.judge.intelligibility import listener_for
+from tacotrain.judge.verdict import mcd_dtw
 from tacotrain.text import attached_marks, text_key
-from tacotrain.verdict import mcd_dtw
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def run_eval(checkpoint: str | Path, data_dir: str | Path, out: str | Path,
     ``vocoder_config`` choose the vocoder (see :func:`tacotrain.audio.load_vocoder`);
     ``trust`` (``--trust-checkpoint``) lets the checkpoint unpickle arbitrary objects;
     ``asr_model`` (a Vosk model directory) listens through Vosk instead of the checkpoint's
-    ``alignment.asr`` (see :func:`tacotrain.intelligibility.listener_for`)."""
+    ``alignment.asr`` (see :func:`tacotrain.judge.intelligibility.listener_for`)."""
     out = Path(out)
     synth = Synthesizer.from_checkpoint(checkpoint, device=device, vocoder=vocoder,
                                         vocoder_config=vocoder_config, trust=trust)
@@ -217,7 +217,7 @@ def _record(item: EvalItem, fr, wav: np.ndarray, seconds: float, synth: Synthesi
 
 
 def _intelligibility(verdict, listened: bool) -> dict[str, Any]:
-    """A source's intelligibility figures for the report (see tacotrain/intelligibility.py)."""
+    """A source's intelligibility figures for the report (tacotrain/judge/intelligibility.py)."""
     i = verdict.intelligibility
     if i is None or not i.tested:
         why = ("not listened (--no-asr or alignment.asr: off)" if not listened

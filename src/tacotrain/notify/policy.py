@@ -1,6 +1,6 @@
 """Which events become messages: severity floor, per-key dedupe, a global token bucket, digest.
 
-The predecessor messaged every few steps, so people muted the bot and then missed the crash.
+Messages stay rare enough that nobody mutes the bot before the one that matters (a crash).
 The rules, in order:
 
 1. **Severity floor.** Events below ``min_severity`` are dropped and not counted anywhere: the

@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from tacotrain.config import ServeConfig
+from tacotrain.infer.synth import SynthesisError, Synthesizer
 from tacotrain.serve.models import (
     Catalog,
     CheckpointInfo,
@@ -34,7 +35,6 @@ from tacotrain.serve.models import (
     QueueFull,
 )
 from tacotrain.serve.results import ResultStore
-from tacotrain.synth import SynthesisError, Synthesizer
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from tacotrain.config import ServeConfig
-from tacotrain.pretrained import PretrainedError, load_pretrained
-from tacotrain.synth import Synthesizer
-from tacotrain.train.checkpoint import CheckpointError, load_checkpoint, step_checkpoints
+from tacotrain.infer.checkpoint import CheckpointError, load_checkpoint, step_checkpoints
+from tacotrain.infer.pretrained import PretrainedError, load_pretrained
+from tacotrain.infer.synth import Synthesizer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

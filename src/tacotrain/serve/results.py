@@ -14,8 +14,8 @@ import uuid
 from collections import OrderedDict
 from pathlib import Path
 
-from tacotrain.alignment import plot_mel
-from tacotrain.synth import Synthesis, Synthesizer
+from tacotrain.infer.synth import Synthesis, Synthesizer
+from tacotrain.judge.alignment import plot_mel
 
 # URL name -> (file in the result's folder, media type)
 FILES: dict[str, tuple[str, str]] = {

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from tacotrain.config import ServeSettings, build
+from tacotrain.infer.device import DeviceError, resolve_device
 from tacotrain.serve.models import Catalog, ServeError, checkpoint_loader
-from tacotrain.train.trainer import TrainError, resolve_device
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -62,7 +62,7 @@ def run(*, checkpoint: Path | None = None, model: Path | None = None, runs: Path
     catalog = Catalog(runs=runs, checkpoint=checkpoint, model=model, trust=trust)
     try:
         dev = str(resolve_device(device))
-    except (TrainError, RuntimeError) as exc:
+    except (DeviceError, RuntimeError) as exc:
         raise ServeError(f"--device {device}: {exc}") from None
     app = create_app(catalog, cfg, checkpoint_loader(dev, vocoder, vocoder_config, trust),
                      device=dev)

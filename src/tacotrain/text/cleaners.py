@@ -2,8 +2,8 @@
 
 The rule that matters most: a character this module cannot map into the symbol table is LEFT
 IN the text. ``unknown_characters`` then reports it and ``prepare`` rejects the clip with the
-reason. The predecessor's cleaner deleted everything outside an ASCII whitelist, which deleted
-every Cyrillic letter, and the model trained on punctuation alone. Deleting is never a fallback.
+reason. Deleting is never a fallback: a cleaner that deletes what it does not know deletes a
+whole alphabet without a word (every Cyrillic letter, under an ASCII whitelist).
 
 The only characters removed are invisible formatting marks (zero-width space, byte-order mark,
 soft hyphen) that carry no sound and no punctuation.

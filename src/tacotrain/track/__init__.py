@@ -1,7 +1,6 @@
 """One metrics stream: the trainer emits each value once; the tracker fans it out to sinks.
 
-The predecessor had TensorBoard, MLflow and custom loggers each write the same metrics on their
-own. Here there is one entry point: every call writes one line to ``RUN/events.jsonl`` (always;
+There is one entry point: every call writes one line to ``RUN/events.jsonl`` (always;
 the durable record that reports, the demo and ``tacotrain track sync`` read), then hands that
 same event, once, to each enabled sink: TensorBoard (``RUN/tb``, ``track.tensorboard``) and
 MLflow (``track.mlflow.enabled``; see mlflow_sink.py). Lines of ``events.jsonl``::
@@ -85,14 +84,6 @@ class Tracker:
         if params:
             self._emit({"kind": "params", "values": dict(params)})
 
-    @property
-    def mlflow_run_id(self) -> str | None:
-        """The MLflow run this session writes to (None without MLflow or before it answered)."""
-        for sink in self.sinks:
-            run_id = getattr(sink, "run_id", None)
-            if run_id:
-                return run_id
-        return None
 
     def __enter__(self) -> Tracker:
         return self

@@ -1,6 +1,6 @@
 """MLflow sink: one MLflow run per run directory, addressed by its run id.
 
-Why it looks like this (each point is a failure of the predecessor):
+What it guarantees:
 
 * Everything goes through an ``MlflowClient`` and an explicit run id, never the fluent
   ``mlflow.start_run`` global, so two trainings (or a trial loop) in one process cannot collide

@@ -1,6 +1,6 @@
 """Phase-aware early stopping: alignment -> learning -> fine-tuning.
 
-* alignment: until a validation round is first aligned by the verdict (tacotrain/verdict.py);
+* alignment: until a validation round is first aligned by the verdict (tacotrain/judge/verdict.py);
   stops the run if the watched metric (default free/mcd_dtw_db, the free-running distance to the
   ground truth) has not improved by ``min_delta`` for ``patience`` rounds (not aligning).
 * learning: watches validation mel loss; moves to fine-tuning when the step reaches

@@ -7,7 +7,6 @@ import math
 from tacotrain.config import (
     AttentionEntropyConfig,
     GuidedAttentionConfig,
-    ModelConfig,
     OptimConfig,
 )
 
@@ -44,15 +43,3 @@ def entropy_weight_at(step: int, cfg: AttentionEntropyConfig) -> float:
     if cfg.weight == 0 or step < cfg.start:
         return 0.0
     return cfg.weight * min(1.0, (step - cfg.start + 1) / cfg.ramp_steps)
-
-
-def r_at(step: int, cfg: ModelConfig) -> int:
-    """Reduction factor of training step ``step`` (0-based: the step that makes update
-    ``step + 1``): the r of the last ``r_schedule`` pair starting at or before it, or
-    ``n_frames_per_step`` without a schedule."""
-    r = cfg.n_frames_per_step
-    for start, scheduled in cfg.r_schedule:
-        if start > step:
-            break
-        r = scheduled
-    return r

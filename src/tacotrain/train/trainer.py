@@ -32,17 +32,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from tacotrain.alignment import METRICS, alignment_metrics
 from tacotrain.audio import GriffinLim
 from tacotrain.batch import Batch
 from tacotrain.config import WIRED_PARAMETERS, Config, flatten, to_yaml
 from tacotrain.data.loader import Collate, DistributedBucketSampler, PreparedData, TextMelDataset
 from tacotrain.fsutil import atomic_write_json, atomic_write_text
-from tacotrain.model import Tacotron2, Tacotron2Loss
-from tacotrain.pretrained import WarmStart, plan_warm_start
-from tacotrain.track import Tracker
-from tacotrain.train.batch_size import choose_batch_size, saved_batch_size
-from tacotrain.train.checkpoint import (
+from tacotrain.infer.checkpoint import (
     CheckpointError,
     latest_checkpoint,
     load_checkpoint,
@@ -53,12 +48,19 @@ from tacotrain.train.checkpoint import (
     state_hash,
     step_checkpoints,
 )
+from tacotrain.infer.device import resolve_device
+from tacotrain.infer.pretrained import WarmStart, plan_warm_start
+from tacotrain.judge.alignment import METRICS, alignment_metrics
+from tacotrain.model import Tacotron2, Tacotron2Loss
+from tacotrain.model.reduction import r_at
+from tacotrain.track import Tracker
+from tacotrain.train.batch_size import choose_batch_size, saved_batch_size
 from tacotrain.train.ddp import SINGLE, Dist
 from tacotrain.train.early_stop import PHASES, EarlyStopper
 from tacotrain.train.events import TrainingEvents
 from tacotrain.train.guard import Change, Guard, StepDecision
 from tacotrain.train.inject import SPIKE_FACTOR, InjectedCrash, from_env
-from tacotrain.train.schedules import entropy_weight_at, ga_weight_at, lr_at, r_at
+from tacotrain.train.schedules import entropy_weight_at, ga_weight_at, lr_at
 from tacotrain.train.validation import ValidationResult, Validator
 
 log = logging.getLogger(__name__)
@@ -83,15 +85,6 @@ class StopRequested(KeyboardInterrupt):
     def __init__(self, checkpoint: Path) -> None:
         super().__init__(f"stopped on request; checkpoint {checkpoint}")
         self.checkpoint = checkpoint
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TrainError(f"train.device={name!r} but CUDA is not available; use auto or cpu")
-    return dev
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
@@ -291,7 +284,7 @@ class Trainer:
         torch.manual_seed(seed)
 
     def _rng_state(self) -> dict[str, Any]:
-        """Every RNG training draws from, as tensors and plain values (see checkpoint.py)."""
+        """Every RNG training draws from, as tensors and plain values (see infer/checkpoint.py)."""
         state = {"python": random.getstate(),
                  "numpy": numpy_rng_to_saved(np.random.get_state()),
                  "torch": torch.get_rng_state()}

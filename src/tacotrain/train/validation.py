@@ -15,18 +15,18 @@ from pathlib import Path
 
 import torch
 
-from tacotrain.alignment import (
+from tacotrain.audio import GriffinLim
+from tacotrain.config import Config
+from tacotrain.data.loader import BucketBatchSampler, Collate, TextMelDataset
+from tacotrain.judge.alignment import (
     METRICS,
     alignment_metrics,
     plot_alignment,
     plot_mel,
     plot_mel_pair,
 )
-from tacotrain.audio import GriffinLim
-from tacotrain.config import Config
-from tacotrain.data.loader import BucketBatchSampler, Collate, TextMelDataset
-from tacotrain.freerun import FreeRunRound, judge, nearest_in_length, synthesize
-from tacotrain.intelligibility import listener_for
+from tacotrain.judge.freerun import FreeRunRound, judge, nearest_in_length, synthesize
+from tacotrain.judge.intelligibility import listener_for
 from tacotrain.model import Tacotron2, Tacotron2Loss
 from tacotrain.text import attached_marks, text_key
 from tacotrain.track import Tracker

@@ -2,7 +2,7 @@
 
 Lower is better. Why alignment comes first: a Tacotron 2 that does not read its text cannot
 speak, however low its loss, so such a trial must never beat one that reads. Whether a validation
-is aligned is the verdict of the trainer (tacotrain/verdict.py, recorded as ``val/aligned``):
+is aligned is the verdict of the trainer (tacotrain/judge/verdict.py, recorded as ``val/aligned``):
 the tuner has no rule of its own. With P = ``objective.unaligned_penalty`` (default 1000, far
 above any plausible value) and L = the validation ``objective.metric`` (default
 ``free/mcd_dtw_db``, the free-running MCD-DTW against ground truth over the validation items,

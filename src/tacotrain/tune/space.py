@@ -10,12 +10,11 @@ A space file is YAML::
     pruner: {type: median, n_startup_trials: 2, n_warmup_steps: 0}
     sampler: {type: tpe, seed: null}
 
-Why it is validated before a study starts (:func:`validate_space`): the predecessor searched
-parameters the model never read, so hours of trials varied nothing. Here a name must be a real
-config key, every value of its range must pass the same config validation the trainer uses,
-and changing it must change what training builds (model, loss, optimiser, batching or
-schedules; see :mod:`tacotrain.tune.wiring`). Values reach a trial only as ``--set key=value``
-overrides of that validated config.
+It is validated before a study starts (:func:`validate_space`), so that no trial varies
+something training never reads: a name must be a real config key, every value of its range must
+pass the same config validation the trainer uses, and changing it must change what training
+builds (model, loss, optimiser, batching or schedules; see :mod:`tacotrain.tune.wiring`). Values
+reach a trial only as ``--set key=value`` overrides of that validated config.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, model_validator
 
 from tacotrain.config import (
@@ -236,5 +234,3 @@ def validate_space(space: SearchSpace, base: str | Path,
     return base_cfg
 
 
-def dump_space(space: SearchSpace) -> str:
-    return yaml.safe_dump(space_dict(space), sort_keys=False)

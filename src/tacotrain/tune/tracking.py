@@ -1,7 +1,6 @@
 """MLflow for a study: one parent run, one nested child run per trial, every run closed.
 
-The predecessor logged trial parameters under ``trial_N_`` prefixes in one run and left runs
-open. Here each trial's training process creates its own MLflow run (the trainer's sink; its
+Each trial's training process creates its own MLflow run (the trainer's sink; its
 parameters are the plain flattened config names, ``optim.lr``), nested under the study's run
 through MLflow's ``mlflow.parentRunId`` tag, which the sink sets from
 ``TACOTRAIN_MLFLOW_PARENT_RUN_ID``. The tuner then closes that child run itself with the trial's

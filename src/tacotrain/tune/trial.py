@@ -1,11 +1,9 @@
 """One trial = one ``tacotrain train`` process, followed through its ``events.jsonl``.
 
-Why a process per trial: the predecessor trained every trial inside the tuner's process and then
-tried to free memory by deleting tensors it found through ``gc.get_objects()``. A fresh process
-gets fresh memory (CPU and CUDA), its own RNG and threads, and can be killed without harming
-the study; its crash is its own. The parent only reads what every training writes anyway:
-``RUN/events.jsonl`` (validation scalars, as they happen, for pruning) and
-``RUN/train_result.json`` (the validation history, at the end).
+A process per trial: a fresh process gets fresh memory (CPU and CUDA), its own RNG and threads,
+and can be killed without harming the study; its crash is its own. The parent only reads what
+every training writes anyway: ``RUN/events.jsonl`` (validation scalars, as they happen, for
+pruning) and ``RUN/train_result.json`` (the validation history, at the end).
 
 The process gets a session of its own (``start_new_session``), so stopping it (SIGTERM, then
 SIGKILL) reaches its DataLoader workers too, and a Ctrl-C in the terminal reaches only the tuner,
@@ -17,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import subprocess
 import time
@@ -26,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tacotrain.infer.checkpoint import step_checkpoints
 from tacotrain.track.jsonl_sink import EVENTS_FILE
 from tacotrain.track.monitor import stop_process
-from tacotrain.train.checkpoint import step_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -208,9 +205,3 @@ def keep_best_checkpoint(run_dir: Path) -> list[Path]:
     return removed
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True

@@ -1,7 +1,7 @@
 """Does a config key reach training? A fingerprint of everything the trainer builds from a config.
 
-The predecessor's tuner searched parameters that nothing read. The check here is generic rather
-than a hand-kept list: build what ``Trainer.__init__`` builds from a config (the model, the loss,
+A study never searches a parameter that nothing reads. The check is generic rather than a
+hand-kept list: build what ``Trainer.__init__`` builds from a config (the model, the loss,
 the optimiser, the batch sampler and collate function) plus the schedules it reads every step
 (every ``*_at(step, section)`` function of ``train/schedules.py``: learning rate,
 guided-attention weight, attention-entropy weight), and describe each as plain data: classes,

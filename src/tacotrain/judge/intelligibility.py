@@ -28,7 +28,7 @@ import numpy as np
 from torch import Tensor
 
 from tacotrain.config import AlignmentConfig
-from tacotrain.evaluate import asr
+from tacotrain.judge import asr
 
 log = logging.getLogger(__name__)
 

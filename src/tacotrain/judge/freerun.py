@@ -1,4 +1,4 @@
-"""Free-running synthesis of a set of items, each judged by the verdict (tacotrain/verdict.py).
+"""Free-running synthesis of a set of items, each judged by the verdict (judge/verdict.py).
 
 One place for what validation during training and ``tacotrain eval`` both do: synthesise texts
 without teacher forcing, compare each synthesis with its ground truth where it has one (length
@@ -17,10 +17,8 @@ import torch
 from torch import Tensor
 
 from tacotrain.config import AlignmentConfig
-from tacotrain.intelligibility import Heard, Listener, round_intelligibility
-from tacotrain.model import Tacotron2
-from tacotrain.text import text_key
-from tacotrain.verdict import (
+from tacotrain.judge.intelligibility import Heard, Listener, round_intelligibility
+from tacotrain.judge.verdict import (
     ItemVerdict,
     RoundVerdict,
     identify,
@@ -28,6 +26,8 @@ from tacotrain.verdict import (
     judge_round,
     mel_cepstra,
 )
+from tacotrain.model import Tacotron2
+from tacotrain.text import text_key
 
 
 @dataclass(frozen=True)

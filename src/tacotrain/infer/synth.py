@@ -16,14 +16,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from tacotrain.alignment import METRICS, plot_alignment
 from tacotrain.audio import load_vocoder, save_wav
 from tacotrain.audio.vocoder import Vocoder
 from tacotrain.config import AudioConfig, Config
-from tacotrain.freerun import synthesize as free_run
 from tacotrain.fsutil import atomic_write, atomic_write_json
+from tacotrain.infer.checkpoint import load_checkpoint
+from tacotrain.infer.device import resolve_device
+from tacotrain.infer.pretrained import build_model, load_pretrained
+from tacotrain.judge.alignment import METRICS, plot_alignment
+from tacotrain.judge.freerun import synthesize as free_run
+from tacotrain.judge.verdict import judge_item
 from tacotrain.model import Tacotron2
-from tacotrain.pretrained import build_model, load_pretrained
+from tacotrain.model.reduction import r_at
 from tacotrain.text import (
     PhonemeError,
     attached_marks,
@@ -33,10 +37,6 @@ from tacotrain.text import (
     unknown_characters,
 )
 from tacotrain.text.sentences import split_sentences
-from tacotrain.train.checkpoint import load_checkpoint
-from tacotrain.train.schedules import r_at
-from tacotrain.train.trainer import resolve_device
-from tacotrain.verdict import judge_item
 
 
 class SynthesisError(ValueError):

@@ -1,9 +1,7 @@
 """Alignment diagnostics (pure functions on tensors) and alignment / mel plots.
 
-The predecessor averaged ``attn[i, i]`` over a non-square matrix, which is ~1/N for a perfect
-alignment and for uniform attention alike. Every metric here is computed per item on its own
-valid region ``[:T_dec_b, :N_b]`` (padding never enters) and separates a good alignment from a
-bad one:
+Every metric is computed per item on its own valid region ``[:T_dec_b, :N_b]`` (padding never
+enters) and separates a good alignment from a bad one:
 
 * ``diagonality``: share of each decoder step's attention mass that lies within ``band`` of the
   straight path, averaged over valid steps. Positions are cell centres, (n + 0.5) / N and
@@ -22,7 +20,7 @@ bad one:
 These describe the *shape* of the attention, not whether the decoder reads: attention that
 ignores the text and only walks forward by a prior scores a diagonality of 0.84-0.97, and a
 sharp path that reads every other token scores 1.0 on diagonality and focus. Whether an item
-reads its text is decided by the verdict (tacotrain/verdict.py), which uses these among
+reads its text is decided by the verdict (tacotrain/judge/verdict.py), which uses these among
 stricter checks (skipped tokens, repeats, stalls, length and the content test).
 """
 
@@ -34,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .fsutil import atomic_write
+from tacotrain.fsutil import atomic_write
 
 METRICS = ("diagonality", "focus", "coverage", "monotonicity")
 _BAND_EPS = 1e-6  # tolerance so points exactly on the band edge count as inside

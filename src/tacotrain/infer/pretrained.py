@@ -54,9 +54,9 @@ from tacotrain.config import (
     validate_as,
 )
 from tacotrain.fsutil import atomic_write_bytes, atomic_write_json
+from tacotrain.infer.checkpoint import MAGIC, load_checkpoint
 from tacotrain.model import Tacotron2
-from tacotrain.train.checkpoint import MAGIC, load_checkpoint
-from tacotrain.train.schedules import r_at
+from tacotrain.model.reduction import r_at
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ when every check below holds; each failed check adds a machine-readable reason:
 * ``stalls``: a token holds more than ``stall_factor`` x the item's median per-token attention
   (and at least ``stall_min_ms`` of audio);
 * ``focus``, ``coverage``, ``diagonality``: the four classic metrics of
-  :func:`tacotrain.alignment.alignment_metrics` below their thresholds. They describe the shape
-  of the attention only: a text-ignoring forward walk scores a diagonality of 0.84-0.97, so
+  :func:`tacotrain.judge.alignment.alignment_metrics` below their thresholds. They describe the
+  shape of the attention only: a text-ignoring forward walk scores a diagonality of 0.84-0.97, so
   diagonality alone is never evidence of reading;
 * ``not_identified``: the content test. Among the ground truths of a round (at least
   ``min_candidates``, padded with training items when the round has fewer), an item's synthesis
@@ -38,7 +38,7 @@ when every check below holds; each failed check adds a machine-readable reason:
   reading.
 
 A round is aligned when at least ``round_share`` of its items are *and*, where a recogniser
-judged it (tacotrain/intelligibility.py), the round's word error rate is within
+judged it (tacotrain/judge/intelligibility.py), the round's word error rate is within
 ``max_wer_ratio`` of the same items' resynthesis floor. Rhythm and spectral envelope can make a
 synthesis nearest to its own recording while nobody understands it; the recogniser cannot be
 fooled that way.
@@ -64,9 +64,9 @@ import numpy as np
 import torch
 from scipy.fft import dct
 
-from tacotrain.alignment import alignment_metrics
 from tacotrain.config import AlignmentConfig
-from tacotrain.intelligibility import Heard, Intelligibility
+from tacotrain.judge.alignment import alignment_metrics
+from tacotrain.judge.intelligibility import Heard, Intelligibility
 
 MCD_CONST = 10.0 / math.log(10.0) * math.sqrt(2.0)
 
