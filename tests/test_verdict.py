@@ -120,6 +120,19 @@ def test_stall_on_one_token_fails():
     assert v.stalled_tokens == 1
 
 
+def test_a_pause_is_not_a_stall_and_the_limit_is_in_milliseconds():
+    # a quick reader (1.5 steps of 23 ms per sound) pausing 18 steps on one sound: 420 ms, more
+    # than 8x its median (344 ms), but under the 500 ms a stall needs
+    n = 30
+    d = diagonal(n, steps_per_token=1.5)
+    i = d.index(12)
+    path = d[:i] + [12] * 18 + d[i:]
+    assert judge(sharp(path, n)).stalled_tokens == 0
+    # the same attention at r = 4 (twice the audio per step) holds that sound for 840 ms
+    at_r4 = judge_item(sharp(path, n), True, 4 * len(path), CFG, FRAME_MS)
+    assert at_r4.reasons == ("stalls",)
+
+
 def test_boundary_jitter_is_not_a_repeat():
     n = 20
     path = diagonal(n)
