@@ -37,6 +37,7 @@ def test_demo_that_does_not_read_fails_and_says_why(tmp_path, capsys):
                                             "step-0000004.pt").resolve()
     held = s["heldout"]
     assert held["items"] == 3 and held["aligned_share"] == 0.0 and held["failed"]
+    assert held["sentences"] == 3 and held["rejected"] == {}  # none lost to prepare
     for smp in held["samples"]:  # paths relative to the summary, so the folder can move
         assert not Path(smp["wav"]).is_absolute() and (out / smp["wav"]).is_file()
         assert smp["mcd_dtw_db"] > 0 and smp["length_ratio"] > 0

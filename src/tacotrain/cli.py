@@ -184,7 +184,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t, ck, held = s["training"], s["checkpoint"], s["heldout"]
     print(f"training: {t['steps']} steps, {t['wall_seconds'] / 60:.1f} min ({t['stop_reason']})")
     print(f"checkpoint {ck['path']} (step {ck['step']}): {ck['verdict']}")
-    print(f"held-out sentences: {held['aligned_share']:.0%} of {held['items']} pass the verdict "
+    print(f"held-out sentences: {held['aligned_share']:.0%} of {held['sentences']} pass the "
+          f"verdict ({held['sentences'] - held['items']} rejected by prepare) "
           f"(needed {held['required_share']:.0%}); identified {held['identified_share']:.0%}")
     heard = held.get("intelligibility")
     if heard and heard.get("tested"):

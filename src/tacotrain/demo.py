@@ -158,13 +158,19 @@ def run_demo(out: str | Path, cfg: Config, progress: bool = True, vocoder: str |
     data = PreparedData.load(out / "data")
     heldout_dir = heldout_corpus(out, cfg, corpus).parent
     settings = Settings(audio=data.settings.audio, text=data.settings.text)
-    prepare(heldout_dir / "corpus", heldout_dir / "data", settings, progress=False)
+    prep = prepare(heldout_dir / "corpus", heldout_dir / "data", settings, progress=False)
+    rejected = {k: v for k, v in prep.report["summary"]["rejected_by_reason"].items() if v}
+    if rejected:  # a sentence that could not be judged counts against the share, never silently
+        log.warning("held-out: %d of %d sentences rejected by prepare (%s); they count as not "
+                    "passed", sum(rejected.values()), prep.report["summary"]["lines"],
+                    ", ".join(f"{k} {v}" for k, v in rejected.items()))
     heldout = prepared_items(PreparedData.load(heldout_dir / "data"), "heldout")
     report = run_eval(ckpt, out / "data", out / "eval", heldout=heldout, progress=progress,
                       vocoder=vocoder, vocoder_config=vocoder_config)
 
     held_rows = [r for r in report["items"] if r["source"] == "heldout"]
-    held_share = sum(r["aligned"] for r in held_rows) / max(len(held_rows), 1)
+    requested = len(held_rows) + sum(rejected.values())
+    held_share = sum(r["aligned"] for r in held_rows) / max(requested, 1)
     heard = report["summary"]["by_source"].get("heldout", {}).get("intelligibility")
     # natural English, and any voice with a named recogniser (alignment.asr: pocketsphinx or
     # vosk), must be understood by it (an untested round never counts as speaking); espeak-ng's
@@ -194,9 +200,11 @@ def run_demo(out: str | Path, cfg: Config, progress: bool = True, vocoder: str |
         },
         "heldout": {
             "items": len(held_rows),
+            "sentences": requested,
+            "rejected": rejected,
             "aligned_share": round(held_share, 4),
             "identified_share": round(sum(bool(r["identified"]) for r in held_rows)
-                                      / max(len(held_rows), 1), 4),
+                                      / max(requested, 1), 4),
             "required_share": cfg.demo.heldout_share,
             "intelligibility": heard,
             "intelligible": heard_ok,
