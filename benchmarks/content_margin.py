@@ -75,7 +75,9 @@ def main() -> None:
             for _ in range(args.draws if n < len(items) else 1):
                 pick = rng.choice(len(items), size=n, replace=False)
                 a, b, c = margins(dist[np.ix_(pick, pick)])
-                near.append(a), med.append(b), mutual.append(c)
+                near.append(a)
+                med.append(b)
+                mutual.append(c)
             near, med, mutual = map(np.concatenate, (near, med, mutual))
             p = lambda x: "/".join(f"{v:.3f}" for v in np.percentile(x, [5, 50, 95]))  # noqa: E731
             shares = " | ".join(f"{(mutual & (med > m)).mean():.2f}" for m in args.margins)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from tacotrain.audio import GriffinLim, mel_spectrogram
-from tacotrain.config import AlignmentConfig, AudioConfig
+from tacotrain.config import AlignmentConfig, AudioConfig, ConfigError
 from tacotrain.data import kokoro
 from tacotrain.judge.asr import asr_available
 from tacotrain.judge.freerun import judge
@@ -185,7 +185,7 @@ def test_a_vosk_model_must_be_named_and_be_one():
     with pytest.raises(ValueError, match="read only with asr: vosk"):
         AlignmentConfig(asr_model="/models/vosk-ru")
     gl = GriffinLim(AudioConfig())
-    with pytest.raises(ValueError, match="is not a Vosk model directory"):
+    with pytest.raises(ConfigError, match="is not a Vosk model directory"):  # exit 2
         listener_for(AlignmentConfig(asr="vosk", asr_model="/nonexistent/model"), "en", gl, 22050)
 
 

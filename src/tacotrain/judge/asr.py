@@ -85,11 +85,12 @@ class Vosk:
     directory and process."""
 
     def __init__(self, model_dir: str | Path) -> None:
+        from tacotrain.config import ConfigError
         from tacotrain.extras import require
 
         path = Path(model_dir).expanduser()
         if not (path / "am").is_dir() and not (path / "conf" / "model.conf").is_file():
-            raise ValueError(f"alignment.asr_model: {path} is not a Vosk model directory (it "
+            raise ConfigError(f"alignment.asr_model: {path} is not a Vosk model directory (it "
                              "has neither am/ nor conf/model.conf); unpack a model from "
                              "alphacephei.com/vosk/models and name its folder")
         require("vosk", "alignment.asr: vosk", "vosk")

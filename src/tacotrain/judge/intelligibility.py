@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import Tensor
 
-from tacotrain.config import AlignmentConfig
+from tacotrain.config import AlignmentConfig, ConfigError
 from tacotrain.judge import asr
 
 log = logging.getLogger(__name__)
@@ -136,12 +136,12 @@ def listener_for(cfg: AlignmentConfig, language: str,
         return Listener(vocoder, sample_rate, asr.Vosk(cfg.asr_model).transcribe)
     if language != "en":
         if cfg.asr == "pocketsphinx":
-            raise ValueError(f"alignment.asr: pocketsphinx recognises English only, the data is "
+            raise ConfigError(f"alignment.asr: pocketsphinx recognises English only, the data is "
                              f"{language!r}; set alignment.asr to auto or off")
         return None
     if not asr.asr_available():
         if cfg.asr == "pocketsphinx":
-            raise ValueError("alignment.asr: pocketsphinx is not installed: "
+            raise ConfigError("alignment.asr: pocketsphinx is not installed: "
                              "pip install 'tacotrain[asr]'")
         log.warning("no speech recogniser installed (pip install 'tacotrain[asr]'): "
                     "intelligibility is not tested")

@@ -154,7 +154,8 @@ def identify(synth_ceps: Sequence[np.ndarray], gt_ceps: Sequence[np.ndarray],
         d = float(dist[i, o])
         sides = [x for x in (other_gts, other_synths) if x.size]
         if not sides:
-            flags.append(True), margins.append(math.inf)
+            flags.append(True)
+            margins.append(math.inf)
             continue
         typical = min(float(np.median(x)) for x in sides)
         nearest = min(float(x.min()) for x in sides)
