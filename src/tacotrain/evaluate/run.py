@@ -139,18 +139,19 @@ def run_eval(checkpoint: str | Path, data_dir: str | Path, out: str | Path,
         groups.append(robustness_items(synth, [i["text"] for i in train.items], seed))
     if not groups:
         raise EvalError("nothing to evaluate: no validation items, sentences or robustness set")
+    cfg = synth.cfg.alignment
+    if asr_model is not None:
+        cfg = cfg.model_copy(update={"asr": "vosk", "asr_model": str(asr_model)})
+    # a recogniser setting that cannot work fails here, before anything is written
+    listener = listener_for(cfg, synth.language, synth.vocoder, synth.audio.sample_rate) \
+        if asr else None
     (out / "report.json").unlink(missing_ok=True)  # a crash must not leave an old report
     (out / "wav").mkdir(parents=True, exist_ok=True)
     (out / "img").mkdir(exist_ok=True)
 
-    cfg = synth.cfg.alignment
-    if asr_model is not None:
-        cfg = cfg.model_copy(update={"asr": "vosk", "asr_model": str(asr_model)})
     total = sum(len(g) for g in groups)
     bar = tqdm(total=total, unit="item", disable=not progress, desc="eval")
     records: list[dict[str, Any]] = []
-    listener = listener_for(cfg, synth.language, synth.vocoder, synth.audio.sample_rate) \
-        if asr else None
     heard: dict[str, dict[str, Any]] = {}
     for group in groups:
         results, seconds = [], []
