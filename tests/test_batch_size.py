@@ -190,7 +190,7 @@ def test_bf16_training_on_cpu_is_finite_and_cell_state_float32(tiny_data, tmp_pa
 
     monkeypatch.setattr(t2.Decoder, "_recur", spy)
     losses = []
-    for batch in list(trainer._loader())[:3]:
+    for batch in list(trainer.feed.loader(trainer.epoch, trainer.batch_in_epoch))[:3]:
         decision, m = trainer.train_step(batch)
         assert decision.action == "ok"
         losses.append(m["train/loss"])

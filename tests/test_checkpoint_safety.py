@@ -17,14 +17,17 @@ import pytest
 import torch
 
 from tacotrain.cli import main
-from tacotrain.config import load_config
+from tacotrain.config import Config, load_config
 from tacotrain.infer.checkpoint import (
+    FORMAT,
     MAGIC,
+    Checkpoint,
     CheckpointError,
     load_checkpoint,
     numpy_rng_from_saved,
     save_checkpoint,
 )
+from tacotrain.model.reduction import r_at
 from tacotrain.train.trainer import GuardStop, Trainer
 
 from conftest import tiny_cfg
@@ -309,3 +312,46 @@ def test_snapshot_stays_good_after_a_rollback(tiny_data, tmp_path, monkeypatch,
     for key in ("model", "optimizer", "scaler", "rng", "step", "iteration", "epoch",
                 "batch_in_epoch", "lr_scale", "overrides", "guard", "schedule", "r"):
         assert_same_tensors(snap[key], good[key], key)
+
+
+# ---------------------------------------------------------------------- the typed schema
+def test_the_schema_round_trips_every_field_of_a_training_checkpoint(trained):
+    raw = load_checkpoint(ckpt(trained, 4))
+    typed = Checkpoint.read(ckpt(trained, 4))
+    assert typed.format == FORMAT == raw["format"]
+    assert (typed.step, typed.r, typed.world_size) == (4, raw["r"], 1)
+    assert typed.data.symbols == raw["data"]["symbols"] and typed.data.language == "en"
+    again = typed.to_payload()
+    assert list(again) == list(raw)  # same fields, same order
+    for key in raw:
+        assert_same_tensors(again[key], raw[key], key)
+
+
+def test_an_older_checkpoint_lacking_newer_fields_still_loads(trained, tmp_path):
+    """Files written before world_size, r, rng_ranks and data.phonemes/root existed read with
+    the defaults those fields had: one process, r from the schedule, letters."""
+    old = load_checkpoint(ckpt(trained, 4))
+    for key in ("world_size", "r"):
+        del old[key]
+    for key in ("phonemes", "root"):
+        old["data"].pop(key)
+    write_raw(tmp_path / "old.pt", old)
+    ck = Checkpoint.read(tmp_path / "old.pt")
+    cfg = Config.from_saved(ck.config)
+    assert (ck.world_size, ck.r, ck.data.phonemes, ck.rng_ranks) == (1, None, False, None)
+    assert ck.reduction(cfg.model) == r_at(4, cfg.model) == cfg.model.n_frames_per_step
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: p.update(format=FORMAT + 1), "newer than this version"),
+    (lambda p: p.pop("model"), "missing model"),
+    (lambda p: p["data"].pop("symbols"), "missing data.symbols"),
+])
+def test_a_checkpoint_this_version_cannot_read_is_refused_with_the_reason(
+        trained, tmp_path, change, message):
+    payload = load_checkpoint(ckpt(trained, 4))
+    change(payload)
+    write_raw(tmp_path / "odd.pt", payload)
+    with pytest.raises(CheckpointError, match=message) as err:
+        Checkpoint.read(tmp_path / "odd.pt")
+    assert str(tmp_path / "odd.pt") in str(err.value)

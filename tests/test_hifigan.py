@@ -362,7 +362,7 @@ def test_synth_save_mel_is_what_was_vocoded(tiny_data: Path, tmp_path: Path, cap
     trainer = Trainer(tiny_cfg("model.max_decoder_steps=30"), tiny_data, tmp_path / "run",
                       progress=False)
     ckpt = tmp_path / "ck.pt"
-    save_checkpoint(ckpt, trainer.checkpoint_payload(None))
+    save_checkpoint(ckpt, trainer.state().to_payload())
     h = small("v3")
     gen = write_generator(tmp_path / "voc", h, seed=7)
     wav, mel_path = tmp_path / "s" / "a.wav", tmp_path / "s" / "a.npy"

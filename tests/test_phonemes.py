@@ -180,7 +180,7 @@ def test_prepare_dataset_and_synthesizer_agree(tmp_path):
 
     trainer = Trainer(tiny_cfg(), tmp_path / "data", tmp_path / "run", progress=False)
     assert trainer.model.embedding.num_embeddings == len(phoneme_symbols("en"))
-    payload = trainer.checkpoint_payload(None)
+    payload = trainer.state().to_payload()
     assert payload["data"]["phonemes"] is True
     ckpt = tmp_path / "ck.pt"
     save_checkpoint(ckpt, payload)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tacotrain.train.trainer import BarLimit, Trainer, bar_limit
+from tacotrain.train.progress import BarLimit, bar_limit
+from tacotrain.train.trainer import Trainer
 
 from conftest import tiny_cfg
 

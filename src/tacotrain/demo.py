@@ -36,7 +36,7 @@ from tacotrain.data.mini import (
 from tacotrain.data.prepare import format_summary, prepare
 from tacotrain.evaluate.run import prepared_items, run_eval
 from tacotrain.fsutil import atomic_write_json
-from tacotrain.infer.checkpoint import load_checkpoint
+from tacotrain.infer.checkpoint import Checkpoint
 from tacotrain.plots import plot_training_curves
 from tacotrain.text import STRESS, detect_language
 from tacotrain.train.trainer import Trainer
@@ -154,7 +154,7 @@ def run_demo(out: str | Path, cfg: Config, progress: bool = True, vocoder: str |
 
     # the checkpoint the samples come from: best.pt exists only for an aligned round
     ckpt = result.best_checkpoint or result.last_checkpoint
-    verdict = load_checkpoint(ckpt)["verdict"]
+    verdict = Checkpoint.read(ckpt).verdict
     data = PreparedData.load(out / "data")
     heldout_dir = heldout_corpus(out, cfg, corpus).parent
     settings = Settings(audio=data.settings.audio, text=data.settings.text)

@@ -13,6 +13,11 @@ naturally a tensor is stored as one: the numpy RNG state's key array is an int64
 they still load, because numpy's numeric-array reconstruction (and nothing else of numpy) is
 allowed. Anything else that needs unpickling is refused unless the user passes
 ``--trust-checkpoint`` (``trust=True``).
+
+What a payload holds is :class:`Checkpoint`, the one schema every writer and reader goes
+through (training writes it; resume, synthesis, export, warm start and the server read it).
+``format`` is its version: a reader accepts every version up to :data:`FORMAT` and fills the
+fields older files lack with their defaults.
 """
 
 from __future__ import annotations
@@ -22,15 +27,19 @@ import io
 import pickle
 import re
 from collections import OrderedDict
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from tacotrain.config import ModelConfig
 from tacotrain.fsutil import atomic_write
+from tacotrain.model.reduction import r_at
 
 MAGIC = b"TCTRN01\n"
+FORMAT = 1  # the payload layout this code writes (Checkpoint); it reads 1..FORMAT
 _STEP = re.compile(r"^step-(\d+)\.pt$")
 
 
@@ -209,3 +218,129 @@ def prune(directory: str | Path, keep_last: int) -> None:
     """Delete all but the newest ``keep_last`` step checkpoints (``best.pt`` is separate)."""
     for _, p in step_checkpoints(directory)[:-keep_last]:
         p.unlink(missing_ok=True)
+
+
+@dataclass
+class CheckpointData:
+    """The prepared data a checkpoint was trained on: what synthesis needs to feed it."""
+
+    language: str
+    symbols: list[str]
+    audio: dict[str, Any]  # AudioConfig as JSON
+    phonemes: bool = False  # the model reads espeak-ng IPA (False: letters, as older files)
+    root: str = ""
+
+    @classmethod
+    def of(cls, prepared: Any) -> CheckpointData:
+        """From a data.loader.PreparedData."""
+        return cls(language=prepared.language, symbols=prepared.symbols,
+                   audio=prepared.settings.audio.model_dump(mode="json"),
+                   phonemes=prepared.phonemes, root=str(prepared.root))
+
+
+@dataclass
+class Checkpoint:
+    """One training state, as every checkpoint file holds it.
+
+    ``model``, ``config`` and ``data`` rebuild the model for inference; the rest makes
+    ``--resume`` exact (positions, optimiser, scaler, RNG states, guard and early-stop state).
+    ``val`` and ``verdict`` are the validation round the file was written after (empty for a
+    snapshot). ``r`` is the reduction factor of ``step`` (None in files older than
+    ``model.r_schedule``: :meth:`reduction` derives it)."""
+
+    step: int
+    model: dict[str, torch.Tensor]
+    config: dict[str, Any]  # Config as JSON (Config.from_saved reads it)
+    data: CheckpointData
+    r: int | None = None
+    iteration: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # global batches (all ranks) of the epoch consumed
+    world_size: int = 1
+    lr_scale: float = 1.0
+    overrides: dict[str, float | None] = field(default_factory=dict)
+    guard: dict[str, Any] = field(default_factory=dict)
+    early_stop: dict[str, Any] = field(default_factory=dict)
+    elapsed: float = 0.0  # training wall seconds up to this state, over every session
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    scaler: dict[str, Any] = field(default_factory=dict)
+    schedule: dict[str, float] = field(default_factory=dict)
+    rng: dict[str, Any] = field(default_factory=dict)
+    rng_ranks: list[dict[str, Any]] | None = None  # every rank's RNG states (DDP)
+    val: dict[str, float] = field(default_factory=dict)
+    verdict: dict[str, Any] = field(default_factory=dict)
+    format: int = FORMAT
+
+    def to_payload(self) -> dict[str, Any]:
+        """The plain dict the file stores (``rng_ranks`` only where there is one)."""
+        out = {"format": self.format, "step": self.step, "iteration": self.iteration,
+               "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+               "world_size": self.world_size, "lr_scale": self.lr_scale,
+               "overrides": self.overrides, "guard": self.guard,
+               "early_stop": self.early_stop, "elapsed": self.elapsed, "model": self.model,
+               "optimizer": self.optimizer, "scaler": self.scaler, "schedule": self.schedule,
+               "r": self.r, "rng": self.rng, "config": self.config,
+               "data": _data_payload(self.data), "val": self.val, "verdict": self.verdict}
+        if self.rng_ranks is not None:
+            out["rng_ranks"] = self.rng_ranks
+        return out
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], source: str | Path = "checkpoint"
+                     ) -> Checkpoint:
+        """Read a payload of any format up to :data:`FORMAT`; CheckpointError naming
+        ``source`` for a newer format or a missing required field."""
+        version = payload.get("format", 1)
+        if not isinstance(version, int) or version > FORMAT:
+            raise CheckpointError(f"{source}: checkpoint format {version!r} is newer than this "
+                                  f"version of tacotrain reads ({FORMAT}); upgrade tacotrain")
+        missing = [k for k in ("step", "model", "config", "data") if k not in payload]
+        data = payload.get("data") or {}
+        missing += [f"data.{k}" for k in ("language", "symbols", "audio") if k not in data]
+        if missing:
+            raise CheckpointError(f"{source}: not a training checkpoint (missing "
+                                  f"{', '.join(missing)})")
+        known = {f.name for f in fields(cls)} - {"data"}
+        values = {k: v for k, v in payload.items() if k in known}
+        return cls(**values, data=CheckpointData(
+            language=data["language"], symbols=list(data["symbols"]), audio=data["audio"],
+            phonemes=bool(data.get("phonemes", False)), root=str(data.get("root", ""))))
+
+    @classmethod
+    def read(cls, path: str | Path, map_location: str | torch.device = "cpu",
+             trust: bool = False) -> Checkpoint:
+        """Load, verify (see :func:`load_checkpoint`) and type a checkpoint file."""
+        return cls.from_payload(load_checkpoint(path, map_location, trust), path)
+
+    def write(self, path: str | Path) -> None:
+        save_checkpoint(path, self.to_payload())
+
+    def cpu_copy(self) -> Checkpoint:
+        """A copy whose tensors are CPU copies, independent of the live training state."""
+        return replace(self, **{f.name: cpu_copy(getattr(self, f.name)) for f in fields(self)
+                                if f.name != "data"})
+
+    def reduction(self, model_cfg: ModelConfig) -> int:
+        """The reduction factor the model was validated with: ``r``, or for files older than
+        ``model.r_schedule`` the schedule's r at ``step``."""
+        return self.r or r_at(self.step, model_cfg)
+
+
+def _data_payload(data: CheckpointData) -> dict[str, Any]:
+    return {"language": data.language, "symbols": data.symbols, "phonemes": data.phonemes,
+            "audio": data.audio, "root": data.root}
+
+
+def cpu_copy(obj: Any) -> Any:
+    """A deep copy of a state (nested dicts, lists, tuples) with every tensor copied to the
+    CPU: independent of the live training state it was taken from."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        out = type(obj)((k, cpu_copy(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):  # a module state dict's per-module versions
+            out._metadata = cpu_copy(obj._metadata)
+        return out
+    if isinstance(obj, list | tuple):
+        return type(obj)(cpu_copy(v) for v in obj)
+    return obj

@@ -54,9 +54,8 @@ from tacotrain.config import (
     validate_as,
 )
 from tacotrain.fsutil import atomic_write_bytes, atomic_write_json
-from tacotrain.infer.checkpoint import MAGIC, load_checkpoint
+from tacotrain.infer.checkpoint import MAGIC, Checkpoint
 from tacotrain.model import Tacotron2
-from tacotrain.model.reduction import r_at
 
 log = logging.getLogger(__name__)
 
@@ -157,15 +156,13 @@ def read_source(path: str | Path, trust: bool = False) -> SourceModel:
 
 
 def _read_tacotrain(path: Path, trust: bool) -> SourceModel:
-    ck = load_checkpoint(path, map_location="cpu", trust=trust)
-    cfg = Config.from_saved(ck["config"])
-    data = ck["data"]
+    ck = Checkpoint.read(path, map_location="cpu", trust=trust)
+    cfg = Config.from_saved(ck.config)
     return SourceModel(
-        path=path, kind="tacotrain", state=_strip_ddp(dict(ck["model"])),
-        symbols=list(data["symbols"]), language=data["language"],
-        phonemes=bool(data.get("phonemes", False)),
-        audio=AudioConfig.model_validate(data["audio"]), model=cfg.model,
-        r=ck.get("r") or r_at(ck.get("step", 0), cfg.model), synth=cfg.synth,
+        path=path, kind="tacotrain", state=_strip_ddp(dict(ck.model)),
+        symbols=list(ck.data.symbols), language=ck.data.language, phonemes=ck.data.phonemes,
+        audio=AudioConfig.model_validate(ck.data.audio), model=cfg.model,
+        r=ck.reduction(cfg.model), synth=cfg.synth,
         alignment=cfg.alignment, sha256=_sha256(path))
 
 

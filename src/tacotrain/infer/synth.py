@@ -20,14 +20,13 @@ from tacotrain.audio import load_vocoder, save_wav
 from tacotrain.audio.vocoder import Vocoder
 from tacotrain.config import AudioConfig, Config
 from tacotrain.fsutil import atomic_write, atomic_write_json
-from tacotrain.infer.checkpoint import load_checkpoint
+from tacotrain.infer.checkpoint import Checkpoint
 from tacotrain.infer.device import resolve_device
 from tacotrain.infer.pretrained import build_model, load_pretrained
 from tacotrain.judge.alignment import METRICS, plot_alignment
 from tacotrain.judge.freerun import synthesize as free_run
 from tacotrain.judge.verdict import judge_item
 from tacotrain.model import Tacotron2
-from tacotrain.model.reduction import r_at
 from tacotrain.text import (
     PhonemeError,
     attached_marks,
@@ -83,23 +82,20 @@ class Synthesizer:
         whose mel settings differ from the checkpoint's is refused. ``trust``
         (``--trust-checkpoint``): let the checkpoint unpickle arbitrary objects."""
         dev = resolve_device(device)
-        ck = load_checkpoint(path, map_location=dev, trust=trust)
-        cfg = Config.from_saved(ck["config"])
-        data = ck["data"]
-        phonemes = bool(data.get("phonemes", False))  # older checkpoints read letters
-        if data["symbols"] != symbol_table(data["language"], phonemes):
-            kind = "phoneme" if phonemes else "letter"
+        ck = Checkpoint.read(path, map_location=dev, trust=trust)
+        cfg = Config.from_saved(ck.config)
+        data = ck.data
+        if data.symbols != symbol_table(data.language, data.phonemes):
+            kind = "phoneme" if data.phonemes else "letter"
             raise SynthesisError(f"{path}: the checkpoint's symbol table differs from this "
-                                 f"version's {data['language']} {kind} table; it cannot be "
+                                 f"version's {data.language} {kind} table; it cannot be "
                                  "used here")
-        audio = AudioConfig.model_validate(data["audio"])
-        model = Tacotron2(cfg.model, len(data["symbols"]), audio.n_mels).to(dev)
-        model.load_state_dict(ck["model"])
-        # the reduction factor the checkpoint was validated with (gradual training); older
-        # checkpoints do not record it: the schedule's r at their step
-        model.set_r(ck.get("r") or r_at(ck.get("step", 0), cfg.model))
+        audio = AudioConfig.model_validate(data.audio)
+        model = Tacotron2(cfg.model, len(data.symbols), audio.n_mels).to(dev)
+        model.load_state_dict(ck.model)
+        model.set_r(ck.reduction(cfg.model))  # the r the checkpoint was validated with
         voc = load_vocoder(vocoder, audio, vocoder_config, device=dev)
-        return cls(model, cfg, data["language"], audio, dev, voc, phonemes)
+        return cls(model, cfg, data.language, audio, dev, voc, data.phonemes)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str = "auto",

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from tacotrain.config import ServeConfig
-from tacotrain.infer.checkpoint import CheckpointError, load_checkpoint, step_checkpoints
+from tacotrain.infer.checkpoint import Checkpoint, CheckpointError, step_checkpoints
 from tacotrain.infer.pretrained import PretrainedError, load_pretrained
 from tacotrain.infer.synth import Synthesizer
 
@@ -90,18 +90,14 @@ def read_info(cid: str, path: Path, run: str, kind: Literal["checkpoint", "expor
         return CheckpointInfo(**base, language=pre.language, phonemes=pre.phonemes,
                               verdict="exported model")
     try:
-        ck = load_checkpoint(path, map_location="cpu", trust=trust)
+        ck = Checkpoint.read(path, map_location="cpu", trust=trust)
     except CheckpointError as exc:
         return CheckpointInfo(**base, error=str(exc))
-    verdict = ck.get("verdict") or {}
-    data = ck.get("data") or {}
-    elapsed = ck.get("elapsed")
     return CheckpointInfo(
-        **base, step=ck.get("step"),
-        elapsed_seconds=None if elapsed is None else round(float(elapsed), 1),
-        language=data.get("language"), phonemes=bool(data.get("phonemes", False)),
-        aligned=verdict.get("aligned"),
-        verdict=verdict.get("description", "no free-running validation"))
+        **base, step=ck.step, elapsed_seconds=round(float(ck.elapsed), 1),
+        language=ck.data.language, phonemes=ck.data.phonemes,
+        aligned=ck.verdict.get("aligned"),
+        verdict=ck.verdict.get("description", "no free-running validation"))
 
 
 class Catalog:

@@ -6,6 +6,7 @@ actually sent (severity floor, deduplication, rate limit, digest).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from tacotrain.config import NotifyConfig
@@ -83,3 +84,21 @@ class TrainingEvents:
 
     def close(self) -> None:
         self.notifier.close()
+
+
+class Muted:
+    """Stands in for the Tracker and TrainingEvents on ranks other than 0, which track and
+    notify nothing: every method is accepted and does nothing."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return _nothing
+
+    def __enter__(self) -> Muted:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _nothing(*args: object, **kwargs: object) -> None:
+    return None

@@ -6,6 +6,7 @@ import math
 
 from tacotrain.config import (
     AttentionEntropyConfig,
+    Config,
     GuidedAttentionConfig,
     OptimConfig,
 )
@@ -43,3 +44,15 @@ def entropy_weight_at(step: int, cfg: AttentionEntropyConfig) -> float:
     if cfg.weight == 0 or step < cfg.start:
         return 0.0
     return cfg.weight * min(1.0, (step - cfg.start + 1) / cfg.ramp_steps)
+
+
+def scheduled_value(name: str, step: int, cfg: Config, lr_scale: float = 1.0) -> float:
+    """The scheduled value of a wired parameter (config.WIRED_PARAMETERS) at ``step``;
+    ``lr_scale``: the guard's rollback factor on the learning rate."""
+    if name == "optim.lr":
+        return lr_at(step, cfg.optim) * lr_scale
+    if name == "loss.guided_attention.weight":
+        return ga_weight_at(step, cfg.loss.guided_attention)
+    if name == "optim.grad_clip":
+        return cfg.optim.grad_clip
+    raise KeyError(name)

@@ -1,0 +1,39 @@
+"""What a training run ends with: :class:`TrainResult`, also written as RUN/train_result.json."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TrainResult:
+    step: int
+    # max_steps, time_budget, aligned, early_stop: REASON, guard, interrupted, crash: ERROR
+    stop_reason: str
+    aligned: bool
+    wall_seconds: float
+    last_val: dict[str, float] = field(default_factory=dict)
+    verdict: str = ""  # the last validation's verdict in words
+    best_checkpoint: Path | None = None
+    last_checkpoint: Path | None = None
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per validation
+
+    def record(self, iteration: int, phase: str, skipped: int, rollbacks: int
+               ) -> dict[str, Any]:
+        """The train_result.json document (with the run's guard counts and phase)."""
+        return {
+            "step": self.step, "iteration": iteration, "stop_reason": self.stop_reason,
+            "aligned": self.aligned, "verdict": self.verdict, "phase": phase,
+            "wall_seconds": round(self.wall_seconds, 1), "last_val": self.last_val,
+            "best_checkpoint": str(self.best_checkpoint) if self.best_checkpoint else None,
+            "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+            "skipped_steps": skipped, "rollbacks": rollbacks, "history": self.history}
+
+    def summary(self, rollbacks: int, skipped: int) -> str:
+        """One line for the "finished" notification."""
+        mel = self.last_val.get("val/mel_post", float("nan"))
+        return (f"{self.stop_reason} at step {self.step}; aligned: {self.aligned} "
+                f"({self.verdict}); validation mel {mel:.4f}; "
+                f"{rollbacks} rollback(s), {skipped} skipped step(s)")
