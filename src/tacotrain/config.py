@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tacotrain import metrics as M
+
 log = logging.getLogger(__name__)
 
 
@@ -439,11 +441,11 @@ class EarlyStopConfig(Strict):
     alignment phase ends at the first validation the verdict (``alignment``) judges aligned."""
 
     enabled: bool = False
-    alignment: PhaseConfig = PhaseConfig(metric="free/mcd_dtw_db", mode="min", patience=20,
+    alignment: PhaseConfig = PhaseConfig(metric=M.FREE_MCD_DTW, mode="min", patience=20,
                                          min_delta=0.05)
-    learning: PhaseConfig = PhaseConfig(metric="val/mel_post", mode="min", patience=10,
+    learning: PhaseConfig = PhaseConfig(metric=M.VAL_MEL_POST, mode="min", patience=10,
                                         min_delta=0.001)
-    fine_tuning: PhaseConfig = PhaseConfig(metric="val/mel_post", mode="min", patience=5,
+    fine_tuning: PhaseConfig = PhaseConfig(metric=M.VAL_MEL_POST, mode="min", patience=5,
                                            min_delta=0.0)
     fine_tuning_share: float = Field(0.8, gt=0.0, le=1.0)  # of max_steps: fine-tuning starts
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tacotrain import metrics as M
 from tacotrain.judge.alignment import save_figure
 from tacotrain.track import read_events
 
@@ -23,26 +24,26 @@ def plot_training_curves(run_dir: str | Path, path: str | Path) -> None:
 
     fig = Figure(figsize=(11, 7), dpi=100)
     axes = fig.subplots(2, 2)
-    for key, label in (("train/mel_post", "train mel (postnet)"), ("val/mel_post", "val mel")):
+    for key, label in ((M.TRAIN_MEL_POST, "train mel (postnet)"), (M.VAL_MEL_POST, "val mel")):
         axes[0, 0].plot(*series(key), label=label)
     axes[0, 0].set_yscale("log")
     axes[0, 0].set_title("mel loss")
-    for key, label in (("train/gate", "train gate"), ("train/guided_attn", "guided attention")):
+    for key, label in ((M.TRAIN_GATE, "train gate"), (M.TRAIN_GUIDED_ATTN, "guided attention")):
         axes[0, 1].plot(*series(key), label=label)
     axes[0, 1].set_yscale("log")
     axes[0, 1].set_title("gate and guided-attention losses")
-    for key in ("free/aligned_share", "free/identified_share", "free/skipped_share",
-                "free/stopped_by_gate", "free/focus"):
+    for key in (M.FREE_ALIGNED_SHARE, M.FREE_IDENTIFIED_SHARE, M.FREE_SKIPPED_SHARE,
+                M.FREE_STOPPED_BY_GATE, M.FREE_FOCUS):
         axes[1, 0].plot(*series(key), marker=".", label=key.split("/")[1])
     axes[1, 0].set_ylim(0, 1.05)
     mcd = axes[1, 0].twinx()
-    mcd.plot(*series("free/mcd_dtw_db"), color="black", linestyle=":", label="MCD-DTW (dB)")
+    mcd.plot(*series(M.FREE_MCD_DTW), color="black", linestyle=":", label="MCD-DTW (dB)")
     mcd.set_ylabel("MCD-DTW to ground truth (dB)")
     mcd.legend(fontsize=8, loc="lower right")
     axes[1, 0].set_title("free-running validation: the verdict")
-    axes[1, 1].plot(*series("train/lr"), label="learning rate")
+    axes[1, 1].plot(*series(M.TRAIN_LR), label="learning rate")
     ax2 = axes[1, 1].twinx()
-    ax2.plot(*series("train/grad_norm"), color="tab:red", alpha=0.5, label="grad norm")
+    ax2.plot(*series(M.TRAIN_GRAD_NORM), color="tab:red", alpha=0.5, label="grad norm")
     axes[1, 1].set_title("learning rate (left) and gradient norm (right)")
     for ax in axes.flat:
         ax.set_xlabel("step")

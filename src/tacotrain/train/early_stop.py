@@ -17,10 +17,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from tacotrain import metrics as M
 from tacotrain.config import EarlyStopConfig, PhaseConfig
 
 PHASES = ("alignment", "learning", "fine_tuning")
-BEST_METRIC = "val/mel_post"
+BEST_METRIC = M.VAL_MEL_POST
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from tacotrain import metrics as M
 from tacotrain.config import NotifyConfig
 from tacotrain.notify import Event, Notifier
 from tacotrain.train.validation import PLOT_FREE_ALIGNMENT
@@ -42,9 +43,9 @@ class TrainingEvents:
         image = self.run_dir / "plots" / PLOT_FREE_ALIGNMENT
         image = image if image.exists() else None
         summary = (f"free-running: {verdict}; MCD-DTW "
-                   f"{val.get('free/mcd_dtw_db', float('nan')):.2f} dB, "
-                   f"focus {val.get('free/focus', float('nan')):.2f}; "
-                   f"validation mel {val['val/mel_post']:.4f}")
+                   f"{val.get(M.FREE_MCD_DTW, float('nan')):.2f} dB, "
+                   f"focus {val.get(M.FREE_FOCUS, float('nan')):.2f}; "
+                   f"validation mel {val[M.VAL_MEL_POST]:.4f}")
         if aligned and not self.aligned:
             self.send("aligned", "info", "attention aligned", summary, step, image)
         self.aligned = self.aligned or aligned
@@ -55,7 +56,7 @@ class TrainingEvents:
             self.warned_no_alignment = True
             self.send("no_alignment", "warning", f"not aligned by step {step}", summary, step,
                       image)
-        loss = val["val/mel_post"]
+        loss = val[M.VAL_MEL_POST]
         rose = self.last_loss is not None and loss > self.last_loss
         self.rising = self.rising + 1 if rose else 0
         self.last_loss = loss

@@ -8,12 +8,10 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from tacotrain import metrics as M
 from tacotrain.track import Tracker
 from tacotrain.train.events import Muted
 from tacotrain.train.result import TrainResult
-
-# per-update figures that are totals (summed over micro-batches and ranks), not means
-TOTALS = ("train/frames", "train/items")
 
 
 @dataclass(frozen=True)
@@ -64,9 +62,9 @@ class TrainBar:
         self.bar.set_description(f"{phase} | {lim.label}", refresh=False)
 
     def show_figures(self, means: dict[str, float]) -> None:
-        self.bar.set_postfix(loss=f"{means['train/loss']:.3f}",
-                             diag=f"{means['train/diagonality']:.2f}",
-                             focus=f"{means['train/focus']:.2f}")
+        self.bar.set_postfix(loss=f"{means[M.TRAIN_LOSS]:.3f}",
+                             diag=f"{means[M.TRAIN_DIAGONALITY]:.2f}",
+                             focus=f"{means[M.TRAIN_FOCUS]:.2f}")
 
     def move_to(self, step: int) -> None:
         self.bar.n = step
@@ -91,10 +89,10 @@ class IntervalMeter:
         """The interval's figures; starts the next interval."""
         now = time.monotonic()
         secs = now - self.since
-        out = {k: v / self.n for k, v in self.sums.items() if k not in TOTALS}
-        out["train/steps_per_second"] = self.n / secs
-        out["train/frames_per_second"] = self.sums["train/frames"] / secs
-        out["train/items_per_second"] = self.sums["train/items"] / secs
+        out = {k: v / self.n for k, v in self.sums.items() if k not in M.TRAIN_TOTALS}
+        out[M.TRAIN_STEPS_PER_SECOND] = self.n / secs
+        out[M.TRAIN_FRAMES_PER_SECOND] = self.sums[M.TRAIN_FRAMES] / secs
+        out[M.TRAIN_ITEMS_PER_SECOND] = self.sums[M.TRAIN_ITEMS] / secs
         self.sums, self.n, self.since = {}, 0, now
         return out
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tacotrain import metrics as M
 from tacotrain.config import Config
 from tacotrain.infer.checkpoint import (
     Checkpoint,
@@ -108,8 +109,8 @@ class Recovery:
             "parameter": "lr_scale", "before": before_scale, "after": self.lr_scale,
             "rollbacks": self.guard.rollbacks,
             "restored_model_sha256": state_hash(self.model.state_dict())}, step=step)
-        tracker.scalars(step, {"guard/rollbacks": self.guard.rollbacks,
-                               "guard/lr_scale": self.lr_scale})
+        tracker.scalars(step, {M.GUARD_ROLLBACKS: self.guard.rollbacks,
+                               M.GUARD_LR_SCALE: self.lr_scale})
         events.rollback(step, cause, self.lr_factor)
         return step
 

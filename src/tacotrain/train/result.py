@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tacotrain import metrics as M
+
 
 @dataclass
 class TrainResult:
@@ -33,7 +35,7 @@ class TrainResult:
 
     def summary(self, rollbacks: int, skipped: int) -> str:
         """One line for the "finished" notification."""
-        mel = self.last_val.get("val/mel_post", float("nan"))
+        mel = self.last_val.get(M.VAL_MEL_POST, float("nan"))
         return (f"{self.stop_reason} at step {self.step}; aligned: {self.aligned} "
                 f"({self.verdict}); validation mel {mel:.4f}; "
                 f"{rollbacks} rollback(s), {skipped} skipped step(s)")

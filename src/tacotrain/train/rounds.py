@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tacotrain import metrics as M
 from tacotrain.config import Config
 from tacotrain.track import Tracker
 from tacotrain.train.ddp import Dist
@@ -65,9 +66,9 @@ class ValidationRound:
         self.last = res
         aligned = res.aligned
         val = res.metrics()
-        val["val/aligned"] = float(aligned)
+        val[M.VAL_ALIGNED] = float(aligned)
         decision = self.stopper.update(step, val, aligned)
-        val["early_stop/phase"] = float(PHASES.index(decision.phase))
+        val[M.EARLY_STOP_PHASE] = float(PHASES.index(decision.phase))
         tracker.scalars(step, val)
         result.aligned, result.last_val, result.verdict = aligned, val, res.describe()
         result.history.append({"step": step, "minutes": round(minutes, 2),
@@ -86,11 +87,11 @@ class ValidationRound:
         changes = self.guard.observe(step, val, dict(overrides))
         log.info("step %d (%.1f min, %s): val mel %.4f | free-running: %s; focus %.2f, "
                  "skipped %.0f%%, length ratio %.2f, MCD-DTW %.2f dB%s", step, minutes,
-                 decision.phase, val["val/mel_post"], res.describe(),
-                 val.get("free/focus", float("nan")),
-                 100 * val.get("free/skipped_share", float("nan")),
-                 val.get("free/length_ratio", float("nan")),
-                 val.get("free/mcd_dtw_db", float("nan")), " ALIGNED" if aligned else "")
+                 decision.phase, val[M.VAL_MEL_POST], res.describe(),
+                 val.get(M.FREE_FOCUS, float("nan")),
+                 100 * val.get(M.FREE_SKIPPED_SHARE, float("nan")),
+                 val.get(M.FREE_LENGTH_RATIO, float("nan")),
+                 val.get(M.FREE_MCD_DTW, float("nan")), " ALIGNED" if aligned else "")
         stop_reason = None
         tc = self.cfg.train
         if tc.stop_when_aligned and self.stopper.aligned_streak >= tc.stop_when_aligned_rounds:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from tacotrain import metrics as M
 from tacotrain.batch import Batch
 from tacotrain.config import WIRED_PARAMETERS, Config, flatten, to_yaml
 from tacotrain.fsutil import atomic_write_json, atomic_write_text
@@ -209,7 +210,7 @@ class Trainer:
             restored = self.recovery.intervene(change, self.overrides, self.state, loop.tracker)
             if restored is not None:
                 self._mutating, self.step = True, restored
-            loop.tracker.scalars(self.step, {f"guard/{change.parameter}":
+            loop.tracker.scalars(self.step, {M.name(M.GUARD, change.parameter):
                                              self.param(change.parameter)})
         loop.result.last_checkpoint = self.save(self.rounds.last, best=decided.is_best)
         if decided.stop_reason:
@@ -325,8 +326,8 @@ class Trainer:
             self.recovery.keep(self.state())
         if self.step % self.cfg.train.log_interval == 0:
             figures = loop.meter.means()
-            figures["guard/skipped_steps"] = self.guard.skipped
-            figures["train/r"] = m["train/r"]  # in effect now, not averaged
+            figures[M.GUARD_SKIPPED_STEPS] = self.guard.skipped
+            figures[M.TRAIN_R] = m[M.TRAIN_R]  # in effect now, not averaged
             loop.tracker.scalars(self.step, figures)
             self._show_limit(loop)
             loop.bar.show_figures(figures)

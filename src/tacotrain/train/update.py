@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 import torch
 
+from tacotrain import metrics as M
 from tacotrain.batch import Batch
 from tacotrain.judge.alignment import METRICS, alignment_metrics
 from tacotrain.model import Tacotron2, Tacotron2Loss
 from tacotrain.train.ddp import Dist
 from tacotrain.train.guard import Guard, StepDecision
 from tacotrain.train.inject import SPIKE_FACTOR, InjectedCrash, Injector
-from tacotrain.train.progress import TOTALS
 from tacotrain.train.setup import Autocast
 
 
@@ -72,17 +72,17 @@ class Updater:
                 sums[k] = sums.get(k, 0.0) + v
         self.scaler.unscale_(self.optimizer)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.grad_clip))
-        local = {k: v if k in TOTALS else v / len(micro) for k, v in sums.items()}
+        local = {k: v if k in M.TRAIN_TOTALS else v / len(micro) for k, v in sums.items()}
         # Under fp16 loss scaling, inf gradients with a finite loss are the scaler's business
         # (it skips the step and lowers the scale): only a non-finite loss concerns the guard.
-        loss = local["train/loss"]
+        loss = local[M.TRAIN_LOSS]
         judged_norm = 0.0 if self.scaler.is_enabled() and math.isfinite(loss) else grad_norm
         local["nonfinite"] = float(not (math.isfinite(loss) and math.isfinite(judged_norm)))
         # one all-reduce: every rank's guard judges the same figures, so a NaN or a loss spike
         # on one rank is a skip on all of them
-        metrics = self.dist.reduce(local, total=TOTALS)
+        metrics = self.dist.reduce(local, total=M.TRAIN_TOTALS)
         nonfinite = metrics.pop("nonfinite") > 0
-        decision = self.guard.check_step(math.nan if nonfinite else metrics["train/loss"],
+        decision = self.guard.check_step(math.nan if nonfinite else metrics[M.TRAIN_LOSS],
                                          judged_norm)
         applying()
         if decision.action == "ok":
@@ -93,10 +93,10 @@ class Updater:
                     b.copy_(buffers[k])
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.update()
-        metrics.update({"train/grad_norm": grad_norm, "train/lr": p.lr,
-                        "train/ga_weight": p.ga_weight,
-                        "train/clipped": float(grad_norm > p.grad_clip),
-                        "train/r": float(self.model.r)})
+        metrics.update({M.TRAIN_GRAD_NORM: grad_norm, M.TRAIN_LR: p.lr,
+                        M.TRAIN_GA_WEIGHT: p.ga_weight,
+                        M.TRAIN_CLIPPED: float(grad_norm > p.grad_clip),
+                        M.TRAIN_R: float(self.model.r)})
         return decision, metrics
 
     def _forward_backward(self, batch: Batch, p: UpdateParams, n_micro: int,
@@ -113,10 +113,10 @@ class Updater:
         dec_lengths = (batch.mel_lengths + r - 1) // r
         with torch.no_grad():
             am = alignment_metrics(out.alignments.float(), batch.text_lengths, dec_lengths)
-        figures = {f"train/{k}": float(v.detach()) for k, v in losses.items()}
-        figures.update({f"train/{k}": float(am[k].mean()) for k in METRICS})
-        figures["train/frames"] = float(batch.mel_lengths.sum())
-        figures["train/items"] = float(len(batch.mel_lengths))
+        figures = {M.name(M.TRAIN, k): float(v.detach()) for k, v in losses.items()}
+        figures.update({M.name(M.TRAIN, k): float(am[k].mean()) for k in METRICS})
+        figures[M.TRAIN_FRAMES] = float(batch.mel_lengths.sum())
+        figures[M.TRAIN_ITEMS] = float(len(batch.mel_lengths))
         return figures
 
     def _inject(self, loss: torch.Tensor, iteration: int) -> torch.Tensor:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from tacotrain import metrics as M
 from tacotrain.audio import GriffinLim
 from tacotrain.config import Config
 from tacotrain.data.loader import BucketBatchSampler, Collate, TextMelDataset
@@ -56,7 +57,7 @@ class ValidationResult:
         """Flat figures for trackers, early stopping and interventions (``free/<figure>``)."""
         out = dict(self.losses)
         if self.free is not None:
-            out.update({f"free/{k}": v for k, v in self.free.verdict.summary().items()})
+            out.update(M.named(M.FREE, self.free.verdict.summary()))
         return out
 
 
@@ -132,9 +133,9 @@ class Validator:
             am = alignment_metrics(out.alignments.float(), batch.text_lengths, dec)
             n = len(idx)
             for k, v in losses.items():
-                sums[f"val/{k}"] = sums.get(f"val/{k}", 0.0) + float(v) * n
+                sums[M.name(M.VAL, k)] = sums.get(M.name(M.VAL, k), 0.0) + float(v) * n
             for k in METRICS:
-                sums[f"val/{k}"] = sums.get(f"val/{k}", 0.0) + float(am[k].sum())
+                sums[M.name(M.VAL, k)] = sums.get(M.name(M.VAL, k), 0.0) + float(am[k].sum())
             count += n
             if first is None:
                 t, f = int(dec[0]), int(batch.mel_lengths[0])
@@ -145,8 +146,8 @@ class Validator:
                            title=f"teacher-forced alignment, step {step}")
             plot_mel(torch.cat([first[1], first[2]], dim=0), self.plots / PLOT_TF_MEL,
                      title=f"target (bottom) / predicted (top) mel, step {step}")
-            tracker.image(step, "val/alignment_teacher_forced", self.plots / PLOT_TF_ALIGNMENT)
-            tracker.image(step, "val/mel", self.plots / PLOT_TF_MEL)
+            tracker.image(step, M.TAG_TF_ALIGNMENT, self.plots / PLOT_TF_ALIGNMENT)
+            tracker.image(step, M.TAG_TF_MEL, self.plots / PLOT_TF_MEL)
         return {k: v / count for k, v in sums.items()}
 
     def _free_run(self, model, step, autocast, tracker) -> FreeRunRound | None:
@@ -177,13 +178,13 @@ class Validator:
                 " dB")
         plot_alignment(item.attention, self.plots / PLOT_FREE_ALIGNMENT,
                        title=f"free-running alignment, step {step}", info=info)
-        tracker.image(step, "val/alignment_free_run", self.plots / PLOT_FREE_ALIGNMENT)
+        tracker.image(step, M.TAG_FREE_ALIGNMENT, self.plots / PLOT_FREE_ALIGNMENT)
         plot_mel_pair(gt_mel, item.mel, self.plots / PLOT_FREE_MEL,
                       f"free-running synthesis vs ground truth, step {step}")
-        tracker.image(step, "val/mel_free_run", self.plots / PLOT_FREE_MEL)
+        tracker.image(step, M.TAG_FREE_MEL, self.plots / PLOT_FREE_MEL)
         if self.cfg.track.log_audio:
             if torch.isfinite(item.mel).all():
-                tracker.audio(step, "val/free_run_audio", self.vocoder(item.mel),
+                tracker.audio(step, M.TAG_FREE_AUDIO, self.vocoder(item.mel),
                               self.vocoder.sample_rate)
             else:
                 log.warning("step %d: free-running validation mel is not finite; no audio", step)

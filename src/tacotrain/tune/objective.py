@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from tacotrain import metrics as M
 from tacotrain.tune.space import ObjectiveSpec
 
 ALIGNED, UNALIGNED, DIVERGED = "aligned", "unaligned", "diverged"
@@ -62,7 +63,7 @@ def _finite(v: Any) -> float | None:
 
 def _aligned(row: dict[str, Any]) -> bool:
     """The trainer's verdict on one validation (a row of ``train_result.json``'s history)."""
-    return (_finite(row.get("val/aligned")) or 0.0) >= 0.5
+    return (_finite(row.get(M.VAL_ALIGNED)) or 0.0) >= 0.5
 
 
 def score(history: list[dict[str, Any]], spec: ObjectiveSpec, diverged: bool = False) -> Score:

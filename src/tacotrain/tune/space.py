@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from tacotrain import metrics as M
 from tacotrain.config import (
     Config,
     ConfigError,
@@ -94,7 +95,7 @@ class ObjectiveSpec(Strict):
 
     # validation metric minimised (a key of the validation scalars); the default is the
     # free-running MCD-DTW against ground truth. Aligned or not is the trainer's verdict.
-    metric: str = "free/mcd_dtw_db"
+    metric: str = M.FREE_MCD_DTW
     # added to the score of a trial that never aligned; larger than any plausible metric value,
     # so every aligned trial ranks above every unaligned one
     unaligned_penalty: float = Field(1000.0, gt=0.0)
