@@ -385,12 +385,12 @@ def test_own_checkpoint_export_synthesises_the_same(tiny_ckpt, tmp_path, capsys)
     ra = a.synthesize("The silver key, near the river.", seed=3)
     rb = b.synthesize("The silver key, near the river.", seed=3)
     assert torch.equal(ra.mel, rb.mel) and torch.equal(ra.alignment, rb.alignment)
-    assert np.array_equal(ra.wav, rb.wav) and ra.info["frames"] == rb.info["frames"]
+    assert np.array_equal(ra.wav, rb.wav) and ra.info.frames == rb.info.frames
     # the CLI: --model, and never both sources
     wav = tmp_path / "x.wav"
     assert main(["synth", "--model", str(out), "--text", "a red boat.", "--out", str(wav),
                  "--device", "cpu"]) == 0
-    frames = b.synthesize("a red boat.", seed=0).info["frames"]
+    frames = b.synthesize("a red boat.", seed=0).info.frames
     assert json.loads(wav.with_suffix(".json").read_text())["frames"] == frames
     with pytest.raises(SystemExit):
         main(["synth", "--model", str(out), "--checkpoint", str(tiny_ckpt), "--text", "a.",

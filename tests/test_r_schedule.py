@@ -267,7 +267,7 @@ def test_synthesis_uses_the_checkpoint_r(schedule_run, tmp_path):
     synth = Synthesizer.from_checkpoint(ckpt, device="cpu")
     assert synth.model.r == 2
     res = synth.synthesize("a red boat.")
-    assert res.alignment.shape[0] == math.ceil(res.info["frames"] / 2)
+    assert res.alignment.shape[0] == math.ceil(res.info.frames / 2)
     # an older checkpoint without "r": the schedule at its step decides
     old = load_checkpoint(ckpt)
     del old["r"]

@@ -121,12 +121,13 @@ def test_three_sentences_give_pieces_joined_with_pauses(synth, tmp_path):
         assert len(res.wav) == sum(len(p.wav) for p in res.pieces) + 2 * gap
         assert not res.wav[len(res.pieces[0].wav):len(res.pieces[0].wav) + gap].any()
         info = res.info
-        assert info["seconds"] == round(len(res.wav) / sr, 3)
-        assert [p["text"] for p in info["pieces"]] == [p.text for p in res.pieces]
-        assert info["frames"] == sum(p.mel.shape[1] for p in res.pieces)
-        assert info["aligned"] == all(p.info["aligned"] for p in res.pieces)
-        assert {info["content"], *(p.info["content"] for p in res.pieces)} == {"untested"}
-        assert info["focus"] == min(p.info["focus"] for p in res.pieces)
+        assert info.seconds == round(len(res.wav) / sr, 3)
+        assert [p.text for p in info.pieces] == [p.text for p in res.pieces]
+        assert info.frames == sum(p.mel.shape[1] for p in res.pieces)
+        assert info.aligned == all(p.info.aligned for p in res.pieces)
+        assert {info.content, *(p.info.content for p in res.pieces)} == {"untested"}
+        assert info.metrics["focus"] == min(p.info.metrics["focus"] for p in res.pieces)
+        assert info.as_dict()["focus"] == info.metrics["focus"]  # the JSON keeps them flat
         assert res.alignment.shape == (sum(p.alignment.shape[0] for p in res.pieces),
                                        max(p.alignment.shape[1] for p in res.pieces))
     saved = synth.save(res, tmp_path / "x.wav")
@@ -137,7 +138,7 @@ def test_three_sentences_give_pieces_joined_with_pauses(synth, tmp_path):
 def test_one_sentence_is_read_in_one_piece(synth):
     synth.cfg.synth.max_sentence_chars = 150
     res = synth.synthesize("We waited quietly, after dinner.", seed=1)
-    assert res.pieces == [] and "pieces" not in res.info
+    assert res.pieces == [] == res.info.pieces and "pieces" not in res.info.as_dict()
     again = synth._synthesize_one("We waited quietly, after dinner.", seed=1)
     assert (res.wav == again.wav).all()
     synth.cfg.synth.max_sentence_chars = 20  # the key cuts the same sentence at its comma

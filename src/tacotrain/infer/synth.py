@@ -42,18 +42,56 @@ class SynthesisError(ValueError):
     pass
 
 
+@dataclass(frozen=True)
+class SynthesisInfo:
+    """The verdict and figures of a synthesis, judged without ground truth: gate stop, skips,
+    repeats, stalls, attention shape. What is said is not tested (no recording to compare with,
+    no recogniser heard it): ``content`` is ``"untested"``. For text read in pieces: the
+    pieces' verdicts joined, token counts summed, the worst piece's metrics, and ``pieces``."""
+
+    text: str
+    frames: int
+    seconds: float
+    stopped_by_gate: bool
+    aligned: bool
+    reasons: list[str]
+    skipped_tokens: int
+    repeated_tokens: int
+    stalled_tokens: int
+    metrics: dict[str, float]  # judge.alignment.METRICS -> value
+    synthesis_seconds: float | None  # None: synthesised in a batch (its own time unknown)
+    rtf: float | None
+    pause_seconds: float | None = None  # between pieces (None: one piece)
+    pieces: list[SynthesisInfo] = field(default_factory=list)
+    content: str = "untested"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form (``x.json``, the server's ``figures``): metrics as top-level keys."""
+        out: dict[str, Any] = {
+            "text": self.text, "frames": self.frames, "seconds": self.seconds,
+            "stopped_by_gate": self.stopped_by_gate, "aligned": self.aligned,
+            "content": self.content, "reasons": list(self.reasons),
+            "skipped_tokens": self.skipped_tokens, "repeated_tokens": self.repeated_tokens,
+            "stalled_tokens": self.stalled_tokens, **self.metrics,
+            "synthesis_seconds": self.synthesis_seconds, "rtf": self.rtf}
+        if self.pieces:
+            out["pause_seconds"] = self.pause_seconds
+            out["pieces"] = [p.as_dict() for p in self.pieces]
+        return out
+
+
 @dataclass
 class Synthesis:
     """One synthesis. For text read in several pieces, ``wav`` and ``mel`` are the pieces joined
     with pauses, ``alignment`` stacks the pieces' alignments along the decoder axis (each from
-    token 0, zero-padded to the longest piece), ``info`` sums up the pieces (their verdicts
-    joined, metrics of the worst piece) and ``info["pieces"]`` / ``pieces`` hold each one."""
+    token 0, zero-padded to the longest piece), ``info`` sums up the pieces and ``pieces`` holds
+    each one."""
 
     text: str  # cleaned text the model read
     wav: np.ndarray  # float32 waveform
     mel: torch.Tensor  # [n_mels, T] log-mel
     alignment: torch.Tensor  # [T_dec, N]
-    info: dict[str, Any]  # frames, seconds, stopped_by_gate, metrics, synthesis_seconds, rtf
+    info: SynthesisInfo
     pieces: list[Synthesis] = field(default_factory=list)  # empty: read in one piece
 
 
@@ -177,29 +215,20 @@ class Synthesizer:
 
     def _info(self, cleaned: str, seq: list[int], wav: np.ndarray, frames: int,
               align: torch.Tensor, stopped_by_gate: bool, elapsed: float | None
-              ) -> dict[str, Any]:
+              ) -> SynthesisInfo:
         """The verdict and figures of one piece (``seq``: its symbol ids); ``elapsed`` None
         where it was synthesised in a batch (its own time is not known)."""
         v = judge_item(align, stopped_by_gate, frames, self.cfg.alignment, self.audio.frame_ms,
                        attached=attached_marks(seq, self.symbols))
         seconds = len(wav) / self.audio.sample_rate
-        return {
-            "text": cleaned,
-            "frames": frames,
-            "seconds": round(seconds, 3),
-            "stopped_by_gate": v.stopped_by_gate,
-            # the verdict without ground truth: gate stop, skips, repeats, stalls, shape; what
-            # is said was not tested (no recording to compare with, no recogniser heard it)
-            "aligned": v.aligned,
-            "content": "untested",
-            "reasons": list(v.reasons),
-            "skipped_tokens": v.skipped_tokens,
-            "repeated_tokens": v.repeated_tokens,
-            "stalled_tokens": v.stalled_tokens,
-            **{k: round(getattr(v, k), 4) for k in METRICS},
-            "synthesis_seconds": None if elapsed is None else round(elapsed, 3),
-            "rtf": round(elapsed / seconds, 4) if elapsed is not None and seconds > 0 else None,
-        }
+        return SynthesisInfo(
+            text=cleaned, frames=frames, seconds=round(seconds, 3),
+            stopped_by_gate=v.stopped_by_gate, aligned=v.aligned, reasons=list(v.reasons),
+            skipped_tokens=v.skipped_tokens, repeated_tokens=v.repeated_tokens,
+            stalled_tokens=v.stalled_tokens,
+            metrics={k: round(getattr(v, k), 4) for k in METRICS},
+            synthesis_seconds=None if elapsed is None else round(elapsed, 3),
+            rtf=round(elapsed / seconds, 4) if elapsed is not None and seconds > 0 else None)
 
     def _join(self, parts: list[Synthesis], elapsed: float) -> Synthesis:
         """Pieces -> one synthesis: audio and mel joined with pauses, the verdicts summed up."""
@@ -217,40 +246,38 @@ class Synthesizer:
         align = torch.cat([torch.nn.functional.pad(p.alignment, (0, n_max - p.alignment.shape[1]))
                            for p in parts])
         infos = [p.info for p in parts]
-        reasons = [r for i in infos for r in i["reasons"]]
         seconds = len(wav) / self.audio.sample_rate
         text = " ".join(p.text for p in parts)
-        info = {
-            "text": text,
-            "frames": sum(i["frames"] for i in infos),
-            "seconds": round(seconds, 3),
-            "stopped_by_gate": all(i["stopped_by_gate"] for i in infos),
-            "aligned": all(i["aligned"] for i in infos),
-            "content": "untested",
-            "reasons": list(dict.fromkeys(reasons)),  # each failing piece says which in "pieces"
-            **{k: sum(i[k] for i in infos)
-               for k in ("skipped_tokens", "repeated_tokens", "stalled_tokens")},
-            **{k: min(i[k] for i in infos) for k in METRICS},  # the worst piece
-            "synthesis_seconds": round(elapsed, 3),
-            "rtf": round(elapsed / seconds, 4) if seconds > 0 else None,
-            "pause_seconds": pause_s,
-            "pieces": infos,
-        }
+        info = SynthesisInfo(
+            text=text, frames=sum(i.frames for i in infos), seconds=round(seconds, 3),
+            stopped_by_gate=all(i.stopped_by_gate for i in infos),
+            aligned=all(i.aligned for i in infos),
+            # each failing piece says which in "pieces"
+            reasons=list(dict.fromkeys(r for i in infos for r in i.reasons)),
+            skipped_tokens=sum(i.skipped_tokens for i in infos),
+            repeated_tokens=sum(i.repeated_tokens for i in infos),
+            stalled_tokens=sum(i.stalled_tokens for i in infos),
+            metrics={k: min(i.metrics[k] for i in infos) for k in METRICS},  # the worst piece
+            synthesis_seconds=round(elapsed, 3),
+            rtf=round(elapsed / seconds, 4) if seconds > 0 else None,
+            pause_seconds=pause_s, pieces=infos)
         return Synthesis(text, wav, torch.cat(mels, dim=1), align, info, parts)
 
     def save(self, result: Synthesis, wav_path: str | Path) -> dict[str, Any]:
         """Write ``x.wav``, ``x.json`` (the info, with each piece's) and ``x.png`` (the alignment;
-        for several pieces, theirs one after another)."""
+        for several pieces, theirs one after another). Returns what x.json holds."""
         wav_path = Path(wav_path)
         wav_path.parent.mkdir(parents=True, exist_ok=True)
         save_wav(wav_path, result.wav, self.audio.sample_rate)
         info = result.info
-        verdict = "aligned" if info["aligned"] else "NOT aligned: " + ", ".join(info["reasons"])
+        verdict = "aligned" if info.aligned else "NOT aligned: " + ", ".join(info.reasons)
         title = result.text[:60] + (f" ({len(result.pieces)} pieces)" if result.pieces else "")
         plot_alignment(result.alignment, wav_path.with_suffix(".png"), title=title,
-                       info=verdict + "; " + ", ".join(f"{k} {info[k]:.2f}" for k in METRICS))
-        atomic_write_json(wav_path.with_suffix(".json"), info)
-        return info
+                       info=verdict + "; " + ", ".join(f"{k} {v:.2f}"
+                                                       for k, v in info.metrics.items()))
+        record = info.as_dict()
+        atomic_write_json(wav_path.with_suffix(".json"), record)
+        return record
 
     def save_mel(self, result: Synthesis, path: str | Path) -> None:
         """Write ``result.mel`` (``[n_mels, T]`` float32 natural-log mel, the vocoder's input;

@@ -168,7 +168,7 @@ def create_app(catalog: Catalog, cfg: ServeConfig,
             rid = store.add(synth, result)
             return {"id": rid, "checkpoint": entry.id, "language": synth.language,
                     "text": result.text, "sample_rate": synth.audio.sample_rate,
-                    "samples": len(result.wav), "figures": result.info,
+                    "samples": len(result.wav), "figures": result.info.as_dict(),
                     "urls": {k.split(".")[0]: f"/api/results/{rid}/{k}" for k in
                              ("speech.wav", "alignment.png", "mel.png")}}
 
