@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -33,7 +34,7 @@ from tacotrain.config import ServeConfig
 from tacotrain.infer.pretrained import export_model
 from tacotrain.infer.synth import Synthesizer
 from tacotrain.serve.app import create_app
-from tacotrain.serve.models import Catalog, CheckpointInfo, checkpoint_loader
+from tacotrain.serve.models import Catalog, CheckpointInfo, ModelWorker, checkpoint_loader
 from tacotrain.serve.server import bind
 from tacotrain.train.trainer import Trainer
 
@@ -448,3 +449,22 @@ def test_page_in_a_browser(runs, tmp_path):
             assert all(u.startswith(base) for u in requests), requests  # nothing from elsewhere
         finally:
             browser.close()
+
+
+def test_closing_waits_for_a_model_load_still_running():
+    """At shutdown the worker threads end before the interpreter does: one still inside
+    torch when it exits aborts the process ("terminate called without an active exception")."""
+    loaded = threading.Event()
+
+    def slow_load(entry):
+        time.sleep(0.5)
+        loaded.set()
+        return "synth"
+
+    entry = SimpleNamespace(id="m", version=1)
+    worker = ModelWorker(entry, slow_load, threads=2, queue_size=1)
+    fut = worker.submit(lambda synth: synth)
+    time.sleep(0.05)  # the load has started
+    worker.close(wait_seconds=30)
+    assert loaded.is_set() and fut.result(timeout=0) == "synth"
+    assert not any(t.is_alive() for t in worker._threads)

@@ -82,6 +82,10 @@ def _finite(value: Any) -> Any:
     return value
 
 
+# how long a stopping server waits for a model load or synthesis still running
+SHUTDOWN_WAIT_SECONDS = 60.0
+
+
 def create_app(catalog: Catalog, cfg: ServeConfig,
                load: Callable[[CheckpointInfo], Synthesizer], device: str = "cpu",
                warm: bool = True) -> FastAPI:
@@ -101,7 +105,8 @@ def create_app(catalog: Catalog, cfg: ServeConfig,
                 future.add_done_callback(
                     lambda f: f.exception() and log.error("%s", f.exception()))
         yield
-        cache.close()
+        # a load or synthesis still running must end before the interpreter does
+        await run_in_threadpool(cache.close, SHUTDOWN_WAIT_SECONDS)
         store.close()
 
     app = FastAPI(title="tacotrain serve", lifespan=lifespan,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -254,10 +255,15 @@ class ModelWorker:
                 with self._lock:
                     self._pending -= 1
 
-    def close(self) -> None:
-        """Let the threads finish what was accepted, then end; the model goes with them."""
+    def close(self, wait_seconds: float = 0.0) -> None:
+        """Let the threads finish what was accepted, then end; the model goes with them.
+        ``wait_seconds``: wait that long at most for them to end (at shutdown: a thread still
+        inside torch when the interpreter exits aborts the process)."""
         for _ in self._threads:
             self._jobs.put(None)
+        deadline = time.monotonic() + wait_seconds
+        for t in self._threads:
+            t.join(max(deadline - time.monotonic(), 0.0) if wait_seconds else 0.0)
 
     def status(self) -> dict[str, Any]:
         with self._lock:
@@ -302,8 +308,10 @@ class ModelCache:
             workers = list(self._workers.values())
         return [w.status() for w in workers]
 
-    def close(self) -> None:
+    def close(self, wait_seconds: float = 0.0) -> None:
+        """Close every worker; ``wait_seconds``: see :meth:`ModelWorker.close` (each)."""
         with self._lock:
-            for w in self._workers.values():
-                w.close()
+            workers = list(self._workers.values())
             self._workers.clear()
+        for w in workers:
+            w.close(wait_seconds)
