@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tacotrain import metrics as M
 from tacotrain.audio import load_vocoder
 from tacotrain.config import Config, Settings, TextConfig
 from tacotrain.data.english import FREE_FORM
@@ -236,14 +237,18 @@ def run_demo(out: str | Path, cfg: Config, progress: bool = True, vocoder: str |
             "free_run_mel": _rel(run_dir / "plots" / PLOT_FREE_MEL, out),
             "teacher_forced_alignment": _rel(run_dir / "plots" / PLOT_TF_ALIGNMENT, out),
         },
-        "curve": [{"step": h["step"], "minutes": h["minutes"],
-                   **{k: h.get(f"free/{k}") for k in
+        "curve": [{"step": h.step, "minutes": round(h.minutes, 2),
+                   **{k: _rounded(h.get(M.name(M.FREE, k))) for k in
                       ("aligned_share", "identified_share", "skipped_share", "length_ratio",
                        "mcd_dtw_db", "focus", "stopped_by_gate", "wer", "floor_wer")}}
                   for h in result.history],
     }
     atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def describe_failure(summary: dict[str, Any]) -> list[str]:

@@ -9,6 +9,25 @@ from typing import Any
 from tacotrain import metrics as M
 
 
+@dataclass(frozen=True)
+class RoundRecord:
+    """One validation round of the run: when, in which early-stopping phase, its figures
+    (metric name -> value, tacotrain/metrics.py)."""
+
+    step: int
+    minutes: float  # training time at the round, over every session of the run
+    phase: str
+    figures: dict[str, float]
+
+    def get(self, metric: str) -> float | None:
+        return self.figures.get(metric)
+
+    def as_row(self) -> dict[str, Any]:
+        """The train_result.json history row: step, minutes, phase and the figures, flat."""
+        return {"step": self.step, "minutes": round(self.minutes, 2), "phase": self.phase,
+                **{k: round(v, 4) for k, v in self.figures.items()}}
+
+
 @dataclass
 class TrainResult:
     step: int
@@ -20,7 +39,7 @@ class TrainResult:
     verdict: str = ""  # the last validation's verdict in words
     best_checkpoint: Path | None = None
     last_checkpoint: Path | None = None
-    history: list[dict[str, float]] = field(default_factory=list)  # one row per validation
+    history: list[RoundRecord] = field(default_factory=list)  # one per validation round
 
     def record(self, iteration: int, phase: str, skipped: int, rollbacks: int
                ) -> dict[str, Any]:
@@ -31,7 +50,8 @@ class TrainResult:
             "wall_seconds": round(self.wall_seconds, 1), "last_val": self.last_val,
             "best_checkpoint": str(self.best_checkpoint) if self.best_checkpoint else None,
             "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
-            "skipped_steps": skipped, "rollbacks": rollbacks, "history": self.history}
+            "skipped_steps": skipped, "rollbacks": rollbacks,
+            "history": [h.as_row() for h in self.history]}
 
     def summary(self, rollbacks: int, skipped: int) -> str:
         """One line for the "finished" notification."""

@@ -21,7 +21,7 @@ from tacotrain.train.ddp import Dist
 from tacotrain.train.early_stop import PHASES, EarlyStopper
 from tacotrain.train.events import TrainingEvents
 from tacotrain.train.guard import Change, Guard
-from tacotrain.train.result import TrainResult
+from tacotrain.train.result import RoundRecord, TrainResult
 from tacotrain.train.validation import ValidationResult
 
 log = logging.getLogger(__name__)
@@ -71,9 +71,7 @@ class ValidationRound:
         val[M.EARLY_STOP_PHASE] = float(PHASES.index(decision.phase))
         tracker.scalars(step, val)
         result.aligned, result.last_val, result.verdict = aligned, val, res.describe()
-        result.history.append({"step": step, "minutes": round(minutes, 2),
-                               "phase": decision.phase,
-                               **{k: round(v, 4) for k, v in val.items()}})
+        result.history.append(RoundRecord(step, minutes, decision.phase, dict(val)))
         if decision.phase_changed_from:
             log.info("step %d: phase %s -> %s", step, decision.phase_changed_from,
                      decision.phase)
