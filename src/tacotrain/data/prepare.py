@@ -39,7 +39,7 @@ from tacotrain.text import (
     clean_text,
     detect_language,
     phonemize_each,
-    symbol_table,
+    symbols_for,
     text_key,
     unknown_characters,
 )
@@ -464,7 +464,7 @@ def _write_outputs(out: Path, report: dict[str, Any], train_ids: list[str],
     manifest = {
         "version": MANIFEST_VERSION,
         "language": language,
-        "symbols": symbol_table(language, phonemes),
+        "symbols": symbols_for(language, phonemes),
         "phonemes": phonemes,
         "settings": used.model_dump(mode="json"),
         "items": items,

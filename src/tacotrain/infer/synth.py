@@ -33,7 +33,7 @@ from tacotrain.text import (
     attached_marks,
     clean_text,
     phonemize,
-    symbol_table,
+    symbols_for,
     unknown_characters,
 )
 from tacotrain.text.sentences import split_sentences
@@ -71,7 +71,7 @@ class Synthesizer:
         self.phonemes = phonemes  # the model reads espeak-ng IPA (text.phonemes)
         # the table the model's embedding is indexed by: this version's for our checkpoints,
         # the stored one for an exported model (NVIDIA's, for one made from NVIDIA's weights)
-        self.symbols = list(symbols) if symbols is not None else symbol_table(language, phonemes)
+        self.symbols = list(symbols) if symbols is not None else symbols_for(language, phonemes)
         self._ids = {sym: i for i, sym in enumerate(self.symbols)}
 
     @classmethod
@@ -87,7 +87,7 @@ class Synthesizer:
         cfg = Config.from_saved(ck["config"])
         data = ck["data"]
         phonemes = bool(data.get("phonemes", False))  # older checkpoints read letters
-        if data["symbols"] != symbol_table(data["language"], phonemes):
+        if data["symbols"] != symbols_for(data["language"], phonemes):
             kind = "phoneme" if phonemes else "letter"
             raise SynthesisError(f"{path}: the checkpoint's symbol table differs from this "
                                  f"version's {data['language']} {kind} table; it cannot be "
