@@ -50,8 +50,8 @@ MANIFEST = "manifest.json"
 MARKER = ".tacotrain-data"
 COMPLETE_FILES = (MANIFEST, "report.json", "train.txt", "val.txt", "settings.yaml")
 MANIFEST_VERSION = 1
-# Starting worker processes costs ~1-2 s; below this many clips one process is faster
-# (measured: 200 mini-corpus clips take 0.9 s in-process, 2.2 s with 2 spawned workers).
+# Below this many clips the audio work runs in this process: starting worker processes costs
+# more than it saves (benchmarks/RESULTS.md, "Corpus preparation").
 PARALLEL_MIN_JOBS = 400
 PHONEME_REASON = "phonemes_failed"
 """Rejection reason, with ``text.phonemes``, for text espeak-ng cannot turn into table symbols."""

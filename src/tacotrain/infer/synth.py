@@ -95,8 +95,8 @@ class Synthesizer:
         audio = AudioConfig.model_validate(data["audio"])
         model = Tacotron2(cfg.model, len(data["symbols"]), audio.n_mels).to(dev)
         model.load_state_dict(ck["model"])
-        # the reduction factor the checkpoint was validated with (gradual training); older
-        # checkpoints do not record it: the schedule's r at their step
+        # the reduction factor the checkpoint was validated with (gradual training); for a
+        # checkpoint that does not record it, the schedule's r at its step
         model.set_r(ck.get("r") or r_at(ck.get("step", 0), cfg.model))
         voc = load_vocoder(vocoder, audio, vocoder_config, device=dev)
         return cls(model, cfg, data["language"], audio, dev, voc, phonemes)
