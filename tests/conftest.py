@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from tacotrain.config import load_config
 from tacotrain.data.prepare import prepare
+from tacotrain.infer.checkpoint import load_checkpoint
+
+if TYPE_CHECKING:
+    from tacotrain.model import Tacotron2
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -141,6 +148,15 @@ def launch_chromium(pw: Any) -> Any:
         pytest.fail(f"Chromium at {exe} did not start: {exc}", pytrace=False)
 
 
+def import_playwright() -> Any:
+    """``playwright.sync_api.sync_playwright``; fails, never skips, when it is not installed."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        pytest.fail(f"playwright is not installed ({exc}); `make test` installs it", pytrace=False)
+    return sync_playwright
+
+
 def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
     """Wait until ``path`` exists while ``proc`` keeps running (its output on failure)."""
     deadline = time.monotonic() + timeout
@@ -148,3 +164,32 @@ def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 120.0) ->
         assert proc.poll() is None, proc.communicate()[0]
         assert time.monotonic() < deadline, f"{path} not written within {timeout:.0f} s"
         time.sleep(0.05)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on at the moment of the call."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def guard_log(run: Path) -> list[dict]:
+    """The records of ``RUN/guard.jsonl``; empty when the guard wrote none."""
+    path = run / "guard.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def checkpoint_weights(run: Path, step: int | None = None) -> dict[str, torch.Tensor]:
+    """The model weights of ``run``'s checkpoint of ``step``, or of its newest step checkpoint."""
+    if step is None:
+        ckpt = sorted((run / "checkpoints").glob("step-*.pt"))[-1]
+    else:
+        ckpt = run / "checkpoints" / f"step-{step:07d}.pt"
+    return load_checkpoint(ckpt)["model"]
+
+
+def force_gate(model: Tacotron2, bias: list[float]) -> None:
+    """Gate logits equal to ``bias`` at every step, whatever the input."""
+    with torch.no_grad():
+        model.decoder.gate_layer.linear_layer.weight.zero_()
+        model.decoder.gate_layer.linear_layer.bias.copy_(torch.tensor(bias))

@@ -15,7 +15,6 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ from tacotrain.train.ddp import SINGLE, Dist, DistError, from_env, process_group
 from tacotrain.train.inject import InjectError, parse
 from tacotrain.train.trainer import GuardStop, Trainer
 
-from conftest import tiny_cfg, wait_for_file
+from conftest import checkpoint_weights, free_port, guard_log, tiny_cfg, wait_for_file
 
 # Dropout draws its masks from each rank's own RNG (seed + rank), so two ranks and one process
 # can only be compared without it.
@@ -76,17 +75,6 @@ def _assert_weights_close(model: torch.nn.Module, other: dict[str, torch.Tensor]
             torch.testing.assert_close(p.detach(), other[name], atol=atol, rtol=0, msg=name)
             compared += 1
     assert compared >= 20
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _guard_log(run: Path) -> list[dict]:
-    path = run / "guard.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
 def _listing(run: Path) -> list[str]:
@@ -156,7 +144,7 @@ def ddp_job(tiny_data, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ddp")
     (root / "out").mkdir()
     (root / "runs").mkdir()
-    mp.spawn(_rank_worker, args=(2, _free_port(), str(tiny_data), str(root)), nprocs=2,
+    mp.spawn(_rank_worker, args=(2, free_port(), str(tiny_data), str(root)), nprocs=2,
              join=True)
     return root
 
@@ -304,7 +292,7 @@ def test_accumulated_run_logs_the_skip_and_resumes_exactly(tiny_data, tmp_path, 
     monkeypatch.setenv("TACOTRAIN_INJECT", "nan@3")
     nan = Trainer(cfg, tiny_data, tmp_path / "nan", progress=False)
     assert nan.fit(max_steps=3).step == 3
-    log = _guard_log(tmp_path / "nan")
+    log = guard_log(tmp_path / "nan")
     assert [(r["action"], r["iteration"], r["step"]) for r in log] == [("skip", 3, 2)]
     events = [json.loads(x) for x in (tmp_path / "nan" / "events.jsonl").read_text().splitlines()]
     rates = [e["values"] for e in events if "train/items_per_second" in e.get("values", {})]
@@ -389,7 +377,7 @@ def test_nan_on_one_rank_skips_and_rolls_back_on_both(ddp_job):
     (DDP's gradient all-reduce spreads a NaN by itself; a spike it does not: rank 0's own loss
     is normal, so without the reduction rank 0 would apply the update rank 1 skips.)"""
     run = ddp_job / "runs" / "nan"
-    log = _guard_log(run)
+    log = guard_log(run)
     assert [(r["action"], r["iteration"]) for r in log] == \
         [("skip", 2), ("skip", 4), ("rollback", 5), ("skip", 9)]
     assert all("non-finite" in r["cause"] for r in log[:3]) and "spike" in log[3]["cause"]
@@ -409,7 +397,7 @@ def test_guard_stop_is_agreed_by_both_ranks(ddp_job):
     assert r0["code"] == r1["code"] == 3  # GuardStop raised on both (the CLI returns 3)
     assert (r0["step"], r0["iteration"]) == (r1["step"], r1["iteration"]) == (1, 2)
     run = ddp_job / "runs" / "stop"
-    assert [r["action"] for r in _guard_log(run)] == ["stop"]
+    assert [r["action"] for r in guard_log(run)] == ["stop"]
     assert json.loads((run / "train_result.json").read_text())["stop_reason"] == "guard"
 
 
@@ -435,7 +423,7 @@ def test_guard_stop_exits_3_on_every_rank(tiny_data, tmp_path):
              "--quiet", "--set", "train.threads=1", "--set", "train.batch_size=2",
              "--set", "guard.nonfinite_patience=1", "--set", "guard.max_rollbacks=0"]
     env = {**os.environ, "TACOTRAIN_INJECT": "nan@2+:rank1", "OMP_NUM_THREADS": "1",
-           "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+           "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     run = tmp_path / "r"
     procs = [subprocess.Popen([sys.executable, "-m", "tacotrain", *train, "--out", str(run)],
                               env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
@@ -445,7 +433,7 @@ def test_guard_stop_exits_3_on_every_rank(tiny_data, tmp_path):
     assert [p.returncode for p in procs] == [3, 3], outs
     assert "training stopped by the guard at step 1" in outs[0]
     assert "training stopped by the guard" not in outs[1]  # rank 0 alone reports
-    assert [r["action"] for r in _guard_log(run)] == ["stop"]
+    assert [r["action"] for r in guard_log(run)] == ["stop"]
 
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "TACOTRAIN_INJECT": "nan@2+:rank1", "OMP_NUM_THREADS": "1"}
@@ -491,10 +479,6 @@ def _rank_pid(agent: int, rank: int) -> int:
     raise AssertionError(f"no worker of rank {rank} under torchrun {agent}")
 
 
-def _weights(run: Path, step: int) -> dict[str, torch.Tensor]:
-    return load_checkpoint(run / "checkpoints" / f"step-{step:07d}.pt")["model"]
-
-
 def test_signalled_or_killed_rank_under_torchrun_resumes_exactly(tiny_data, tmp_path):
     """Real torchrun, dropout on. SIGTERM to rank 1 alone: both ranks stop after the same
     update, write one checkpoint with both ranks' random streams and exit 130; SIGKILL of rank
@@ -503,7 +487,7 @@ def test_signalled_or_killed_rank_under_torchrun_resumes_exactly(tiny_data, tmp_
     whole = tmp_path / "whole"
     proc = _torchrun(tiny_data, whole, 20)
     assert proc.wait(timeout=300) == 0, proc.communicate()[0]
-    expected = _weights(whole, 20)
+    expected = checkpoint_weights(whole, 20)
 
     for how, sig in (("term", signal.SIGTERM), ("kill", signal.SIGKILL)):
         run = tmp_path / how
@@ -529,7 +513,7 @@ def test_signalled_or_killed_rank_under_torchrun_resumes_exactly(tiny_data, tmp_
         out = proc.communicate(timeout=300)[0]
         assert proc.returncode == 0, out
         assert f"resumed from {run / 'checkpoints' / f'step-{steps[-1]:07d}.pt'}" in out
-        got = _weights(run, 20)
+        got = checkpoint_weights(run, 20)
         assert got.keys() == expected.keys()
         for k in expected:
             assert torch.equal(got[k], expected[k]), (how, k)

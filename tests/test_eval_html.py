@@ -16,7 +16,7 @@ import soundfile as sf
 from tacotrain.evaluate.html import write_report_html
 from tacotrain.judge.alignment import plot_alignment
 
-from conftest import launch_chromium
+from conftest import import_playwright, launch_chromium
 
 SR = 22050
 EVIL_TEXT = 'Привет <b>мир</b> & "quotes" \'single\''
@@ -109,10 +109,7 @@ def _row_ids(page: Any) -> list[str]:
 
 
 def test_report_in_browser(report_dir: Path, tmp_path: Path) -> None:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        pytest.fail(f"playwright is not installed ({exc}); `make test` installs it", pytrace=False)
+    sync_playwright = import_playwright()
 
     with sync_playwright() as pw:
         browser = launch_chromium(pw)

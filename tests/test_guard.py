@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,12 +16,7 @@ from tacotrain.train.guard import Guard
 from tacotrain.train.inject import InjectError, parse
 from tacotrain.train.trainer import GuardStop, Trainer
 
-from conftest import tiny_cfg
-
-
-def guard_log(run: Path) -> list[dict]:
-    path = run / "guard.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+from conftest import guard_log, tiny_cfg
 
 
 def test_inject_syntax():

@@ -8,7 +8,7 @@ import pytest
 
 from tacotrain.data import english, kokoro
 from tacotrain.extras import MissingExtra
-from tacotrain.text import clean_text, phoneme_symbols, phonemize_many
+from tacotrain.text import clean_text, phonemize_many, symbols_for
 
 needs_kokoro = pytest.mark.skipif(not kokoro.available(),
                                   reason="needs the natural extra (make test installs it)")
@@ -26,7 +26,7 @@ def test_espeak_ipa_is_rewritten_into_kokoro_symbols():
 @needs_kokoro
 def test_every_english_phoneme_has_a_kokoro_token():
     voice = kokoro.Kokoro()
-    table = "".join(phoneme_symbols("en")[1:]).replace("\u0329", "")
+    table = "".join(symbols_for("en", phonemes=True)[1:]).replace("\u0329", "")
     # every phone of our English table, alone and after a vowel: all reach the model
     assert all(voice.tokens(f"a{c}") for c in table if c not in "_ \"()")
     with pytest.raises(kokoro.KokoroError, match="not in Kokoro's table"):
@@ -38,7 +38,7 @@ def test_every_english_phoneme_has_a_kokoro_token():
 @needs_kokoro
 def test_every_russian_phoneme_has_a_kokoro_token():
     voice = kokoro.Kokoro()
-    table = "".join(phoneme_symbols("ru")[1:])
+    table = "".join(symbols_for("ru", phonemes=True)[1:])
     assert all(voice.tokens(f"a{c}", "ru") for c in table if c not in "_ \"()")
     # the symbols its table lacks become their neighbours; English rewrites do not apply
     assert kokoro.to_kokoro_ipa("dɭʲˈinnʌjɪ mɵt ʉ aɪ", "ru") == "dlʲˈinnʌjɪ mot u aɪ"
@@ -68,7 +68,7 @@ def test_varied_sentences_cover_english():
     rng = random.Random(0)
     texts = [english.sentence(rng, rng.randint(3, 22)) for _ in range(300)]
     cleaned = [clean_text(t, "en") for t in texts]
-    cover = english.coverage(phonemize_many(cleaned, "en"), texts, phoneme_symbols("en"))
+    cover = english.coverage(phonemize_many(cleaned, "en"), texts, symbols_for("en", phonemes=True))
     assert cover["words"] >= 400, cover
     assert cover["phones_total"] - cover["phones_seen"] <= 3, cover  # rare ones (ʔ, ɚ-like)
     assert cover["phone_pairs"] >= 300, cover

@@ -11,6 +11,8 @@ from torch import Tensor
 from tacotrain.config import ModelConfig
 from tacotrain.model import Tacotron2, Tacotron2Output
 
+from conftest import force_gate
+
 N_SYMBOLS = 30
 N_MELS = 16
 
@@ -162,16 +164,10 @@ def test_decoder_step_is_pure() -> None:
     assert not torch.equal(first.state.attention_hidden, state.attention_hidden)
 
 
-def _force_gate(model: Tacotron2, bias: list[float]) -> None:
-    with torch.no_grad():
-        model.decoder.gate_layer.linear_layer.weight.zero_()
-        model.decoder.gate_layer.linear_layer.bias.copy_(torch.tensor(bias))
-
-
 def test_infer_stops_by_gate() -> None:
     model = make_model(n_frames_per_step=2)
     model.eval()
-    _force_gate(model, [-100.0, 100.0])  # second frame of the first step fires
+    force_gate(model, [-100.0, 100.0])  # second frame of the first step fires
     text, tl, _, _ = make_inputs([8, 3, 5], [4, 4, 4], 2)
     out = model.infer(text, tl)
     assert out.stopped_by_gate.tolist() == [True, True, True]
@@ -179,7 +175,7 @@ def test_infer_stops_by_gate() -> None:
     assert out.mel_lengths.tolist() == [2, 2, 2]
     assert out.mel_post.shape == (3, N_MELS, 2)
     assert out.alignments.shape == (3, 1, 8)
-    _force_gate(model, [100.0, 100.0])
+    force_gate(model, [100.0, 100.0])
     out = model.infer(text, tl)
     assert out.mel_lengths.tolist() == [1, 1, 1]  # cut at the first frame that fired
     assert out.mel_post.shape == (3, N_MELS, 1)
@@ -189,7 +185,7 @@ def test_infer_hits_step_limit_scaled_by_text_length() -> None:
     r = 2
     model = make_model(n_frames_per_step=r, max_decoder_steps_per_token=2.5, max_decoder_steps=30)
     model.eval()
-    _force_gate(model, [-100.0, -100.0])
+    force_gate(model, [-100.0, -100.0])
     text, tl, _, _ = make_inputs([5, 9, 20], [4, 4, 4], r)
     out = model.infer(text, tl)
     limits = [min(30, math.ceil(2.5 * n)) for n in (5, 9, 20)]  # 13, 23, 30
@@ -209,7 +205,7 @@ def test_infer_hits_step_limit_scaled_by_text_length() -> None:
 def test_infer_batch_matches_single_items() -> None:
     model = make_model(n_frames_per_step=1, prenet_dropout_at_inference=False)
     model.eval()
-    _force_gate(model, [-100.0])
+    force_gate(model, [-100.0])
     tls = [6, 3, 10]
     text, tl, _, _ = make_inputs(tls, [4, 4, 4], 1)
     batched = model.infer(text, tl, max_decoder_steps=None)

@@ -12,7 +12,6 @@ import email.parser
 import email.policy
 import json
 import logging
-import socket
 import threading
 import time
 import traceback
@@ -39,6 +38,8 @@ from tacotrain.notify import (
     TelegramError,
     format_message,
 )
+
+from conftest import free_port
 
 TOKEN = "123456789:AAE-very-secret-token-value"
 CHAT_ID = "-100987654321"
@@ -140,10 +141,7 @@ def api() -> Iterator[FakeBotAPI]:
 @pytest.fixture()
 def down_url() -> str:
     """A local port with nothing listening: connections are refused at once."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 @pytest.fixture()

@@ -21,7 +21,6 @@ from tacotrain.text import (
     PhonemeError,
     clean_text,
     encode_text,
-    phoneme_symbols,
     phonemes_to_sequence,
     phonemize,
     phonemize_many,
@@ -54,14 +53,15 @@ def stressed_vowel(ipa_word: str) -> int:
 
 def test_tables_are_fixed_and_distinct():
     for lang in ("en", "ru"):
-        table = phoneme_symbols(lang)
+        table = symbols_for(lang, phonemes=True)
         assert table[0] == "_" and len(table) == len(set(table))
         assert table[1:13] == symbols_for(lang)[1:13]  # the same punctuation, same places
         assert {"ˈ", "ˌ", "ː"} <= set(table) and "+" not in table
-    assert len(phoneme_symbols("en")) == 59 and len(phoneme_symbols("ru")) == 52
-    assert "ɹ" in phoneme_symbols("en") and "ʲ" in phoneme_symbols("ru")
+    en, ru = symbols_for("en", phonemes=True), symbols_for("ru", phonemes=True)
+    assert len(en) == 59 and len(ru) == 52
+    assert "ɹ" in en and "ʲ" in ru
     with pytest.raises(ValueError, match="unsupported language"):
-        phoneme_symbols("de")
+        symbols_for("de", phonemes=True)
 
 
 def test_missing_espeak_names_the_package(monkeypatch):
@@ -77,7 +77,7 @@ def test_round_trip_every_symbol_in_table(lang):
     raw += [r.text for r in robustness_set(lang, raw[:5], seed=0)]
     texts = [clean_text(t, lang) for t in raw]
     out = phonemize_many(texts, lang, workers=2)
-    table = set(phoneme_symbols(lang))
+    table = set(symbols_for(lang, phonemes=True))
     for text, ipa in zip(texts, out, strict=True):
         assert ipa and set(ipa) <= table, (text, set(ipa) - table)
         ids = phonemes_to_sequence(ipa, lang)
@@ -160,7 +160,7 @@ def test_prepare_dataset_and_synthesizer_agree(tmp_path):
     result = prepare(corpus, tmp_path / "data", settings, workers=1, progress=False)
     assert result.report["summary"]["kept"] == 6 and result.report["summary"]["phonemes"]
     manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
-    assert manifest["phonemes"] is True and manifest["symbols"] == phoneme_symbols("en")
+    assert manifest["phonemes"] is True and manifest["symbols"] == symbols_for("en", phonemes=True)
     assert manifest["settings"]["text"]["phonemes"] is True
     item = next(i for i in manifest["items"] if i["id"] == "p02")
     assert item["text"] == "doctor smith paid five dollars."
@@ -179,7 +179,7 @@ def test_prepare_dataset_and_synthesizer_agree(tmp_path):
     assert rows["p02"] != encode_text(item["text"], "en", phonemes=False)
 
     trainer = Trainer(tiny_cfg(), tmp_path / "data", tmp_path / "run", progress=False)
-    assert trainer.model.embedding.num_embeddings == len(phoneme_symbols("en"))
+    assert trainer.model.embedding.num_embeddings == len(symbols_for("en", phonemes=True))
     payload = trainer.state().to_payload()
     assert payload["data"]["phonemes"] is True
     ckpt = tmp_path / "ck.pt"

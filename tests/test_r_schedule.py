@@ -19,7 +19,7 @@ from tacotrain.model import Tacotron2
 from tacotrain.model.reduction import r_at
 from tacotrain.train.trainer import Trainer
 
-from conftest import tiny_cfg
+from conftest import checkpoint_weights, force_gate, tiny_cfg
 
 N_SYMBOLS, N_MELS = 30, 16
 
@@ -39,13 +39,6 @@ def inputs(text_lengths: list[int], mel_lengths: list[int], width: int):
         text[i, n:] = 0
         mels[i, :, t:] = 0.0
     return text, torch.tensor(text_lengths), mels, torch.tensor(mel_lengths)
-
-
-def force_gate(model: Tacotron2, bias: list[float]) -> None:
-    """Gate logits equal to ``bias`` at every step, whatever the input."""
-    with torch.no_grad():
-        model.decoder.gate_layer.linear_layer.weight.zero_()
-        model.decoder.gate_layer.linear_layer.bias.copy_(torch.tensor(bias))
 
 
 SCHEDULE = ["model.n_frames_per_step=4", "model.r_schedule=[[0,4],[3,2]]"]
@@ -236,10 +229,6 @@ def test_validation_uses_the_current_r(tiny_data, tmp_path):
     assert trainer.model.r == 4
 
 
-def _weights(run: Path, step: int) -> dict[str, torch.Tensor]:
-    return load_checkpoint(run / "checkpoints" / f"step-{step:07d}.pt")["model"]
-
-
 @pytest.mark.parametrize("stop_at", [2, 4])
 def test_resume_mid_schedule_is_exact(schedule_run, tiny_data, tmp_path, stop_at):
     """Stopped before (2) or after (4) the change of r, resumed to step 6: the same losses and
@@ -252,7 +241,7 @@ def test_resume_mid_schedule_is_exact(schedule_run, tiny_data, tmp_path, stop_at
     assert again.step == stop_at and again.model.r == ck["r"]
     assert again.criterion.r == again.collate.r == ck["r"]
     again.fit(max_steps=6)
-    a, b = _weights(whole, 6), _weights(tmp_path / "half", 6)
+    a, b = checkpoint_weights(whole, 6), checkpoint_weights(tmp_path / "half", 6)
     for k in a:
         assert torch.equal(a[k], b[k]), k
     losses = [{e["step"]: e["values"]["train/loss"] for e in _scalars(run)

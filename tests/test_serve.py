@@ -38,7 +38,7 @@ from tacotrain.serve.models import Catalog, CheckpointInfo, ModelWorker, checkpo
 from tacotrain.serve.server import bind
 from tacotrain.train.trainer import Trainer
 
-from conftest import launch_chromium, tiny_cfg
+from conftest import import_playwright, launch_chromium, tiny_cfg
 
 STEP4, STEP2 = "run-a/checkpoints/step-0000004.pt", "run-a/checkpoints/step-0000002.pt"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -392,10 +392,7 @@ def test_sigterm_stops_the_server_cleanly(runs):
 
 
 def test_page_in_a_browser(runs, tmp_path):
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        pytest.fail(f"playwright is not installed ({exc}); `make test` installs it", pytrace=False)
+    sync_playwright = import_playwright()
 
     app = create_app(Catalog(runs=runs), ServeConfig(),
                      checkpoint_loader("cpu", None, None, trust=False), device="cpu")

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from tacotrain.infer.synth import Synthesizer
 from tacotrain.train.schedules import ga_weight_at, lr_at
 from tacotrain.train.trainer import StopRequested, Trainer
 
-from conftest import tiny_cfg, wait_for_file
+from conftest import checkpoint_weights, tiny_cfg, wait_for_file
 
 
 def test_lr_schedule_warmup_then_decay():
@@ -76,11 +75,6 @@ def test_config_overrides_are_validated():
     assert load_config("default").model.decoder_rnn_dim == 1024
 
 
-def _weights(run: Path) -> dict[str, torch.Tensor]:
-    ck = sorted((run / "checkpoints").glob("step-*.pt"))[-1]
-    return load_checkpoint(ck)["model"]
-
-
 def test_resume_is_exact(tiny_data, tmp_path):
     cfg = tiny_cfg()
     whole = Trainer(cfg, tiny_data, tmp_path / "whole", progress=False)
@@ -91,7 +85,7 @@ def test_resume_is_exact(tiny_data, tmp_path):
     again = Trainer(cfg, tiny_data, tmp_path / "half", resume=True, progress=False)
     assert again.step == 4
     again.fit(max_steps=8)
-    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "half")
+    a, b = checkpoint_weights(tmp_path / "whole"), checkpoint_weights(tmp_path / "half")
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -124,7 +118,7 @@ def test_stop_request_stops_between_updates_and_resume_is_exact(tiny_data, tmp_p
     again = Trainer(cfg, tiny_data, tmp_path / "half", resume=True, progress=False)
     assert again.step == 5
     again.fit(max_steps=8)
-    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "half")
+    a, b = checkpoint_weights(tmp_path / "whole"), checkpoint_weights(tmp_path / "half")
     for k in a:
         assert torch.equal(a[k], b[k]), k
 

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,8 @@ from tacotrain.tune.report import leaderboard
 from tacotrain.tune.space import ObjectiveSpec, SearchSpace, suggest, yaml_value
 from tacotrain.tune.study import claimed_trials
 from tacotrain.tune.trial import run_training
+
+from conftest import free_port
 
 # every trial: tiny, one thread, validation at steps 3 and 6, no warm-up (so a huge learning
 # rate shows at once), no TensorBoard (start-up time)
@@ -412,12 +413,6 @@ def _pg_bin() -> Path | None:
     return Path(which).resolve().parent if which else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def postgres_url():
     """A throw-away PostgreSQL cluster on 127.0.0.1 (trust auth), with a database ``tune``."""
@@ -434,7 +429,7 @@ def postgres_url():
             shutil.rmtree(root)
             pytest.skip("running as root and there is no 'postgres' user to run the server")
         as_user = ["runuser", "-u", "postgres", "--"]
-    data, port = root / "data", _free_port()
+    data, port = root / "data", free_port()
 
     def pg(*cmd: str) -> subprocess.CompletedProcess:
         return subprocess.run([*as_user, *cmd], capture_output=True, text=True, timeout=120)

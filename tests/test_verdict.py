@@ -344,12 +344,12 @@ def test_a_stress_mark_is_read_with_the_onset_before_it():
 
 
 def test_attached_marks_are_the_modifier_marks_of_the_phoneme_tables():
-    from tacotrain.text import attached_marks, phoneme_symbols, phonemes_to_sequence
+    from tacotrain.text import attached_marks, phonemes_to_sequence, symbols_for
 
-    en = phoneme_symbols("en")
+    en = symbols_for("en", phonemes=True)
     ids = phonemes_to_sequence("ʃˈʊɡɚ, bɹˈɛd ɹˌaɪsiː.", "en")
     marks = [en[i] for i, m in zip(ids, attached_marks(ids, en), strict=True) if m]
     assert marks == ["ˈ", "ˈ", "ˌ", "ː"]
-    ru = phoneme_symbols("ru")
+    ru = symbols_for("ru", phonemes=True)
     ids = phonemes_to_sequence("ˈmʲasə", "ru")
     assert attached_marks(ids, ru) == [False, False, True, False, False, False]  # first: never

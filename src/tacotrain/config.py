@@ -44,9 +44,9 @@ class AudioConfig(Strict):
     trim_silence: bool = True  # cut leading/trailing silence when preparing
     trim_top_db: float = Field(40.0, gt=0.0)  # frames this many dB below the peak count as silence
     griffin_lim_iters: int = Field(60, ge=1)
-    # magnitude sharpening before Griffin-Lim; 1.0 keeps the mel's own magnitudes: the
-    # recogniser reads natural speech through it far better than through the common 1.5
-    # (benchmarks/RESULTS.md, "Natural speech")
+    # magnitude sharpening before Griffin-Lim; 1.0 keeps the mel's own magnitudes, through
+    # which the recogniser reads natural speech best of the powers 0.8-2.0
+    # (benchmarks/RESULTS.md, "Griffin-Lim's power decides the floor")
     griffin_lim_power: float = Field(1.0, gt=0.0)
 
     @property
@@ -290,8 +290,7 @@ class TrainConfig(Strict):
     keep_last: int = Field(3, ge=1)  # checkpoints kept besides the best one
     stop_when_aligned: bool = False  # stop once free-running validation meets `alignment`
     # ... in this many consecutive validation rounds: one round of a few items can pass by luck
-    # (measured on the Russian mini corpus: the first passing round, step 450, read 7 of 8
-    # held-out sentences; two in a row, step 475, all 8; benchmarks/RESULTS.md)
+    # (benchmarks/RESULTS.md, "Two aligned rounds before the demo stops")
     stop_when_aligned_rounds: int = Field(2, ge=1)
     # warm start (infer/pretrained.py): the model's weights from this checkpoint (tacotrain's or
     # NVIDIA/tacotron2's), embedding rows matched by symbol; optimiser, step and schedules start
@@ -321,19 +320,19 @@ class AlignmentConfig(Strict):
     length_ratio_min: float = Field(0.75, gt=0.0)  # free-running / ground-truth frames, where
     length_ratio_max: float = Field(1.33, gt=0.0)  # the item has ground truth
     # a token is read when its attention summed over decoder steps, times the audio one step
-    # speaks (r x hop_length / sample_rate), reaches this many milliseconds (a reading voice at
-    # r = 2 spends about 2.5 steps per character, but may take two characters of a double
-    # letter in one step: measured 0.08-0.49 steps, 2-11 ms, on such letters)
+    # speaks (r x hop_length / sample_rate), reaches this many milliseconds: a few, since a
+    # reading voice may say both characters of a double letter in one decoder step and give the
+    # second only a fraction of that step
     read_ms: float = Field(6.0, gt=0.0)
     max_skipped_share: float = Field(0.1, ge=0.0, le=1.0)  # unread tokens allowed (share)
     # the attended token may step back this many tokens without counting as a repeat (a reading
-    # voice was measured jittering back by 2 around a word boundary)
+    # voice's attention may step back by 2 around a word boundary)
     repeat_tolerance: int = Field(2, ge=0)
     max_repeated_tokens: int = Field(0, ge=0)  # tokens returned to beyond the tolerance
     # a token stalls when it holds more than stall_factor x the item's median per-token
-    # attention and at least stall_min_ms of audio (464 ms was the limit in decoder steps at the
-    # small preset's r = 4; a natural voice pauses 300-412 ms between two sentences of an item,
-    # on the next sentence's first sound: benchmarks/RESULTS.md, run E2)
+    # attention and at least stall_min_ms of audio; the minimum lies above the pause a natural
+    # voice makes between two sentences of one item, which it attends on the next sentence's
+    # first sound (benchmarks/RESULTS.md, "Training the `natural` preset on it", run E2)
     stall_factor: float = Field(8.0, gt=1.0)
     stall_min_ms: float = Field(500.0, ge=0.0)
     max_stalled_tokens: int = Field(0, ge=0)
@@ -345,9 +344,9 @@ class AlignmentConfig(Strict):
     require_identified: bool = True
     min_candidates: int = Field(8, ge=2)
     # mutual nearest, and own distance x (1 + margin) below the median distance to the other
-    # sentences, both ways. Measured on the natural demo corpus (benchmarks/RESULTS.md, "The
-    # content test's margin"): a voice that does not read yet (step 500) has 95% of its items'
-    # margins below 0.14-0.15 among 8, 16 or 30 candidates alike
+    # sentences, both ways; the margin lies above those of 95% of the items of a voice that does
+    # not read yet, among 8, 16 or 30 candidates alike (benchmarks/RESULTS.md, "The content
+    # test's margin")
     identify_margin: float = Field(0.2, ge=0.0, le=1.0)
     n_cepstra: int = Field(13, ge=1)  # mel-cepstral coefficients c1..cN in MCD-DTW
     max_mcd_dtw_db: float | None = Field(None, gt=0.0)  # optional upper bound on MCD-DTW
@@ -362,8 +361,8 @@ class AlignmentConfig(Strict):
     asr_model: str | None = None  # with asr: vosk, the model directory
     max_wer_ratio: float = Field(1.5, ge=1.0)
     min_floor_wer: float = Field(0.05, ge=0.0, le=1.0)
-    # a floor above this means the recogniser cannot read the ground truth (espeak-ng's robot
-    # voice: 0.83 measured): it is then no judge, and intelligibility is reported as untested
+    # a floor above this means the recogniser cannot read the ground truth (as with espeak-ng's
+    # robot voice): it is then no judge, and intelligibility is reported as untested
     max_floor_wer: float = Field(0.6, gt=0.0)
 
     @model_validator(mode="after")
@@ -537,8 +536,8 @@ class DemoConfig(Strict):
     # exists the held-out round must also be intelligible (alignment.max_wer_ratio)
     heldout_share: float = Field(0.9, gt=0.0, le=1.0)
     language: Literal["en", "ru"] = "en"  # mini corpus, held-out sentences and their voice
-    # prepare the corpus as espeak-ng phonemes (text.phonemes): on the mini corpus a phoneme
-    # voice read at step 450, a letter voice not by step 600 (benchmarks/RESULTS.md)
+    # prepare the corpus as espeak-ng phonemes (text.phonemes): a phoneme voice reads the mini
+    # corpus sooner than a letter voice (benchmarks/RESULTS.md, "Variants to the verdict")
     phonemes: bool = True
 
     def voice(self) -> str:
@@ -605,10 +604,11 @@ class Config(Strict):
 
     @classmethod
     def from_saved(cls, data: dict[str, Any]) -> Config:
-        """The config stored in a checkpoint, including one written by an earlier version:
-        keys that no longer exist are dropped (their decisions now belong to the verdict; the
-        verdict's thresholds in decoder steps became milliseconds of audio, which a config
-        without the audio settings cannot convert: the new keys' defaults apply)."""
+        """The config stored in a checkpoint. Keys this version does not read are dropped:
+        ``early_stop.*.min_diagonality`` (the verdict decides alignment) and the thresholds in
+        decoder steps ``alignment.read_threshold`` and ``alignment.stall_min_steps``, which a
+        config without the audio settings cannot convert to ``read_ms`` and ``stall_min_ms``:
+        those keep their defaults, and a non-default step threshold is named in a warning."""
         data = copy.deepcopy(data)
         for phase in ("alignment", "learning", "fine_tuning"):
             data.get("early_stop", {}).get(phase, {}).pop("min_diagonality", None)

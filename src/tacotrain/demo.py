@@ -35,12 +35,13 @@ from tacotrain.data.mini import (
     speak_sentences,
 )
 from tacotrain.data.prepare import format_summary, prepare
-from tacotrain.evaluate.run import prepared_items, run_eval
+from tacotrain.evaluate.run import EvalItem, prepared_items, run_eval
 from tacotrain.fsutil import atomic_write_json
 from tacotrain.infer.checkpoint import Checkpoint
 from tacotrain.plots import plot_training_curves
 from tacotrain.text import STRESS, detect_language
-from tacotrain.train.trainer import Trainer
+from tacotrain.train.result import RoundRecord
+from tacotrain.train.trainer import Trainer, TrainResult
 from tacotrain.train.validation import PLOT_FREE_ALIGNMENT, PLOT_FREE_MEL, PLOT_TF_ALIGNMENT
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,51 @@ def run_demo(out: str | Path, cfg: Config, progress: bool = True, vocoder: str |
     corpus = demo_corpus(out, cfg, progress)
     prepared = prepare(corpus, out / "data", settings, progress=progress)
     log.info("prepared data:\n%s", format_summary(prepared.report))
+    cfg, run_dir, result = _train(out, cfg, progress)
 
+    # the checkpoint the samples come from: best.pt exists only for an aligned round
+    ckpt = result.best_checkpoint or result.last_checkpoint
+    verdict = Checkpoint.read(ckpt).verdict
+    heldout, rejected = _prepare_heldout(out, cfg, corpus)
+    report = run_eval(ckpt, out / "data", out / "eval", heldout=heldout, progress=progress,
+                      vocoder=vocoder, vocoder_config=vocoder_config)
+    held = _heldout_summary(out, cfg, report, rejected)
+    plot_training_curves(run_dir, out / "training-curves.png")
+
+    summary = {
+        "passed": bool(verdict.get("aligned")) and held["aligned"],
+        "language": cfg.demo.language,
+        "engine": cfg.demo.voice(),
+        "checkpoint": {
+            "path": _rel(ckpt, out),
+            "step": verdict.get("step"),
+            "aligned": bool(verdict.get("aligned")),
+            "verdict": verdict.get("description", "no free-running validation"),
+            "figures": verdict.get("summary", {}),
+        },
+        "heldout": held,
+        "eval_summary": report["summary"],
+        "training": {
+            "steps": result.step,
+            "stop_reason": result.stop_reason,
+            "wall_seconds": round(result.wall_seconds, 1),
+            "last_validation_aligned": result.aligned,
+            "last_validation_verdict": result.verdict,
+        },
+        "total_seconds": round(time.monotonic() - t_start, 1),
+        "run_dir": _rel(run_dir, out),
+        "report": {"json": _rel(out / "eval" / "report.json", out),
+                   "html": _rel(out / "eval" / "report.html", out)},
+        "plots": _plot_paths(out, run_dir),
+        "curve": _curve(result.history),
+    }
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def _train(out: Path, cfg: Config, progress: bool) -> tuple[Config, Path, TrainResult]:
+    """Train on ``OUT/data`` into a new ``OUT/runs/<time>`` until aligned or out of
+    ``demo.time_budget_minutes``. -> (the config trained with, the run directory, the result)."""
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     run_dir = runs / time.strftime("%Y%m%d-%H%M%S")
@@ -152,10 +197,13 @@ def run_demo(out: str | Path, cfg: Config, progress: bool = True, vocoder: str |
     cfg.train.stop_when_aligned = True
     cfg.train.time_budget_minutes = cfg.demo.time_budget_minutes
     result = Trainer(cfg, out / "data", run_dir, progress=progress).fit()
+    return cfg, run_dir, result
 
-    # the checkpoint the samples come from: best.pt exists only for an aligned round
-    ckpt = result.best_checkpoint or result.last_checkpoint
-    verdict = Checkpoint.read(ckpt).verdict
+
+def _prepare_heldout(out: Path, cfg: Config,
+                     corpus: Path) -> tuple[list[EvalItem], dict[str, int]]:
+    """Speak and prepare the held-out sentences with the training data's settings.
+    -> (their items for :func:`run_eval`, {reason: count} of the sentences prepare rejected)."""
     data = PreparedData.load(out / "data")
     heldout_dir = heldout_corpus(out, cfg, corpus).parent
     settings = Settings(audio=data.settings.audio, text=data.settings.text)
@@ -165,10 +213,14 @@ def run_demo(out: str | Path, cfg: Config, progress: bool = True, vocoder: str |
         log.warning("held-out: %d of %d sentences rejected by prepare (%s); they count as not "
                     "passed", sum(rejected.values()), prep.report["summary"]["lines"],
                     ", ".join(f"{k} {v}" for k, v in rejected.items()))
-    heldout = prepared_items(PreparedData.load(heldout_dir / "data"), "heldout")
-    report = run_eval(ckpt, out / "data", out / "eval", heldout=heldout, progress=progress,
-                      vocoder=vocoder, vocoder_config=vocoder_config)
+    return prepared_items(PreparedData.load(heldout_dir / "data"), "heldout"), rejected
 
+
+def _heldout_summary(out: Path, cfg: Config, report: dict[str, Any],
+                     rejected: dict[str, int]) -> dict[str, Any]:
+    """The summary's ``heldout`` part; its ``aligned`` is whether the held-out criterion passed:
+    at least ``demo.heldout_share`` of the sentences (rejected ones count as failed) pass the
+    item verdict and the round is intelligible where it must be listened to."""
     held_rows = [r for r in report["items"] if r["source"] == "heldout"]
     requested = len(held_rows) + sum(rejected.values())
     held_share = sum(r["aligned"] for r in held_rows) / max(requested, 1)
@@ -186,65 +238,45 @@ def run_demo(out: str | Path, cfg: Config, progress: bool = True, vocoder: str |
     for r in held_rows:
         for reason in r["reasons"]:
             failed[reason] = failed.get(reason, 0) + 1
-    plot_training_curves(run_dir, out / "training-curves.png")
-
-    summary = {
-        "passed": bool(verdict.get("aligned")) and held_ok,
-        "language": cfg.demo.language,
-        "engine": cfg.demo.voice(),
-        "checkpoint": {
-            "path": _rel(ckpt, out),
-            "step": verdict.get("step"),
-            "aligned": bool(verdict.get("aligned")),
-            "verdict": verdict.get("description", "no free-running validation"),
-            "figures": verdict.get("summary", {}),
-        },
-        "heldout": {
-            "items": len(held_rows),
-            "sentences": requested,
-            "rejected": rejected,
-            "aligned_share": round(held_share, 4),
-            "identified_share": round(sum(bool(r["identified"]) for r in held_rows)
-                                      / max(requested, 1), 4),
-            "required_share": cfg.demo.heldout_share,
-            "intelligibility": heard,
-            "intelligible": heard_ok,
-            "aligned": held_ok,
-            "failed": failed,
-            "eval_summary": report["summary"]["by_source"].get("heldout"),
-            "samples": [{"text": r["text"], "wav": _rel(out / "eval" / r["wav"], out),
-                         "aligned": r["aligned"], "reasons": r["reasons"],
-                         "mcd_dtw_db": r["mcd_dtw_db"], "length_ratio": r["length_ratio"],
-                         "wer": r["wer"], "floor_wer": r["floor_wer"],
-                         "transcript": r["transcript"]}
-                        for r in held_rows],
-        },
-        "eval_summary": report["summary"],
-        "training": {
-            "steps": result.step,
-            "stop_reason": result.stop_reason,
-            "wall_seconds": round(result.wall_seconds, 1),
-            "last_validation_aligned": result.aligned,
-            "last_validation_verdict": result.verdict,
-        },
-        "total_seconds": round(time.monotonic() - t_start, 1),
-        "run_dir": _rel(run_dir, out),
-        "report": {"json": _rel(out / "eval" / "report.json", out),
-                   "html": _rel(out / "eval" / "report.html", out)},
-        "plots": {
-            "training_curves": _rel(out / "training-curves.png", out),
-            "free_run_alignment": _rel(run_dir / "plots" / PLOT_FREE_ALIGNMENT, out),
-            "free_run_mel": _rel(run_dir / "plots" / PLOT_FREE_MEL, out),
-            "teacher_forced_alignment": _rel(run_dir / "plots" / PLOT_TF_ALIGNMENT, out),
-        },
-        "curve": [{"step": h.step, "minutes": round(h.minutes, 2),
-                   **{k: _rounded(h.get(M.name(M.FREE, k))) for k in
-                      ("aligned_share", "identified_share", "skipped_share", "length_ratio",
-                       "mcd_dtw_db", "focus", "stopped_by_gate", "wer", "floor_wer")}}
-                  for h in result.history],
+    return {
+        "items": len(held_rows),
+        "sentences": requested,
+        "rejected": rejected,
+        "aligned_share": round(held_share, 4),
+        "identified_share": round(sum(bool(r["identified"]) for r in held_rows)
+                                  / max(requested, 1), 4),
+        "required_share": cfg.demo.heldout_share,
+        "intelligibility": heard,
+        "intelligible": heard_ok,
+        "aligned": held_ok,
+        "failed": failed,
+        "eval_summary": report["summary"]["by_source"].get("heldout"),
+        "samples": [{"text": r["text"], "wav": _rel(out / "eval" / r["wav"], out),
+                     "aligned": r["aligned"], "reasons": r["reasons"],
+                     "mcd_dtw_db": r["mcd_dtw_db"], "length_ratio": r["length_ratio"],
+                     "wer": r["wer"], "floor_wer": r["floor_wer"],
+                     "transcript": r["transcript"]}
+                    for r in held_rows],
     }
-    atomic_write_json(out / "summary.json", summary)
-    return summary
+
+
+def _plot_paths(out: Path, run_dir: Path) -> dict[str, str | None]:
+    """The summary's ``plots``: the training curves and the run's last validation plots."""
+    return {
+        "training_curves": _rel(out / "training-curves.png", out),
+        "free_run_alignment": _rel(run_dir / "plots" / PLOT_FREE_ALIGNMENT, out),
+        "free_run_mel": _rel(run_dir / "plots" / PLOT_FREE_MEL, out),
+        "teacher_forced_alignment": _rel(run_dir / "plots" / PLOT_TF_ALIGNMENT, out),
+    }
+
+
+def _curve(history: list[RoundRecord]) -> list[dict[str, Any]]:
+    """The free-running figures of every validation round, for the summary."""
+    return [{"step": h.step, "minutes": round(h.minutes, 2),
+             **{k: _rounded(h.get(M.name(M.FREE, k))) for k in
+                ("aligned_share", "identified_share", "skipped_share", "length_ratio",
+                 "mcd_dtw_db", "focus", "stopped_by_gate", "wer", "floor_wer")}}
+            for h in history]
 
 
 def _rounded(value: float | None) -> float | None:

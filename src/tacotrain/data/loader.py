@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, Sampler
 from tacotrain.batch import Batch, make_gate_targets
 from tacotrain.config import Settings
 from tacotrain.data.prepare import MANIFEST, MANIFEST_VERSION
-from tacotrain.text import phonemes_to_sequence, symbol_table, text_to_sequence
+from tacotrain.text import phonemes_to_sequence, symbols_for, text_to_sequence
 
 
 class DataError(RuntimeError):
@@ -51,7 +51,7 @@ class PreparedData:
         if data.get("version") != MANIFEST_VERSION:
             raise DataError(f"{path}: version {data.get('version')} not supported; re-run prepare")
         phonemes = bool(data.get("phonemes", False))
-        if data["symbols"] != symbol_table(data["language"], phonemes):
+        if data["symbols"] != symbols_for(data["language"], phonemes):
             kind = "phoneme" if phonemes else "letter"
             raise DataError(f"{path}: its {data['language']} {kind} table differs from this "
                             "version's; re-run prepare")

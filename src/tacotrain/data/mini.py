@@ -31,7 +31,7 @@ import soxr
 from tacotrain.audio import load_audio, save_wav
 from tacotrain.data import english, kokoro
 from tacotrain.fsutil import atomic_write_json, atomic_write_text
-from tacotrain.text import clean_text, phoneme_symbols, phonemize_many
+from tacotrain.text import clean_text, phonemize_many, symbols_for
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ def make_mini_corpus(out: str | Path, lang: str = "en", size: int = 200, seed: i
         rows, ipas = _make_natural_items(lang, seed, [out / "wavs" / f"{i}.wav" for i in ids],
                                          style, speed, progress, workers)
         info.update(style=style, speed=speed, coverage=english.coverage(
-            ipas, [r for r, _ in rows], phoneme_symbols(lang)))
+            ipas, [r for r, _ in rows], symbols_for(lang, phonemes=True)))
     else:
         with ThreadPoolExecutor(max(1, workers)) as pool:
             futures = [pool.submit(_make_item, lang, seed, i, out / "wavs" / f"{ids[i]}.wav")

@@ -32,14 +32,14 @@ from tqdm import tqdm
 
 from tacotrain.audio import AudioReadError, load_audio, mel_spectrogram, peak_dbfs, trim_silence
 from tacotrain.config import AudioConfig, PrepareConfig, Settings, to_yaml
-from tacotrain.data.corpus import REASONS, Entry, Rejection, read_corpus
+from tacotrain.data.corpus import REASONS, Entry, Listing, Rejection, read_corpus
 from tacotrain.fsutil import atomic_write, atomic_write_json, atomic_write_text
 from tacotrain.text import (
     PhonemeError,
     clean_text,
     detect_language,
     phonemize_each,
-    symbol_table,
+    symbols_for,
     text_key,
     unknown_characters,
 )
@@ -50,8 +50,8 @@ MANIFEST = "manifest.json"
 MARKER = ".tacotrain-data"
 COMPLETE_FILES = (MANIFEST, "report.json", "train.txt", "val.txt", "settings.yaml")
 MANIFEST_VERSION = 1
-# Starting worker processes costs ~1-2 s; below this many clips one process is faster
-# (measured: 200 mini-corpus clips take 0.9 s in-process, 2.2 s with 2 spawned workers).
+# Below this many clips the audio work runs in this process: starting worker processes costs
+# more than it saves (benchmarks/RESULTS.md, "Corpus preparation").
 PARALLEL_MIN_JOBS = 400
 PHONEME_REASON = "phonemes_failed"
 """Rejection reason, with ``text.phonemes``, for text espeak-ng cannot turn into table symbols."""
@@ -314,9 +314,43 @@ def prepare(
              listing.metadata, listing.format, len(listing.entries), language)
 
     rejected: list[Rejection] = list(listing.rejected)
+    candidates = _screen_entries(listing.entries, language, rejected)
+    phonemes: dict[str, str] = {}
+    if settings.text.phonemes:
+        candidates = _phonemize_candidates(candidates, language, phonemes, rejected,
+                                           workers or os.cpu_count() or 1, progress)
+
+    jobs, results, mel_files = _plan_audio(candidates, out, acfg, pcfg)
+    cached = len(results)
+    workers = workers if workers is not None else (os.cpu_count() or 1)
+    log.info("%d clips to process, %d reused from the cache, %d worker(s)",
+             len(jobs), cached, workers)
+    for res in _run_jobs(jobs, workers, progress):
+        results[res["id"]] = res
+
+    kept, items = _collect_kept(candidates, results, mel_files, phonemes, rejected)
+    train_ids, val_ids = split_ids([k["id"] for k in kept], pcfg, [k["text"] for k in kept])
+    val_set = set(val_ids)
+    for item in items:
+        item["split"] = "val" if item["id"] in val_set else "train"
+    rejected.sort(key=lambda r: (r.line, r.id))
+    summary = _summary(listing, language, settings.text.phonemes, kept, rejected,
+                       train_ids, val_ids, cached=cached, clips_read=len(jobs))
+    report = {"kept": kept, "rejected": [r.as_dict() for r in rejected], "summary": summary}
+
+    used = Settings(audio=acfg, text={"language": language,
+                                      "phonemes": settings.text.phonemes}, prepare=pcfg)
+    _write_outputs(out, report, train_ids, val_ids, used, set(mel_files.values()), items)
+    return PrepareResult(out=out, report=report)
+
+
+def _screen_entries(entries: list[Entry], language: str,
+                    rejected: list[Rejection]) -> list[tuple[Entry, str]]:
+    """The entries with a new id, usable text and an audio file, each with its cleaned text;
+    every other entry is appended to ``rejected`` with its reason."""
     seen: dict[str, int] = {}
     candidates: list[tuple[Entry, str]] = []
-    for entry in listing.entries:
+    for entry in entries:
         if entry.id in seen:
             rejected.append(Rejection(entry.id, entry.line, "duplicate_id",
                                       f"id already used on line {seen[entry.id]}"))
@@ -329,13 +363,15 @@ def prepare(
             rejected.append(rej)
         else:
             candidates.append((entry, cleaned))
+    return candidates
 
-    phonemes: dict[str, str] = {}
-    if settings.text.phonemes:
-        candidates = _phonemize_candidates(candidates, language, phonemes, rejected,
-                                           workers or os.cpu_count() or 1, progress)
 
-    # cached items are checked from their sidecar; the rest go to the workers
+def _plan_audio(candidates: list[tuple[Entry, str]], out: Path, acfg: AudioConfig,
+                pcfg: PrepareConfig
+                ) -> tuple[list[AudioJob], dict[str, dict[str, Any]], dict[str, str]]:
+    """-> (jobs for the clips to read, results decided from cached sidecars by id, mel file
+    name under ``OUT/mels`` by id). A cached clip is decided from its sidecar under the current
+    thresholds; the others become jobs."""
     jobs: list[AudioJob] = []
     results: dict[str, dict[str, Any]] = {}
     mel_files: dict[str, str] = {}
@@ -354,13 +390,14 @@ def prepare(
             jobs.append(job)
         else:
             results[entry.id] = res
-    cached = len(results)
-    workers = workers if workers is not None else (os.cpu_count() or 1)
-    log.info("%d clips to process, %d reused from the cache, %d worker(s)",
-             len(jobs), cached, workers)
-    for res in _run_jobs(jobs, workers, progress):
-        results[res["id"]] = res
+    return jobs, results, mel_files
 
+
+def _collect_kept(candidates: list[tuple[Entry, str]], results: dict[str, dict[str, Any]],
+                  mel_files: dict[str, str], phonemes: dict[str, str],
+                  rejected: list[Rejection]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """-> (the report's kept items, the manifest's items), in corpus order; a candidate whose
+    audio was refused is appended to ``rejected``."""
     kept: list[dict[str, Any]] = []
     items: list[dict[str, Any]] = []
     for entry, cleaned in candidates:
@@ -378,22 +415,22 @@ def prepare(
         items.append({"id": entry.id, "text": cleaned, **ipa,
                       "mel": f"mels/{mel_files[entry.id]}", "frames": res["frames"],
                       "seconds": res["seconds"]})
+    return kept, items
 
-    train_ids, val_ids = split_ids([k["id"] for k in kept], pcfg, [k["text"] for k in kept])
+
+def _summary(listing: Listing, language: str, phonemes: bool, kept: list[dict[str, Any]],
+             rejected: list[Rejection], train_ids: list[str], val_ids: list[str], *,
+             cached: int, clips_read: int) -> dict[str, Any]:
+    """The report's summary: the corpus, what was kept and rejected (by reason), the split."""
     dup_texts, dup_items = duplicate_texts([k["text"] for k in kept])
-    val_set = set(val_ids)
-    for item in items:
-        item["split"] = "val" if item["id"] in val_set else "train"
-
-    rejected.sort(key=lambda r: (r.line, r.id))
     counts = Counter(r.reason for r in rejected)
-    reasons = (*REASONS, PHONEME_REASON) if settings.text.phonemes else REASONS
+    reasons = (*REASONS, PHONEME_REASON) if phonemes else REASONS
     seconds = sum(k["seconds"] for k in kept)
-    summary = {
+    return {
         "corpus": str(listing.metadata),
         "format": listing.format,
         "language": language,
-        "phonemes": settings.text.phonemes,
+        "phonemes": phonemes,
         "lines": len(listing.entries) + len(listing.rejected),
         "kept": len(kept),
         "rejected": len(rejected),
@@ -407,28 +444,32 @@ def prepare(
         "duplicate_text_items": dup_items,
         "converted": sum(1 for k in kept if k["notes"]),
         "reused_from_cache": cached,
-        "clips_read": len(jobs),
+        "clips_read": clips_read,
     }
-    report = {"kept": kept, "rejected": [r.as_dict() for r in rejected], "summary": summary}
 
-    used = Settings(audio=acfg, text={"language": language,
-                                      "phonemes": settings.text.phonemes}, prepare=pcfg)
+
+def _write_outputs(out: Path, report: dict[str, Any], train_ids: list[str],
+                   val_ids: list[str], used: Settings, mel_names: set[str],
+                   items: list[dict[str, Any]]) -> None:
+    """Write the report, the split, the settings used, drop stale mels, and write the manifest
+    last: it marks the directory complete."""
     atomic_write_json(out / "report.json", report)
+    kept = report["kept"]
     text_of = {k["id"]: "|".join(filter(None, (k["text"], k.get("phonemes")))) for k in kept}
     atomic_write_text(out / "train.txt", "".join(f"{i}|{text_of[i]}\n" for i in train_ids))
     atomic_write_text(out / "val.txt", "".join(f"{i}|{text_of[i]}\n" for i in val_ids))
     atomic_write_text(out / "settings.yaml", to_yaml(used))
-    _remove_stale(out, set(mel_files.values()))
+    _remove_stale(out, mel_names)
+    language, phonemes = used.text.language, used.text.phonemes
     manifest = {
         "version": MANIFEST_VERSION,
         "language": language,
-        "symbols": symbol_table(language, settings.text.phonemes),
-        "phonemes": settings.text.phonemes,
+        "symbols": symbols_for(language, phonemes),
+        "phonemes": phonemes,
         "settings": used.model_dump(mode="json"),
         "items": items,
     }
     atomic_write_json(out / MANIFEST, manifest)  # last: marks the directory complete
-    return PrepareResult(out=out, report=report)
 
 
 def _remove_stale(out: Path, keep: set[str]) -> None:

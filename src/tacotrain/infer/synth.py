@@ -32,7 +32,7 @@ from tacotrain.text import (
     attached_marks,
     clean_text,
     phonemize,
-    symbol_table,
+    symbols_for,
     unknown_characters,
 )
 from tacotrain.text.sentences import split_sentences
@@ -108,7 +108,7 @@ class Synthesizer:
         self.phonemes = phonemes  # the model reads espeak-ng IPA (text.phonemes)
         # the table the model's embedding is indexed by: this version's for our checkpoints,
         # the stored one for an exported model (NVIDIA's, for one made from NVIDIA's weights)
-        self.symbols = list(symbols) if symbols is not None else symbol_table(language, phonemes)
+        self.symbols = list(symbols) if symbols is not None else symbols_for(language, phonemes)
         self._ids = {sym: i for i, sym in enumerate(self.symbols)}
 
     @classmethod
@@ -123,7 +123,7 @@ class Synthesizer:
         ck = Checkpoint.read(path, map_location=dev, trust=trust)
         cfg = Config.from_saved(ck.config)
         data = ck.data
-        if data.symbols != symbol_table(data.language, data.phonemes):
+        if data.symbols != symbols_for(data.language, data.phonemes):
             kind = "phoneme" if data.phonemes else "letter"
             raise SynthesisError(f"{path}: the checkpoint's symbol table differs from this "
                                  f"version's {data.language} {kind} table; it cannot be "

@@ -16,8 +16,8 @@ when every check below holds; each failed check adds a machine-readable reason:
   palatalisation marks: :func:`tacotrain.text.attached_marks`), a mark and that sound are one
   unit and their attention is summed: espeak-ng writes the stress mark between an onset
   consonant and its vowel, and a reading voice attends the mark while it says the consonant;
-  counted per token, a comma list's word onsets looked skipped (measured: 0.06-0.19 of a step
-  on each onset, 1.4-5.6 steps on the mark after it);
+  counted per token, a word's onset consonant would look skipped, its attention going to the
+  mark after it;
 * ``repeats``: the attention argmax returns more than ``repeat_tolerance`` tokens behind the
   furthest token it had reached; the distinct tokens returned to are counted;
 * ``stalls``: a token holds more than ``stall_factor`` x the item's median per-token attention
@@ -135,7 +135,7 @@ def identify(synth_ceps: Sequence[np.ndarray], gt_ceps: Sequence[np.ndarray],
     which lies nearest to one "hub" ground truth, and the one synthesis whose own sentence is the
     hub would pass a one-way test by chance. The margin is taken against the median rather than
     the nearest other, so that it means the same with 8 candidates or 30: the nearest of more
-    distances is nearer (measured: benchmarks/content_margin.py), the median is not. ``keys``
+    distances is nearer, the median is not (benchmarks/content_margin.py). ``keys``
     (one per ground truth, e.g. the normalised sentence) mark ground truths of the same sentence:
     those are not "another sentence" for each other, so they are left out of each other's
     comparisons (the same sentence spoken twice cannot be told apart, and is not a failure to

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import math
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,20 @@ def create_app(catalog: Catalog, cfg: ServeConfig,
     worker thread, so that the first request does not wait for it."""
     cache = ModelCache(cfg, load)
     store = ResultStore(cfg.max_results)
+    app = FastAPI(title="tacotrain serve", lifespan=_lifespan(catalog, cache, store, warm),
+                  description="Synthesise speech with a trained Tacotron 2 checkpoint.")
+    _add_error_handlers(app)
+    _add_page(app)
+    _add_listing_routes(app, catalog, cfg, cache, device)
+    _add_synthesize_route(app, catalog, cfg, cache, store)
+    _add_result_route(app, cfg, store)
+    return app
+
+
+def _lifespan(catalog: Catalog, cache: ModelCache, store: ResultStore,
+              warm: bool) -> Callable[[FastAPI], Any]:
+    """Start-up: with ``warm``, submit the default checkpoint's loading (not awaited; a failure
+    goes to the log). Shut-down: close the model cache and the result store."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -109,8 +124,11 @@ def create_app(catalog: Catalog, cfg: ServeConfig,
         await run_in_threadpool(cache.close, SHUTDOWN_WAIT_SECONDS)
         store.close()
 
-    app = FastAPI(title="tacotrain serve", lifespan=lifespan,
-                  description="Synthesise speech with a trained Tacotron 2 checkpoint.")
+    return lifespan
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """HTTP and validation errors answer ``{"error": ...}`` (see the module docstring)."""
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -120,11 +138,20 @@ def create_app(catalog: Catalog, cfg: ServeConfig,
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(422, describe_validation(list(exc.errors())))
 
+
+def _add_page(app: FastAPI) -> None:
+    """``/``: the page; ``/static``: its files."""
+
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+
+def _add_listing_routes(app: FastAPI, catalog: Catalog, cfg: ServeConfig, cache: ModelCache,
+                        device: str) -> None:
+    """``GET /api/health`` and ``GET /api/checkpoints``."""
 
     @app.get("/api/health")
     async def health() -> dict[str, Any]:
@@ -143,6 +170,12 @@ def create_app(catalog: Catalog, cfg: ServeConfig,
                         "checkpoints": [e.public() for e in entries],
                         "limits": cfg.model_dump()})
 
+
+def _add_synthesize_route(app: FastAPI, catalog: Catalog, cfg: ServeConfig, cache: ModelCache,
+                          store: ResultStore) -> None:
+    """``POST /api/synthesize``: check the text, pick the checkpoint, queue the synthesis on its
+    model, wait for it within the timeout, answer the figures (JSON) or the wav."""
+
     @app.post("/api/synthesize", responses={
         200: {"content": {"audio/wav": {}},
               "description": "the figures and URLs (JSON), or with Accept: audio/wav the wav"},
@@ -153,30 +186,10 @@ def create_app(catalog: Catalog, cfg: ServeConfig,
             return _error(422, f"the text is {len(body.text)} characters long; the limit is "
                                f"{cfg.max_text_chars} (serve.max_text_chars)")
         entries = await run_in_threadpool(catalog.entries)
-        if body.checkpoint is None:
-            entry = Catalog.default(entries)
-            if entry is None:
-                errors = "; ".join(e.error for e in entries if e.error)
-                return _error(404, f"no usable checkpoint in {catalog.root}"
-                                   + (f": {errors}" if errors else " yet"))
-        else:
-            entry = catalog.find(body.checkpoint, entries)
-            if entry is None:
-                return _error(404, f"no checkpoint {body.checkpoint!r} in the listing; "
-                                   "GET /api/checkpoints lists the ids")
-        if entry.error is not None:
-            return _error(500, f"{entry.id} cannot be used: {entry.error}")
-        text, seed = body.text, body.seed
-
-        def job(synth: Synthesizer) -> dict[str, Any]:
-            result = synth.synthesize(text, seed=seed)
-            rid = store.add(synth, result)
-            return {"id": rid, "checkpoint": entry.id, "language": synth.language,
-                    "text": result.text, "sample_rate": synth.audio.sample_rate,
-                    "samples": len(result.wav), "figures": result.info.as_dict(),
-                    "urls": {k.split(".")[0]: f"/api/results/{rid}/{k}" for k in
-                             ("speech.wav", "alignment.png", "mel.png")}}
-
+        entry = _pick_checkpoint(catalog, entries, body.checkpoint)
+        if isinstance(entry, JSONResponse):
+            return entry
+        job = _synthesis_job(store, entry, body.text, body.seed)
         try:
             future = cache.submit(entry, job)
         except QueueFull:
@@ -184,21 +197,9 @@ def create_app(catalog: Catalog, cfg: ServeConfig,
                                f"({cfg.concurrent_per_model} running, {cfg.queue_size} "
                                "waiting: serve.queue_size); try again shortly",
                           {"Retry-After": str(cfg.retry_after_seconds)})
-        try:
-            out = await asyncio.wait_for(asyncio.wrap_future(future),
-                                         cfg.request_timeout_seconds)
-        except TimeoutError:  # a job still waiting is cancelled with the wrapper
-            return _error(504, f"the synthesis did not finish within "
-                               f"{cfg.request_timeout_seconds:g} s "
-                               "(serve.request_timeout_seconds); try a shorter text")
-        except SynthesisError as exc:
-            return _error(422, str(exc))
-        except ModelLoadError as exc:
-            log.error("%s", exc)
-            return _error(500, str(exc))
-        except Exception as exc:
-            log.exception("synthesis failed")
-            return _error(500, f"the synthesis failed: {type(exc).__name__}: {exc}")
+        out = await _wait_for_synthesis(future, cfg)
+        if isinstance(out, JSONResponse):
+            return out
         if "audio/wav" in request.headers.get("accept", ""):
             wav = store.read(out["id"], "speech.wav")
             if wav is None:  # evicted already: serve.max_results is below the traffic
@@ -206,6 +207,66 @@ def create_app(catalog: Catalog, cfg: ServeConfig,
                                    "serve.max_results", {"Retry-After": "1"})
             return Response(wav[0], media_type="audio/wav", headers={"X-Result-Id": out["id"]})
         return JSONResponse(_finite(out))
+
+
+def _pick_checkpoint(catalog: Catalog, entries: list[CheckpointInfo],
+                     name: str | None) -> CheckpointInfo | JSONResponse:
+    """The listed entry ``name`` (the listing's default when None) or the error answer: 404
+    when there is none, 500 when it is listed but cannot be used."""
+    if name is None:
+        entry = Catalog.default(entries)
+        if entry is None:
+            errors = "; ".join(e.error for e in entries if e.error)
+            return _error(404, f"no usable checkpoint in {catalog.root}"
+                               + (f": {errors}" if errors else " yet"))
+    else:
+        entry = catalog.find(name, entries)
+        if entry is None:
+            return _error(404, f"no checkpoint {name!r} in the listing; "
+                               "GET /api/checkpoints lists the ids")
+    if entry.error is not None:
+        return _error(500, f"{entry.id} cannot be used: {entry.error}")
+    return entry
+
+
+def _synthesis_job(store: ResultStore, entry: CheckpointInfo, text: str,
+                   seed: int) -> Callable[[Synthesizer], dict[str, Any]]:
+    """The work queued on ``entry``'s model: synthesise, keep the result in ``store``, and
+    return the JSON answer (figures and the URLs of the result's files)."""
+
+    def job(synth: Synthesizer) -> dict[str, Any]:
+        result = synth.synthesize(text, seed=seed)
+        rid = store.add(synth, result)
+        return {"id": rid, "checkpoint": entry.id, "language": synth.language,
+                "text": result.text, "sample_rate": synth.audio.sample_rate,
+                "samples": len(result.wav), "figures": result.info.as_dict(),
+                "urls": {k.split(".")[0]: f"/api/results/{rid}/{k}" for k in
+                         ("speech.wav", "alignment.png", "mel.png")}}
+
+    return job
+
+
+async def _wait_for_synthesis(future: Future, cfg: ServeConfig) -> dict[str, Any] | JSONResponse:
+    """The job's answer, or the error answer: 504 past ``serve.request_timeout_seconds``, 422 for
+    text that cannot be said, 500 for a checkpoint that does not load or any other failure."""
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(future), cfg.request_timeout_seconds)
+    except TimeoutError:  # a job still waiting is cancelled with the wrapper
+        return _error(504, f"the synthesis did not finish within "
+                           f"{cfg.request_timeout_seconds:g} s "
+                           "(serve.request_timeout_seconds); try a shorter text")
+    except SynthesisError as exc:
+        return _error(422, str(exc))
+    except ModelLoadError as exc:
+        log.error("%s", exc)
+        return _error(500, str(exc))
+    except Exception as exc:
+        log.exception("synthesis failed")
+        return _error(500, f"the synthesis failed: {type(exc).__name__}: {exc}")
+
+
+def _add_result_route(app: FastAPI, cfg: ServeConfig, store: ResultStore) -> None:
+    """``GET /api/results/{rid}/{name}``."""
 
     @app.get("/api/results/{rid}/{name}")
     async def result_file(rid: str, name: str) -> Response:
@@ -215,5 +276,3 @@ def create_app(catalog: Catalog, cfg: ServeConfig,
             return _error(404, "no such result file (results are kept for the last "
                                f"{cfg.max_results} syntheses: serve.max_results)")
         return Response(found[0], media_type=found[1])
-
-    return app

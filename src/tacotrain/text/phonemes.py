@@ -1,4 +1,4 @@
-"""Phoneme input: cleaned text -> IPA from espeak-ng, and the phoneme symbol tables.
+"""Phoneme input: cleaned text -> IPA from espeak-ng -> indices in the phoneme symbol tables.
 
 With ``text.phonemes: true`` the model reads espeak-ng's IPA instead of letters. The rules:
 
@@ -14,16 +14,12 @@ With ``text.phonemes: true`` the model reads espeak-ng's IPA instead of letters.
   symbols ("tʃ" = "t", "ʃ"); a combining mark (syllabic U+0329 in "n̩") is its own symbol; so are
   the stress marks "ˈ" "ˌ" and the length mark "ː".
 
-The tables were built by running espeak-ng 1.51 (voices en-us and ru) over the mini-corpus
-sentences, the robustness set, every letter and letter pair, the numbers 0-2100 spelled out,
-and ordinary prose (the Debian licence texts; the Russian message catalogues of installed
-programs): 14,000 English and 24,000 Russian cleaned lines. Every code point it wrote
-(:func:`observed_symbols`) is in the table, after two Russian phonemes espeak-ng writes by
-their internal names are mapped to IPA (``_ESPEAK_FIXES``). An espeak-ng that writes anything
-else is refused with a ``PhonemeError`` (a ``ValueError``) naming the symbol and the text, so a
-changed espeak-ng is detected, never mangled. Like the letter tables, the order is part of the
-checkpoint format: pad, punctuation (as in the letter tables), stress and length marks, then
-the phones in code point order.
+The phoneme tables (``symbols_for(language, phonemes=True)``, in ``symbols.py``) hold every code
+point espeak-ng 1.51 writes for a broad sample of text (:func:`observed_symbols`), after two
+Russian phonemes espeak-ng writes by their internal names are mapped to IPA
+(``_ESPEAK_FIXES``). An espeak-ng that writes anything else is refused with a ``PhonemeError``
+(a ``ValueError``) naming the symbol and the text, so a changed espeak-ng is detected, never
+mangled.
 """
 
 from __future__ import annotations
@@ -34,18 +30,20 @@ import subprocess
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import cache, lru_cache
+from functools import lru_cache
 from types import MappingProxyType
 
 from tqdm import tqdm
 
 from .symbols import (
-    PAD,
+    PRIMARY,
     PUNCTUATION,
+    SECONDARY,
     STRESS,
     check_language,
     decode,
     describe_characters,
+    symbol_ids,
     symbols_for,
     text_to_sequence,
 )
@@ -53,18 +51,7 @@ from .symbols import (
 VOICES: Mapping[str, str] = MappingProxyType({"en": "en-us", "ru": "ru"})
 """espeak-ng voice per language (the same voices speak the mini corpus)."""
 
-PRIMARY, SECONDARY, LONG = "ˈ", "ˌ", "ː"
-
-_ENGLISH_PHONES = "abdefhijklmnoprstuvwzæðŋɐɑɔəɚɛɜɡɪɹɾʃʊʌʒʔ\u0329θᵻ"  # U+0329: syllabic, as in n̩
-_RUSSIAN_PHONES = "abdefijkmnoprstuvxyzŋɑɔɕəɛɡɪɭɵʃʉʌʑʒʲ"  # code point order
-
 _PUNCTUATION = frozenset(PUNCTUATION) - {" "}
-_TABLES: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {
-        "en": (PAD, *PUNCTUATION, PRIMARY, SECONDARY, LONG, *_ENGLISH_PHONES),
-        "ru": (PAD, *PUNCTUATION, PRIMARY, SECONDARY, LONG, *_RUSSIAN_PHONES),
-    }
-)
 
 # A piece boundary: a punctuation symbol, or an apostrophe that is not between two letters.
 _SPLIT_RE = re.compile(r"""([!(),\-.:;?"]|'(?![^\W\d_])|(?<![^\W\d_])')""")
@@ -83,20 +70,9 @@ class PhonemeError(ValueError):
     """espeak-ng is missing, failed, or wrote something the phoneme table does not hold."""
 
 
-def phoneme_symbols(language: str) -> list[str]:
-    """The ordered phoneme symbol list for ``language``: pad "_" at 0, punctuation, stress and
-    length marks, then espeak-ng's IPA symbols. A fresh list, like ``symbols_for``."""
-    return list(_TABLES[check_language(language)])
-
-
-@cache
-def phoneme_ids(language: str) -> Mapping[str, int]:
-    return MappingProxyType({s: i for i, s in enumerate(_TABLES[check_language(language)])})
-
-
 def phonemes_to_sequence(phonemes: str, language: str) -> list[int]:
     """Symbol indices of a phoneme string; a symbol outside the table raises ``PhonemeError``."""
-    ids = phoneme_ids(language)
+    ids = symbol_ids(language, phonemes=True)
     unknown = sorted({c for c in phonemes if ids.get(c, 0) == 0})
     if unknown:
         raise PhonemeError(
@@ -107,7 +83,7 @@ def phonemes_to_sequence(phonemes: str, language: str) -> list[int]:
 
 def sequence_to_phonemes(sequence: Sequence[int], language: str) -> str:
     """Inverse of :func:`phonemes_to_sequence`; pad indices (0) are dropped."""
-    return decode(sequence, _TABLES[check_language(language)], f"{language!r} phoneme")
+    return decode(sequence, symbols_for(language, phonemes=True), f"{language!r} phoneme")
 
 
 def attached_marks(ids: Sequence[int], symbols: Sequence[str]) -> list[bool]:
@@ -122,11 +98,6 @@ def attached_marks(ids: Sequence[int], symbols: Sequence[str]) -> list[bool]:
         sym = symbols[int(i)]
         out.append(k > 0 and len(sym) == 1 and unicodedata.category(sym) in ("Lm", "Mn"))
     return out
-
-
-def symbol_table(language: str, phonemes: bool) -> list[str]:
-    """The table a model reads: phonemes (``text.phonemes``) or letters."""
-    return phoneme_symbols(language) if phonemes else symbols_for(language)
 
 
 def encode_text(cleaned_text: str, language: str, phonemes: bool) -> list[int]:
@@ -226,7 +197,7 @@ def _chunk_text(piece: str) -> str:
 def _check_chunk(chunk: str, ipa: str, language: str) -> str:
     """espeak-ng's output for one chunk may hold phone symbols and spaces only: a stray '"' or
     "(en)" would otherwise pass as punctuation."""
-    table = phoneme_ids(language)
+    table = symbol_ids(language, phonemes=True)
     bad = sorted({c for c in ipa if c != " " and (c in _PUNCTUATION or table.get(c, 0) == 0)})
     if not ipa:
         raise PhonemeError(f"espeak-ng wrote no phonemes for {chunk!r}")
@@ -234,7 +205,7 @@ def _check_chunk(chunk: str, ipa: str, language: str) -> str:
         raise PhonemeError(
             f"espeak-ng wrote symbols outside the {language!r} phoneme table: "
             f"{describe_characters(bad)} in {ipa!r} for {chunk!r} (a different espeak-ng "
-            "version? the table in tacotrain/text/phonemes.py must then be extended, and "
+            "version? the table in tacotrain/text/symbols.py must then be extended, and "
             "models retrained)")
     return ipa
 

@@ -1,9 +1,17 @@
 """Symbol tables: the alphabet the model's embedding layer is indexed by.
 
-The position of a symbol in these tables IS its embedding index. Changing the order, inserting
-or removing a symbol silently invalidates every trained model and cached text sequence for that
-language, so append-only changes would still need a new checkpoint. Treat these tables as part
-of the checkpoint format.
+Two tables per language: letters, and with ``text.phonemes`` espeak-ng's IPA (one symbol per
+Unicode code point, see ``phonemes.py``). The position of a symbol in these tables IS its
+embedding index. Changing the order, inserting or removing a symbol silently invalidates every
+trained model and cached text sequence for that language, so append-only changes would still
+need a new checkpoint. Treat these tables as part of the checkpoint format.
+
+The phoneme tables hold every code point espeak-ng 1.51 (voices en-us and ru) writes for the
+mini-corpus sentences, the robustness set, every letter and letter pair, the numbers 0-2100
+spelled out, and ordinary prose (Debian licence texts, Russian message catalogues): 14,000
+English and 24,000 Russian cleaned lines (``phonemes.observed_symbols`` lists them), after the
+fixes in ``phonemes._ESPEAK_FIXES``. Their order: pad, punctuation (as in the letter tables),
+stress and length marks, then the phones in code point order.
 """
 
 from __future__ import annotations
@@ -36,6 +44,19 @@ _TABLES: Mapping[str, tuple[str, ...]] = MappingProxyType(
     }
 )
 
+PRIMARY, SECONDARY, LONG = "ˈ", "ˌ", "ː"
+"""IPA primary and secondary stress marks and the length mark: symbols of the phoneme tables."""
+
+_ENGLISH_PHONES = "abdefhijklmnoprstuvwzæðŋɐɑɔəɚɛɜɡɪɹɾʃʊʌʒʔ\u0329θᵻ"  # U+0329: syllabic, as in n̩
+_RUSSIAN_PHONES = "abdefijkmnoprstuvxyzŋɑɔɕəɛɡɪɭɵʃʉʌʑʒʲ"  # code point order
+
+_PHONEME_TABLES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "en": (PAD, *PUNCTUATION, PRIMARY, SECONDARY, LONG, *_ENGLISH_PHONES),
+        "ru": (PAD, *PUNCTUATION, PRIMARY, SECONDARY, LONG, *_RUSSIAN_PHONES),
+    }
+)
+
 
 def check_language(language: str) -> str:
     """Return ``language`` if supported; fail early with the supported list otherwise.
@@ -48,19 +69,25 @@ def check_language(language: str) -> str:
     return language
 
 
-def symbols_for(language: str) -> list[str]:
-    """Return the ordered symbol list for ``language`` ("en" or "ru").
+def _table(language: str, phonemes: bool) -> tuple[str, ...]:
+    return (_PHONEME_TABLES if phonemes else _TABLES)[check_language(language)]
+
+
+def symbols_for(language: str, phonemes: bool = False) -> list[str]:
+    """Return the ordered symbol list a model of ``language`` ("en" or "ru") reads: letters, or
+    with ``phonemes`` (``text.phonemes``) espeak-ng's IPA.
 
     Index 0 is the pad symbol "_". A fresh list is returned so callers cannot corrupt the
     shared table. The order is fixed: see the module docstring.
     """
-    return list(_TABLES[check_language(language)])
+    return list(_table(language, phonemes))
 
 
 @cache
-def symbol_ids(language: str) -> Mapping[str, int]:
-    """Read-only symbol -> index map, cached because it is used per utterance."""
-    return MappingProxyType({s: i for i, s in enumerate(_TABLES[check_language(language)])})
+def symbol_ids(language: str, phonemes: bool = False) -> Mapping[str, int]:
+    """Read-only symbol -> index map of :func:`symbols_for`, cached because it is used per
+    utterance."""
+    return MappingProxyType({s: i for i, s in enumerate(_table(language, phonemes))})
 
 
 def unknown_characters(text: str, language: str) -> list[str]:
@@ -98,7 +125,7 @@ def text_to_sequence(text: str, language: str) -> list[int]:
 def sequence_to_text(sequence: Sequence[int], language: str) -> str:
     """Inverse of ``text_to_sequence``. Pad indices (0) are dropped, so a padded batch row
     decodes to its transcript; an index outside the table raises ``ValueError``."""
-    return decode(sequence, _TABLES[check_language(language)], f"{language!r} symbol")
+    return decode(sequence, _table(language, False), f"{language!r} symbol")
 
 
 def decode(sequence: Sequence[int], table: Sequence[str], what: str) -> str:

@@ -121,6 +121,26 @@ def short_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first[:200]}"
 
 
+def experiment_id(client: Any, name: str, artifact_dir: Path | None = None) -> str:
+    """The id of MLflow experiment ``name`` on ``client``'s store: created when missing (its
+    artifacts in ``artifact_dir`` when given, else where the store puts them), restored when
+    deleted. Another process creating it at the same moment is not an error."""
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        location = artifact_dir.resolve().as_uri() if artifact_dir else None
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException as exc:  # created meanwhile by another training or trial
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            exp = client.get_experiment_by_name(name)
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    return exp.experiment_id
+
+
 class MlflowTarget:
     """One MLflow run on one tracking store and the delivery state of ``events.jsonl`` into it.
 
@@ -174,7 +194,8 @@ class MlflowTarget:
             else:
                 client.update_run(self.run_id, status="RUNNING")
         if not self.run_id:
-            self.experiment_id = self._experiment_id()
+            self.experiment_id = experiment_id(
+                client, self.experiment, self.run_dir / LOCAL_ARTIFACTS if self.local else None)
             tags = {"tacotrain.run_dir": str(self.run_dir.resolve())}
             parent = os.environ.get(PARENT_RUN_ENV, "").strip()
             if parent:  # a tuning trial: nest it under the study's run (see tacotrain.tune)
@@ -187,24 +208,6 @@ class MlflowTarget:
             "experiment": self.experiment, "run_name": self.run_name,
             "tracking_uri": self.label})
         self.save_state()
-
-    def _experiment_id(self) -> str:
-        from mlflow.exceptions import MlflowException
-
-        client = self.client
-        exp = client.get_experiment_by_name(self.experiment)
-        if exp is None:
-            location = ((self.run_dir / LOCAL_ARTIFACTS).resolve().as_uri() if self.local
-                        else None)
-            try:
-                return client.create_experiment(self.experiment, artifact_location=location)
-            except MlflowException as exc:  # created meanwhile by another training
-                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                    raise
-                exp = client.get_experiment_by_name(self.experiment)
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
 
     def end(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status=status)

@@ -104,4 +104,4 @@ class EarlyStopper:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.phase, self.best_metric = state["phase"], state["best_metric"]
         self.wait, self.best_loss = state["wait"], state["best_loss"]
-        self.aligned_streak = state.get("aligned_streak", 0)  # absent before it was recorded
+        self.aligned_streak = state.get("aligned_streak", 0)  # a state without it: no streak

@@ -25,6 +25,7 @@ from tacotrain.track.mlflow_sink import (
     LOCAL_ARTIFACTS,
     PARENT_RUN_ENV,
     RUN_FILE,
+    experiment_id,
     http_limits,
     load_json,
     param_value,
@@ -72,23 +73,6 @@ class StudyTracking:
         log.warning("MLflow at %s: %s failed (%s); the study goes on", redact_uri(self.uri), what,
                     short_error(exc))
 
-    def _experiment_id(self) -> str:
-        from mlflow.exceptions import MlflowException
-
-        exp = self.client.get_experiment_by_name(self.experiment)
-        if exp is None:
-            location = self.artifact_dir.resolve().as_uri() if self.artifact_dir else None
-            try:
-                return self.client.create_experiment(self.experiment,
-                                                     artifact_location=location)
-            except MlflowException as exc:  # created meanwhile by another worker
-                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                    raise
-                exp = self.client.get_experiment_by_name(self.experiment)
-        if exp.lifecycle_stage == "deleted":
-            self.client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-
     def open_parent(self, known_run_id: str | None, params: dict[str, Any]) -> str | None:
         """Continue the study's run (``known_run_id``, or found by its tags) or create it.
 
@@ -96,7 +80,8 @@ class StudyTracking:
         """
         try:
             with http_limits():
-                self.experiment_id = self._experiment_id()
+                self.experiment_id = experiment_id(self.client, self.experiment,
+                                                       self.artifact_dir)
                 run_id = known_run_id or self._find_parent()
                 if run_id:
                     self.client.update_run(run_id, status="RUNNING")
@@ -138,7 +123,8 @@ class StudyTracking:
             with http_limits():
                 if not run_id:
                     if self.experiment_id is None:
-                        self.experiment_id = self._experiment_id()
+                        self.experiment_id = experiment_id(self.client, self.experiment,
+                                                           self.artifact_dir)
                     tags = {STUDY_TAG: self.study, TRIAL_TAG: str(number)}
                     if self.parent_run_id:
                         tags[PARENT_TAG] = self.parent_run_id
