@@ -1,5 +1,6 @@
 """What the command modules share: exit codes, help strings, the settings of ``--config``/
-``--lang``/``--set``, and the signal handling of long runs."""
+``--lang``/``--set``, and the signal handling of long runs. The exit codes are explained in
+:mod:`tacotrain.cli` and at the end of ``tacotrain --help`` (:data:`EXIT_CODES_HELP`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,17 @@ from collections.abc import Callable, Iterator
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GUARD = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130
+EXIT_CODES_HELP = """\
+exit codes:
+  0    done (eval: whatever the verdict; prepare: whatever it rejected, unless --strict)
+  1    a failure while running: a checkpoint, model, data, corpus or audio file that does not
+       load or does not fit, a missing optional extra, or a verdict that failed where the
+       command promises one (prepare --strict, demo)
+  2    a usage error: an unknown command or flag, a missing or conflicting argument, an
+       unknown or invalid setting (--set, --config, a tune search space)
+  3    train only: stopped by the guard (divergence); resume from the last good checkpoint
+  130  interrupted (Ctrl-C; SIGTERM too for train and tune); serve, monitor and tune
+       dashboard, which run until stopped, exit 0 then"""
 RAW = argparse.RawDescriptionHelpFormatter  # descriptions keep their line breaks
 
 VOCODER_HELP = ("griffin_lim (default), or hifigan:PATH: a HiFi-GAN generator file in the "
@@ -21,6 +33,14 @@ TRUST_HELP = ("allow the checkpoint to unpickle arbitrary Python objects, which 
               "only for files you trust; by default only tensors and plain values load")
 DEVICE_HELP = "auto, cpu, cuda, cuda:N"
 QUIET_HELP = "no progress bar"
+
+
+class UsageError(Exception):
+    """The command line cannot run as given (``main`` prints it and exits 2)."""
+
+
+class CommandFailed(Exception):
+    """A failure the command found itself while running (``main`` prints it and exits 1)."""
 
 
 def settings_from(args: argparse.Namespace):

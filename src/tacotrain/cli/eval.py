@@ -32,7 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "a sortable table, audio and alignment per item, failures with reasons), "
                     "OUT/wav/ and OUT/img/. English items also get ASR word/character error "
                     "rates when pocketsphinx is installed (pip install 'tacotrain[asr]'; weak "
-                    "on espeak-ng voices). Exit 0 whatever the verdict; 2 on bad input.",
+                    "on espeak-ng voices). Exit 0 whatever the verdict; 1 when an input does "
+                    "not load or does not fit (checkpoint, data, sentences).",
     )
     ep.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.pt)")
     ep.add_argument("--data", type=Path, required=True,

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from tacotrain.cli.common import (
     DEVICE_HELP,
     EXIT_OK,
-    EXIT_USAGE,
     RAW,
     TRUST_HELP,
     VOCODER_CONFIG_HELP,
     VOCODER_HELP,
+    UsageError,
 )
 
 
@@ -54,8 +53,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from tacotrain.infer.synth import Synthesizer
 
     if (args.text is None) == (args.text_file is None):
-        print("error: give exactly one of --text or --text-file", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError("give exactly one of --text or --text-file")
     if args.model is not None:  # an export: safetensors + json, nothing unpickled
         synth = Synthesizer.from_pretrained(args.model, device=args.device, vocoder=args.vocoder,
                                             vocoder_config=args.vocoder_config)

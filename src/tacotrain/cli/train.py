@@ -15,6 +15,7 @@ from tacotrain.cli.common import (
     QUIET_HELP,
     RAW,
     TRUST_HELP,
+    UsageError,
     signals_request_stop,
 )
 
@@ -39,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     tp.add_argument("--resume", action="store_true",
                     help="continue the run in RUN exactly from its latest checkpoint; newer "
                          "ones that do not load are skipped (renamed NAME.skipped, recorded "
-                         "in RUN/guard.jsonl); exit 2 when none loads")
+                         "in RUN/guard.jsonl); exit 1 when none loads")
     tp.add_argument("--trust-checkpoint", action="store_true",
                     help=TRUST_HELP + " (the checkpoints of --resume and --init-from)")
     tp.add_argument("--max-steps", type=int, default=None,
@@ -73,6 +74,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.ignore_layers:
         warm.append(f"train.ignore_layers={json.dumps(args.ignore_layers)}")
     cfg = load_config(args.config, [*args.set, *warm])
+    if args.resume and cfg.train.init_from:  # the trainer says so too, but as a failure (1)
+        raise UsageError("--init-from (train.init_from) does not combine with --resume: a "
+                         "resumed run continues from its own checkpoint. Drop --init-from "
+                         "(or --set train.init_from=null) to resume, or start a new run "
+                         "(a new --out) without --resume")
     # under torchrun: one process of several (DDP); otherwise the one process
     with process_group(resolve_device(cfg.train.device), cfg.train.ddp_timeout_minutes) as dist:
         if not dist.is_main():  # one voice on the console: the other ranks only warn

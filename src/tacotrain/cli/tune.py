@@ -9,7 +9,14 @@ import sys
 from pathlib import Path
 
 from tacotrain.cli import tune_report
-from tacotrain.cli.common import EXIT_OK, EXIT_USAGE, RAW, sigterm_as_interrupt
+from tacotrain.cli.common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_USAGE,
+    RAW,
+    UsageError,
+    sigterm_as_interrupt,
+)
 
 DESCRIPTION = (
     "Search hyperparameters with an Optuna study whose trials are `tacotrain "
@@ -112,8 +119,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     missing = [f for f, v in (("--data", args.data), ("--study", args.study),
                               ("--trials", args.trials)) if v is None]
     if missing:
-        print(f"error: tacotrain tune needs {', '.join(missing)}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(f"tacotrain tune needs {', '.join(missing)}")
+    for flag, value in (("--trials", args.trials), ("--workers", args.workers)):
+        if value < 1:  # the tuner says so too, but as a failure (1)
+            raise UsageError(f"{flag} must be >= 1")
     opts = TuneOptions(
         config=args.config, data=args.data, study=args.study, trials=args.trials, out=args.out,
         storage=args.storage, space=args.space, overrides=args.set, max_steps=args.max_steps,
@@ -126,9 +135,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
         with sigterm_as_interrupt():
             tuner = Tuner(opts)
             s = tuner.run()
-    except (SpaceError, TuneError) as exc:
+    except SpaceError as exc:  # a search space is settings: a usage error, as --set's
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except TuneError as exc:  # e.g. a study created with other settings
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     if args.worker:
         return EXIT_OK
     _print_summary(s)

@@ -10,7 +10,14 @@ import sys
 import time
 from pathlib import Path
 
-from tacotrain.cli.common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, RAW, sigterm_as_interrupt
+from tacotrain.cli.common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    RAW,
+    CommandFailed,
+    UsageError,
+    sigterm_as_interrupt,
+)
 
 
 def add_parsers(usub: argparse._SubParsersAction) -> None:
@@ -50,10 +57,10 @@ def _tune_paths(args: argparse.Namespace) -> tuple[str, Path]:
     if args.storage:
         return args.storage, out or Path(".")
     if out is None:
-        raise SystemExit("error: give --storage URL (or --study / --out for the default "
+        raise UsageError("give --storage URL (or --study / --out for the default "
                          "sqlite:///OUT/tune.db)")
     if not (out / "tune.db").exists():
-        raise SystemExit(f"error: no study database at {out / 'tune.db'}; give --storage URL")
+        raise CommandFailed(f"no study database at {out / 'tune.db'}; give --storage URL")
     return default_storage(out), out
 
 
@@ -62,8 +69,7 @@ def cmd_tune_report(args: argparse.Namespace) -> int:
     from tacotrain.tune.study import TuneError, load_tuned_study
 
     if not args.study:
-        print("error: tacotrain tune report needs --study", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError("tacotrain tune report needs --study")
     storage, out = _tune_paths(args)
     try:
         study = load_tuned_study(args.study, storage)

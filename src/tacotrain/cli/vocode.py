@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from tacotrain.cli.common import (
     DEVICE_HELP,
     EXIT_OK,
-    EXIT_USAGE,
     RAW,
     VOCODER_CONFIG_HELP,
     VOCODER_HELP,
+    UsageError,
 )
 
 
@@ -26,8 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "prepare computes). Audio settings: the defaults, or those of --data; a "
                     "HiFi-GAN must fit them, except that a --mel file without --data is "
                     "taken as the generator's own mel (its config.json). "
-                    "Writes 16-bit PCM; prints frames, samples and seconds. Exit 2 on bad "
-                    "input.",
+                    "Writes 16-bit PCM; prints frames, samples and seconds. Exit 1 when an "
+                    "input does not load or does not fit the vocoder, 2 on a usage error.",
     )
     vp.add_argument("--mel", type=Path, default=None, help="log-mel .npy, [n_mels, T]")
     vp.add_argument("--wav", type=Path, default=None, help="audio file (any format soundfile "
@@ -55,8 +54,7 @@ def cmd_vocode(args: argparse.Namespace) -> int:
     from tacotrain.infer.device import resolve_device
 
     if (args.mel is None) == (args.wav is None):
-        print("error: give exactly one of --mel or --wav", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError("give exactly one of --mel or --wav")
     audio = PreparedData.load(args.data).settings.audio if args.data else AudioConfig()
     device = resolve_device(args.device)
     # a --mel file without --data is taken as the vocoder's own mel (its config says which)
