@@ -159,12 +159,16 @@ def test_a_missing_input_exits_1_naming_it(tmp_path, capsys):
 
 
 def test_main_maps_what_a_command_raises(monkeypatch, tmp_path, capsys):
+    from tacotrain.audio import AudioReadError
     from tacotrain.config import ConfigError
+    from tacotrain.extras import MissingExtra
     from tacotrain.infer.checkpoint import CheckpointError
     from tacotrain.train.trainer import StopRequested
 
     argv = ["export", "--checkpoint", str(tmp_path / "x.pt"), "--out", str(tmp_path / "o")]
-    for exc, code in ((CheckpointError("x.pt: bad"), 1), (ConfigError("a.b: unknown key"), 2),
+    for exc, code in ((CheckpointError("x.pt: bad"), 1), (AudioReadError("a.wav: bad"), 1),
+                      (ConfigError("a.b: unknown key"), 2),
+                      (MissingExtra("x needs y: pip install 'tacotrain[z]'"), 2),
                       (KeyboardInterrupt(), 130), (StopRequested(tmp_path / "c.pt"), 130)):
         def raise_it(args, exc=exc):
             raise exc

@@ -68,9 +68,9 @@ def without(monkeypatch):
 
 def test_a_missing_extra_is_named_with_its_install_command(without, tmp_path, capsys):
     without.update({"fastapi", "optuna"})
-    assert main(["serve", "--runs", str(tmp_path)]) == 1
+    assert main(["serve", "--runs", str(tmp_path)]) == 2
     assert "pip install 'tacotrain[serve]'" in capsys.readouterr().err
-    assert main(["tune", "--data", str(tmp_path), "--study", "s", "--trials", "1"]) == 1
+    assert main(["tune", "--data", str(tmp_path), "--study", "s", "--trials", "1"]) == 2
     err = capsys.readouterr().err
     assert "tacotrain tune needs optuna" in err and "tacotrain[tune]" in err
     with pytest.raises(extras.MissingExtra, match=r"track.mlflow.enabled needs mlflow"):

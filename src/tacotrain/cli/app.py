@@ -66,10 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _usage_errors() -> tuple[type[Exception], ...]:
-    """What means the command line is wrong: exit 2."""
+    """What means the command cannot run as asked: exit 2."""
     from tacotrain.config import ConfigError
+    from tacotrain.extras import MissingExtra
 
-    return (UsageError, ConfigError)
+    return (UsageError, ConfigError, MissingExtra)
 
 
 def _run_errors() -> tuple[type[Exception], ...]:
@@ -81,7 +82,6 @@ def _run_errors() -> tuple[type[Exception], ...]:
     from tacotrain.data.mini import MiniCorpusError
     from tacotrain.data.prepare import PrepareError
     from tacotrain.evaluate.run import EvalError
-    from tacotrain.extras import MissingExtra
     from tacotrain.infer.checkpoint import CheckpointError
     from tacotrain.infer.device import DeviceError
     from tacotrain.infer.pretrained import PretrainedError
@@ -92,8 +92,7 @@ def _run_errors() -> tuple[type[Exception], ...]:
 
     return (CommandFailed, CorpusError, PrepareError, MiniCorpusError, DataError, TrainError,
             DeviceError, CheckpointError, SynthesisError, EvalError, PretrainedError,
-            AudioReadError, HifiGanError, VocoderError, ServeError, DistError, MissingExtra,
-            KokoroError)
+            AudioReadError, HifiGanError, VocoderError, ServeError, DistError, KokoroError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,10 +17,11 @@ EXIT_CODES_HELP = """\
 exit codes:
   0    done (eval: whatever the verdict; prepare: whatever it rejected, unless --strict)
   1    a failure while running: a checkpoint, model, data, corpus or audio file that does not
-       load or does not fit, a missing optional extra, or a verdict that failed where the
-       command promises one (prepare --strict, demo)
+       load or does not fit, or a verdict that failed where the command promises one
+       (prepare --strict, demo)
   2    a usage error: an unknown command or flag, a missing or conflicting argument, an
-       unknown or invalid setting (--set, --config, a tune search space)
+       unknown or invalid setting (--set, --config, a tune search space), a missing extra
+       (the message names its pip install)
   3    train only: stopped by the guard (divergence); resume from the last good checkpoint
   130  interrupted (Ctrl-C; SIGTERM too for train and tune); serve, monitor and tune
        dashboard, which run until stopped, exit 0 then"""
