@@ -119,7 +119,7 @@ def test_lang_option_reaches_the_config(tmp_path, monkeypatch, capsys, args, lan
         raise MiniCorpusError("stopped before the corpus")
 
     monkeypatch.setattr("tacotrain.demo.run_demo", fake_run_demo)
-    assert main(["demo", "--out", str(tmp_path), "--config", "tiny", *args]) == 2
+    assert main(["demo", "--out", str(tmp_path), "--config", "tiny", *args]) == 1
     assert seen == [lang]
     assert "stopped before the corpus" in capsys.readouterr().err
 

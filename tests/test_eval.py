@@ -81,17 +81,17 @@ def test_bad_input_is_a_clear_error(evaluated, tiny_data, tmp_path, capsys):
     code = main(["eval", "--checkpoint", str(ckpt), "--data", str(tiny_data), "--sentences",
                  str(bad), "--out", str(tmp_path / "e"), "--quiet"])
     err = capsys.readouterr().err
-    assert code == 2 and "line 2" in err and "你" in err
+    assert code == 1 and "line 2" in err and "你" in err
     assert not (tmp_path / "e" / "report.json").exists()
     code = main(["eval", "--checkpoint", str(tmp_path / "none.pt"), "--data", str(tiny_data),
                  "--out", str(tmp_path / "e")])
-    assert code == 2 and "none.pt" in capsys.readouterr().err
+    assert code == 1 and "none.pt" in capsys.readouterr().err
     other = tmp_path / "other"  # held-out data prepared with other mel settings
     prepare(tiny_data.parent / "corpus", other, Settings(audio=AudioConfig(fmax=7000.0)),
             workers=1, progress=False)
     code = main(["eval", "--checkpoint", str(ckpt), "--data", str(tiny_data), "--heldout",
                  str(other), "--out", str(tmp_path / "e"), "--quiet"])
-    assert code == 2 and "audio settings differ" in capsys.readouterr().err
+    assert code == 1 and "audio settings differ" in capsys.readouterr().err
 
 
 def test_report_page_in_a_browser(evaluated, tmp_path):

@@ -266,7 +266,7 @@ def test_mismatched_mel_settings_are_refused(tmp_path: Path, capsys) -> None:
     code = main(["vocode", "--wav", str(wav), "--vocoder", f"hifigan:{path}",
                  "--out", str(tmp_path / "o.wav")])  # our front-end makes 80 mels
     err = capsys.readouterr().err
-    assert code == 2 and "num_mels 100" in err and "n_mels is 80" in err
+    assert code == 1 and "num_mels 100" in err and "n_mels is 80" in err
     assert not (tmp_path / "o.wav").exists()
     # a --mel file without --data is the generator's own mel: its 100 bands are what it reads
     np.save(tmp_path / "m100.npy", random_mel(4, n_mels=100).numpy())
@@ -293,7 +293,7 @@ def test_files_not_in_the_released_format_are_refused(tmp_path: Path, capsys) ->
     code = main(["vocode", "--mel", str(tmp_path / "x.npy"), "--vocoder", f"hifigan:{do_file}",
                  "--vocoder-config", str(tmp_path / "config.json"), "--out",
                  str(tmp_path / "o.wav")])
-    assert code == 2 and "no 'generator' entry" in capsys.readouterr().err
+    assert code == 1 and "no 'generator' entry" in capsys.readouterr().err
 
     state = released_state(h)
     del state["conv_post.weight_g"]
@@ -345,14 +345,14 @@ def test_vocoder_names(tmp_path: Path) -> None:
     assert load_vocoder(f"hifigan:{path}", cfg, config_path=other).sample_rate == 22050
 
 
-def test_vocode_bad_input_exits_2(tmp_path: Path, capsys) -> None:
+def test_vocode_bad_input_exits_1_a_usage_error_2(tmp_path: Path, capsys) -> None:
     np.save(tmp_path / "m40.npy", random_mel(10, n_mels=40).numpy())
     code = main(["vocode", "--mel", str(tmp_path / "m40.npy"), "--out", str(tmp_path / "o.wav")])
-    assert code == 2 and "expected a log-mel of shape [80, T]" in capsys.readouterr().err
+    assert code == 1 and "expected a log-mel of shape [80, T]" in capsys.readouterr().err
     code = main(["vocode", "--mel", str(tmp_path / "none.npy"), "--out", str(tmp_path / "o.wav")])
-    assert code == 2 and "none.npy: no such mel file" in capsys.readouterr().err
+    assert code == 1 and "none.npy: no such mel file" in capsys.readouterr().err
     code = main(["vocode", "--wav", str(tmp_path / "none.wav"), "--out", str(tmp_path / "o.wav")])
-    assert code == 2 and "none.wav" in capsys.readouterr().err
+    assert code == 1 and "none.wav" in capsys.readouterr().err
     code = main(["vocode", "--out", str(tmp_path / "o.wav")])
     assert code == 2 and "exactly one of --mel or --wav" in capsys.readouterr().err
     assert not (tmp_path / "o.wav").exists()
@@ -381,12 +381,12 @@ def test_synth_save_mel_is_what_was_vocoded(tiny_data: Path, tmp_path: Path, cap
     wrong = write_generator(tmp_path / "wrong", small("v3", num_mels=100))
     code = main(["eval", "--checkpoint", str(ckpt), "--data", str(tiny_data), "--out",
                  str(tmp_path / "eval"), "--device", "cpu", "--vocoder", f"hifigan:{wrong}"])
-    assert code == 2 and "num_mels 100 but the model's audio.n_mels is 80" in (
+    assert code == 1 and "num_mels 100 but the model's audio.n_mels is 80" in (
         capsys.readouterr().err)
     code = main(["eval", "--checkpoint", str(ckpt), "--data", str(tiny_data), "--out",
                  str(tmp_path / "eval"), "--device", "cpu", "--vocoder", f"hifigan:{wrong}",
                  "--vocoder-config", str(tmp_path / "voc" / "config.json")])
-    assert code == 2 and "conv_pre.weight_v [16, 100, 7] (config gives [16, 80, 7])" in (
+    assert code == 1 and "conv_pre.weight_v [16, 100, 7] (config gives [16, 80, 7])" in (
         capsys.readouterr().err)
     assert not (tmp_path / "eval").exists()
 
@@ -396,6 +396,6 @@ def test_demo_checks_its_vocoder_before_any_work(tmp_path: Path, capsys) -> None
                                                   upsample_kernel_sizes=[16, 16, 16]))
     code = main(["demo", "--out", str(tmp_path / "demo"), "--config", "tiny", "--vocoder",
                  f"hifigan:{gen}"])
-    assert code == 2 and "hop_size 512 but the model's audio.hop_length is 256" in (
+    assert code == 1 and "hop_size 512 but the model's audio.hop_length is 256" in (
         capsys.readouterr().err)
     assert not (tmp_path / "demo").exists()

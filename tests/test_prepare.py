@@ -75,7 +75,7 @@ def test_cli_exit_codes_and_summary(bad_corpus, tmp_path, capsys):
     assert "kept 6 of 15 items" in out and "too_long" in out and "missing_audio" in out
     assert main(["prepare", str(corpus), "--out", str(tmp_path / "b"), "--workers", "1",
                  "--quiet", "--strict"]) == 1
-    assert main(["prepare", str(tmp_path / "nope"), "--out", str(tmp_path / "c")]) == 2
+    assert main(["prepare", str(tmp_path / "nope"), "--out", str(tmp_path / "c")]) == 1
     assert main(["prepare", str(corpus), "--out", str(tmp_path / "d"),
                  "--set", "prepare.max_secnds=3"]) == 2
     assert "prepare.max_secnds" in capsys.readouterr().err

@@ -195,7 +195,7 @@ def test_export_nvidia_is_bit_equal(nvidia, tmp_path, capsys):
     assert meta["audio"] == AudioConfig().model_dump(mode="json") and meta["r"] == 1
     assert meta["source"]["format"] == "nvidia"
     # never silently overwritten
-    assert main(["export", "--checkpoint", str(path), "--out", str(out)]) == 2
+    assert main(["export", "--checkpoint", str(path), "--out", str(out)]) == 1
     assert "--force" in capsys.readouterr().err
     assert main(["export", "--checkpoint", str(path), "--out", str(out), "--force"]) == 0
 

@@ -360,7 +360,7 @@ def test_results_beyond_max_results_are_deleted(runs, synth):
 def test_cli_settings_are_checked(runs, capsys):
     assert main(["serve", "--runs", str(runs), "--set", "serve.max_txt_chars=5"]) == 2
     assert "serve.max_txt_chars: unknown key" in capsys.readouterr().err
-    assert main(["serve", "--runs", str(runs / "none")]) == 2
+    assert main(["serve", "--runs", str(runs / "none")]) == 1
     assert f"--runs {runs / 'none'}: not found or not a directory" in capsys.readouterr().err
 
 

@@ -29,7 +29,7 @@ from tacotrain.track.monitor import stop_process
 
 log = logging.getLogger(__name__)
 
-EXIT_GUARD = 3  # tacotrain train: stopped by the guard (cli.EXIT_GUARD; cli is not imported)
+EXIT_GUARD = 3  # tacotrain train: stopped by the guard (cli.common.EXIT_GUARD; not imported)
 RESULT_FILE = "train_result.json"
 STOP_SECONDS = 30.0  # SIGTERM -> SIGKILL when a trial does not stop
 
