@@ -9,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from tacotrain import metrics as M
 from tacotrain.cli.common import (
     EXIT_GUARD,
     EXIT_OK,
@@ -110,8 +111,8 @@ def _print_result(result) -> None:
     print(f"stopped at step {result.step} ({result.stop_reason}) after "
           f"{result.wall_seconds / 60:.1f} min; aligned: {str(result.aligned).lower()}")
     if v:
-        print(f"validation: mel {v.get('val/mel_post', float('nan')):.4f}; free-running: "
-              f"{result.verdict}; MCD-DTW {v.get('free/mcd_dtw_db', float('nan')):.2f} dB, "
-              f"focus {v.get('free/focus', float('nan')):.2f}, "
-              f"stopped by gate {100 * v.get('free/stopped_by_gate', 0):.0f}%")
+        print(f"validation: mel {v.get(M.VAL_MEL_POST, float('nan')):.4f}; free-running: "
+              f"{result.verdict}; MCD-DTW {v.get(M.FREE_MCD_DTW, float('nan')):.2f} dB, "
+              f"focus {v.get(M.FREE_FOCUS, float('nan')):.2f}, "
+              f"stopped by gate {100 * v.get(M.FREE_STOPPED_BY_GATE, 0):.0f}%")
     print(f"checkpoint: {result.last_checkpoint}")
