@@ -379,7 +379,7 @@ class AlignmentConfig(Strict):
         return self.asr in ("pocketsphinx", "vosk")
 
 
-# Parameters an intervention may set: each is read by the live training step (trainer.py,
+# Parameters an intervention may set: each is read by the live training step (train/trainer.py,
 # ``Trainer.param``), so a change takes effect on the next step. Anything else is rejected.
 WIRED_PARAMETERS = ("loss.guided_attention.weight", "optim.lr", "optim.grad_clip")
 

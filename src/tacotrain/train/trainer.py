@@ -50,8 +50,7 @@ from tacotrain.train.validation import ValidationResult, Validator
 
 log = logging.getLogger(__name__)
 
-# re-exported: the names callers of the trainer catch
-__all__ = ["GuardStop", "StopRequested", "TrainError", "TrainResult", "Trainer"]
+__all__ = ["GuardStop", "StopRequested", "TrainError", "TrainResult", "Trainer"]  # re-exported
 
 
 class StopRequested(KeyboardInterrupt):
