@@ -288,6 +288,10 @@ class TrainConfig(Strict):
     val_interval: int = Field(500, ge=1)  # steps between validations (and checkpoints)
     val_free_run_items: int = Field(4, ge=0)  # validation sentences synthesised free-running
     keep_last: int = Field(3, ge=1)  # checkpoints kept besides the best one
+    # best.pt: the validation with the lowest value of this metric among those the verdict
+    # judged aligned (a validation metric name, tacotrain/metrics.py); `tacotrain tune` sets it
+    # to its quality objective, so that the checkpoint a trial keeps is the one it is scored by
+    best_metric: str = M.VAL_MEL_POST
     stop_when_aligned: bool = False  # stop once free-running validation meets `alignment`
     # ... in this many consecutive validation rounds: one round of a few items can pass by luck
     # (benchmarks/RESULTS.md, "Two aligned rounds before the demo stops")
@@ -305,6 +309,10 @@ class TrainConfig(Strict):
         if self.ignore_layers and not self.init_from:
             raise ValueError("train.ignore_layers is set but train.init_from is not: it only "
                              "applies to a warm start (--init-from)")
+        if self.best_metric.split("/", 1)[0] not in (M.VAL, M.FREE) or "/" not in self.best_metric:
+            raise ValueError(f"train.best_metric {self.best_metric!r}: name a validation metric, "
+                             f"{M.VAL}/... or {M.FREE}/... (e.g. {M.VAL_MEL_POST}, "
+                             f"{M.FREE_MCD_DTW})")
         return self
 
 

@@ -53,6 +53,7 @@ FREE_LENGTH_RATIO = name(FREE, "length_ratio")
 FREE_ALIGNED_SHARE = name(FREE, "aligned_share")
 FREE_IDENTIFIED_SHARE = name(FREE, "identified_share")
 FREE_STOPPED_BY_GATE = name(FREE, "stopped_by_gate")
+FREE_WER_RATIO = name(FREE, "wer_ratio")  # the recogniser's WER over its floor (ground truth)
 EARLY_STOP_PHASE = name(EARLY_STOP, "phase")
 
 # the guard

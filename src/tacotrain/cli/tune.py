@@ -154,7 +154,14 @@ def _print_summary(s) -> None:
     if s.best_number is not None:
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in s.best_params.items())
-        print(f"best: trial {s.best_number}, objective {s.best_value:.4f} ({params})")
+        values = ", ".join(f"{v:.4f}" for v in s.best_values)
+        if s.pareto_front:
+            print(f"Pareto front (time to speak vs quality): trials "
+                  f"{', '.join(map(str, s.pareto_front))}")
+            print(f"soonest to speak on it: trial {s.best_number}, objectives {values} "
+                  f"({params})")
+        else:
+            print(f"best: trial {s.best_number}, objective {values} ({params})")
     print(f"trial runs: {s.out / 'trials'}")
     print(f"report: tacotrain tune report --study {s.study} --storage {s.storage} --out {s.out}")
 

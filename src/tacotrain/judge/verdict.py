@@ -326,13 +326,14 @@ class RoundVerdict:
         }
 
     def intelligibility_summary(self) -> dict[str, float]:
-        """``wer``, ``floor_wer``, ``wer_bound``, ``intelligible``; empty where no recogniser
+        """``wer``, ``floor_wer``, ``wer_ratio`` (wer / floor_wer), ``wer_bound``,
+        ``intelligible``; empty where no recogniser
         judged the round (nothing to plot)."""
         i = self.intelligibility
         if i is None or not i.tested:
             return {}
-        return {"wer": i.wer, "floor_wer": i.floor_wer, "wer_bound": i.bound,
-                "intelligible": float(i.passed)}
+        return {"wer": i.wer, "floor_wer": i.floor_wer, "wer_ratio": i.ratio,
+                "wer_bound": i.bound, "intelligible": float(i.passed)}
 
     def failures(self) -> dict[str, int]:
         """How many items failed each reason (only reasons that occurred)."""

@@ -7,18 +7,22 @@
   ``fine_tuning_share`` of the step budget or when it plateaus (``patience`` rounds).
 * fine-tuning: stops the run when its metric plateaus.
 
-"Best" is the lowest validation mel loss among validations the verdict judged aligned (see
-:meth:`EarlyStopper.is_best`): a lower loss from a model that does not read is not better.
+"Best" is the lowest value of ``train.best_metric`` (default: the validation mel loss) among
+validations the verdict judged aligned (see :meth:`EarlyStopper.is_best`): a lower loss from a
+model that does not read is not better.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from tacotrain import metrics as M
 from tacotrain.config import EarlyStopConfig, PhaseConfig
+
+log = logging.getLogger(__name__)
 
 PHASES = ("alignment", "learning", "fine_tuning")
 BEST_METRIC = M.VAL_MEL_POST
@@ -33,8 +37,11 @@ class StopDecision:
 
 
 class EarlyStopper:
-    def __init__(self, cfg: EarlyStopConfig, max_steps: int) -> None:
+    def __init__(self, cfg: EarlyStopConfig, max_steps: int,
+                 best_key: str = BEST_METRIC) -> None:
         self.cfg = cfg
+        self.best_key = best_key  # train.best_metric
+        self._warned = False
         self.max_steps = max_steps
         self.phase = PHASES[0]
         self.best_metric: float | None = None
@@ -87,15 +94,19 @@ class EarlyStopper:
         return StopDecision(self.phase, phase_changed_from=changed)
 
     def is_best(self, metrics: dict[str, float], aligned: bool) -> bool:
-        """Lowest validation mel loss so far among validations the verdict judged aligned.
-        Call after :meth:`update` and record with :meth:`mark_best`."""
-        loss = metrics.get(BEST_METRIC)
+        """Lowest ``best_key`` (train.best_metric) so far among validations the verdict judged
+        aligned. Call after :meth:`update` and record with :meth:`mark_best`."""
+        loss = metrics.get(self.best_key)
+        if loss is None and not self._warned:
+            self._warned = True  # e.g. free/wer_ratio where no recogniser judged the round
+            log.warning("train.best_metric %s is not among this validation's metrics: no "
+                        "best.pt from it", self.best_key)
         if not aligned or loss is None or not math.isfinite(loss):
             return False
         return self.best_loss is None or loss < self.best_loss
 
     def mark_best(self, metrics: dict[str, float]) -> None:
-        self.best_loss = metrics[BEST_METRIC]
+        self.best_loss = metrics[self.best_key]
 
     def state_dict(self) -> dict[str, Any]:
         return {"phase": self.phase, "best_metric": self.best_metric, "wait": self.wait,

@@ -23,9 +23,11 @@ class RoundRecord:
         return self.figures.get(metric)
 
     def as_row(self) -> dict[str, Any]:
-        """The train_result.json history row: step, minutes, phase and the figures, flat."""
+        """The train_result.json history row: step, minutes, phase and the figures, flat and
+        unrounded (the tuner scores a trial from them: its value equals the figure in the
+        checkpoint it keeps)."""
         return {"step": self.step, "minutes": round(self.minutes, 2), "phase": self.phase,
-                **{k: round(v, 4) for k, v in self.figures.items()}}
+                **self.figures}
 
 
 @dataclass

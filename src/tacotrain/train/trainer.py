@@ -95,7 +95,7 @@ class Trainer:
         self.batch_in_epoch = 0
         self.overrides: dict[str, float | None] = {p: None for p in WIRED_PARAMETERS}
         self.guard = Guard(cfg.guard)
-        self.stopper = EarlyStopper(cfg.early_stop, tc.max_steps)
+        self.stopper = EarlyStopper(cfg.early_stop, tc.max_steps, tc.best_metric)
         self.rounds = ValidationRound(cfg, self.dist, self.guard, self.stopper)
         self.recovery = Recovery(self.run_dir, self.dist, self.model, self.optimizer,
                                  self.scaler, self.guard, cfg,

@@ -1,4 +1,16 @@
-"""The score of a trial: free-running distance to the ground truth, with alignment first.
+"""What a trial is worth: its quality (with alignment first), its time to speak, or both.
+
+``objective.kind`` (tune/space.py) chooses what Optuna is told: ``quality`` (the score below),
+``time_to_speak`` or ``both`` (the pair, a multi-objective study). :func:`trial_values` gives
+all of them from a trial's validation history.
+
+Time to speak: the training minutes at the first validation that completes
+``train.stop_when_aligned_rounds`` validations in a row judged aligned by the verdict (its
+intelligibility test included where a recogniser judges the voice): the moment the trainer
+itself would stop with ``train.stop_when_aligned``. A trial that never gets there is censored:
+P + the minutes it trained, behind every trial that did (3P when it diverged).
+
+Quality: the score of the checkpoint the trial keeps.
 
 Lower is better. Why alignment comes first: a Tacotron 2 that does not read its text cannot
 speak, however low its loss, so such a trial must never beat one that reads. Whether a validation
@@ -64,6 +76,46 @@ def _finite(v: Any) -> float | None:
 def _aligned(row: dict[str, Any]) -> bool:
     """The trainer's verdict on one validation (a row of ``train_result.json``'s history)."""
     return (_finite(row.get(M.VAL_ALIGNED)) or 0.0) >= 0.5
+
+
+def time_to_speak(history: list[dict[str, Any]], rounds: int) -> tuple[float | None, int | None]:
+    """(minutes, step) of the first validation that completes ``rounds`` aligned validations in
+    a row; (None, None) when none does."""
+    streak = 0
+    for row in history:
+        streak = streak + 1 if _aligned(row) else 0
+        if streak >= rounds:
+            return _finite(row.get("minutes")), int(row["step"])
+    return None, None
+
+
+@dataclass(frozen=True)
+class TrialValues:
+    """A trial's figures: ``values`` are what Optuna is told (one per direction)."""
+
+    values: list[float]
+    quality: Score
+    speak_minutes: float | None  # None: it never passed (censored)
+    speak_step: int | None
+    time_value: float  # the time-to-speak objective (censored and diverged trials included)
+
+
+def trial_values(history: list[dict[str, Any]], spec: ObjectiveSpec, rounds: int,
+                 diverged: bool = False) -> TrialValues:
+    """All objectives of a trial from its validations ``history`` (see the module doc);
+    ``rounds``: train.stop_when_aligned_rounds. :class:`MetricMissing` as :func:`score`."""
+    quality = score(history, spec, diverged)
+    minutes, step = time_to_speak(history, rounds)
+    p = spec.unaligned_penalty
+    if diverged:
+        t = 3 * p
+    elif step is not None:  # passed (every history row records its minutes)
+        t = minutes if minutes is not None else 0.0
+    else:
+        trained = [m for r in history if (m := _finite(r.get("minutes"))) is not None]
+        t = p + (max(trained) if trained else 0.0)
+    values = {"quality": [quality.value], "time_to_speak": [t], "both": [t, quality.value]}
+    return TrialValues(values[spec.kind], quality, minutes, step, t)
 
 
 def score(history: list[dict[str, Any]], spec: ObjectiveSpec, diverged: bool = False) -> Score:

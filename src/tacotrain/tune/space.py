@@ -91,14 +91,25 @@ class ParamSpec(Strict):
 
 
 class ObjectiveSpec(Strict):
-    """What a trial scores (lower is better); see :mod:`tacotrain.tune.objective`."""
+    """What a trial is scored by (lower is better); see :mod:`tacotrain.tune.objective`."""
 
-    # validation metric minimised (a key of the validation scalars); the default is the
-    # free-running MCD-DTW against ground truth. Aligned or not is the trainer's verdict.
+    # quality: the quality of the checkpoint the trial keeps (aligned first); time_to_speak:
+    # training minutes until the verdict passes train.stop_when_aligned_rounds rounds in a row
+    # (a trial that never does ranks behind every one that did); both: the pair, a
+    # multi-objective study whose answer is a Pareto front
+    kind: Literal["quality", "time_to_speak", "both"] = "quality"
+    # the quality metric, a validation metric (lower is better): free/wer_ratio (the
+    # recogniser's WER over its floor) where a recogniser judges the voice, else the
+    # free-running MCD-DTW against ground truth. Trials keep best.pt by the same metric
+    # (train.best_metric), so the value reported belongs to the checkpoint kept
     metric: str = M.FREE_MCD_DTW
-    # added to the score of a trial that never aligned; larger than any plausible metric value,
-    # so every aligned trial ranks above every unaligned one
+    # added to the value of a trial that never aligned (quality) or never passed (time to
+    # speak); larger than any plausible value, so that those trials rank behind the others
     unaligned_penalty: float = Field(1000.0, gt=0.0)
+
+    @property
+    def directions(self) -> list[str]:
+        return ["minimize", "minimize"] if self.kind == "both" else ["minimize"]
 
 
 class PrunerSpec(Strict):
@@ -113,9 +124,18 @@ class PrunerSpec(Strict):
 
 
 class SamplerSpec(Strict):
-    type: Literal["tpe", "random"] = "tpe"
-    seed: int | None = None  # None: a different search each time
-    n_startup_trials: int = Field(5, ge=0)  # tpe: random trials before the model kicks in
+    """How trials' parameters are chosen; every sampler is seeded with ``seed`` (recorded in the
+    study; None: a different search each time)."""
+
+    # tpe: multivariate TPE (the default; one or two objectives); nsga2: NSGA-II (two
+    # objectives); cmaes: CMA-ES (one objective, float and int parameters only); random
+    type: Literal["tpe", "nsga2", "cmaes", "random"] = "tpe"
+    seed: int | None = None
+    n_startup_trials: int = Field(5, ge=0)  # tpe and cmaes: random trials before modelling
+    multivariate: bool = True  # tpe: model the parameters jointly, not one by one
+    # tpe: trials still running count as bad ones, so that parallel workers spread out
+    constant_liar: bool = True
+    population_size: int = Field(8, ge=2)  # nsga2: trials per generation
 
 
 class SearchSpace(Strict):
@@ -128,6 +148,21 @@ class SearchSpace(Strict):
     def _check(self) -> SearchSpace:
         if not self.params:
             raise ValueError("params: the search space is empty")
+        if self.sampler.type == "cmaes":
+            if self.objective.kind == "both":
+                raise ValueError("sampler.type cmaes optimises one objective; objective.kind "
+                                 "both needs tpe or nsga2")
+            for name, p in self.params.items():
+                if p.type == "categorical":
+                    raise ValueError(f"sampler.type cmaes searches float and int parameters "
+                                     f"only; params.{name} is categorical (use tpe, or fix it "
+                                     "with --set)")
+        if self.objective.kind == "both" and self.pruner.type != "none":
+            raise ValueError(f"pruner.type {self.pruner.type}: Optuna prunes single-objective "
+                             "studies only; objective.kind both needs pruner.type none")
+        if not self.objective.metric.startswith((f"{M.VAL}/", f"{M.FREE}/")):
+            raise ValueError(f"objective.metric {self.objective.metric!r}: name a validation "
+                             f"metric ({M.VAL}/... or {M.FREE}/...)")
         return self
 
 

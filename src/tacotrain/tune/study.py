@@ -43,8 +43,9 @@ from typing import Any
 
 from tacotrain.config import Config, ConfigError, flatten, load_config, preset_names
 from tacotrain.data.loader import PreparedData
-from tacotrain.tune.objective import DIVERGED, MetricMissing, Score, score
+from tacotrain.tune.objective import DIVERGED, MetricMissing, Score, TrialValues, trial_values
 from tacotrain.tune.space import (
+    ObjectiveSpec,
     SearchSpace,
     load_space,
     space_dict,
@@ -123,6 +124,8 @@ class StudySummary:
     best_params: dict[str, Any]
     wall_seconds: float
     trials_run_here: int
+    best_values: list[float] = field(default_factory=list)  # one per objective
+    pareto_front: list[int] = field(default_factory=list)  # trial numbers (two objectives)
 
 
 def default_storage(out: Path) -> str:
@@ -173,13 +176,22 @@ def redact(url: str) -> str:
 
 
 def make_sampler(space: SearchSpace, seed: int | None = None) -> Any:
+    """The sampler of ``space.sampler`` (tune/space.py), seeded with ``seed``."""
     import optuna
 
     s = space.sampler
     seed = s.seed if seed is None else seed
-    if s.type == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials)
+    with warnings.catch_warnings():  # multivariate TPE and constant liar are "experimental"
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if s.type == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if s.type == "nsga2":
+            return optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=seed)
+        if s.type == "cmaes":
+            return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=s.n_startup_trials)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials,
+                                          multivariate=s.multivariate,
+                                          constant_liar=s.constant_liar)
 
 
 def make_pruner(space: SearchSpace, base: Config, kind: str | None = None) -> Any:
@@ -262,11 +274,13 @@ class Tuner:
         if seed is not None:  # K workers with one seed would all sample the same parameters
             seed += 7919 * o.worker_index
         self.study = _retry_races(lambda: optuna.create_study(
-            storage=self.storage, study_name=o.study, direction="minimize",
+            storage=self.storage, study_name=o.study,
+            directions=self.space.objective.directions,
             sampler=make_sampler(self.space, seed),
             pruner=make_pruner(self.space, self.base_cfg, o.pruner), load_if_exists=True))
         record = {"base": self.base_cfg.model_dump(mode="json"), "space": space_dict(self.space),
                   "overrides": list(o.overrides), "config": str(o.config),
+                  "data": str(Path(o.data).resolve()), "sampler_seed": seed,
                   "max_steps": o.max_steps, "out": str(self.out)}
         old = self.study.user_attrs.get(ATTR)
         if old is None:
@@ -284,7 +298,7 @@ class Tuner:
                             f"({', '.join(diff[:8])} differ); its trials would not compare "
                             "with new ones: use the same --config/--set or a new --study")
         if old["space"].get("params") != new["space"].get("params") \
-                or old["space"].get("objective") != new["space"].get("objective"):
+                or _objective(old["space"]) != _objective(new["space"]):
             raise TuneError(f"study {name!r} was created with a different search space or "
                             "objective: use the same --space or a new --study")
         if old.get("max_steps") != new.get("max_steps"):
@@ -396,6 +410,11 @@ class Tuner:
             raise
 
 
+def _objective(space: dict[str, Any]) -> dict[str, Any]:
+    """A recorded space's objective with the defaults of keys added since it was recorded."""
+    return ObjectiveSpec.model_validate(space.get("objective") or {}).model_dump(mode="json")
+
+
 def worker_command(o: TuneOptions, out: Path, index: int) -> list[str]:
     """The ``tacotrain tune --worker`` command line of worker ``index`` (1..K) of ``o``."""
     cmd = [sys.executable, "-m", "tacotrain.cli", "tune", "--worker", "--worker-index", str(index),
@@ -423,9 +442,13 @@ def _log_progress(study: Any, seen: dict[int, str]) -> None:
         state = t.state.name
         if seen.get(t.number) != state and state != "WAITING":
             seen[t.number] = state
-            value = f" value {t.value:.4f}" if t.value is not None else ""
+            value = f" value {_values_text(t.values)}" if t.values else ""
             reason = t.user_attrs.get("fail_reason")
             log.info("trial %d: %s%s%s", t.number, state, value, f" ({reason})" if reason else "")
+
+
+def _values_text(values: list[float]) -> str:
+    return ", ".join(f"{v:.4f}" for v in values)
 
 
 def run_worker(study: Any, ctx: _Context, trials: int, timeout_hours: float | None) -> int:
@@ -462,7 +485,8 @@ def make_objective(ctx: _Context) -> Callable[[Any], float]:
         log_path = run_dir.parent / f"{trial.number:04d}.log"
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("worker", f"{host}:{os.getpid()}")
-        overrides = [*o.overrides, *ctx.extra_overrides, *to_overrides(params)]
+        overrides = [*o.overrides, *ctx.extra_overrides, *objective_overrides(spec),
+                     *to_overrides(params)]
         if ctx.tracking is not None:
             overrides.append(f"track.mlflow.run_name={o.study}-{trial.number:04d}")
         state, status, value, attrs = "FAIL", "FAILED", None, {}
@@ -485,15 +509,25 @@ def make_objective(ctx: _Context) -> Callable[[Any], float]:
 
             reported: list[dict[str, Any]] = []
             last_step = o.max_steps or cfg.train.max_steps
+            rounds = cfg.train.stop_when_aligned_rounds
 
             def on_validation(row: dict[str, Any]) -> bool:
-                """Report the score so far (same scale as the final one); True: prune.
+                """Report the value so far (same scale as the final one); True: prune.
 
                 The validation at the last step is never pruned: the training is done then,
-                and its result is worth more than a stop."""
+                and its result is worth more than a stop. A two-objective study reports
+                nothing (Optuna prunes single-objective studies only)."""
                 reported.append(row)
                 step = int(row["step"])
-                trial.report(score(reported, spec).value, step)
+                if spec.kind == "both":
+                    return False
+                now = trial_values(reported, spec, rounds)
+                trial.report(now.values[0], step)
+                if spec.kind == "time_to_speak" and now.speak_step is None \
+                        and _slower_than_best(trial.study, row):
+                    trial.set_user_attr("pruned_reason", "cannot speak sooner than the best "
+                                                         "trial any more")
+                    return step < last_step
                 return step < last_step and trial.should_prune()
 
             from tacotrain.tune.tracking import child_env
@@ -516,17 +550,17 @@ def make_objective(ctx: _Context) -> Callable[[Any], float]:
                 raise _fail(trial, run.reason)
             history = run.result.get("history", []) if run.result else run.validations
             try:
-                s = score(history, spec, diverged=run.status == "guard")
+                tv = trial_values(history, spec, rounds, diverged=run.status == "guard")
             except MetricMissing as exc:
                 raise _fail(trial, str(exc)) from None
-            score_attrs = _score_attrs(s)
+            score_attrs = {**_score_attrs(tv.quality), **_objective_attrs(tv, spec)}
             if run.status == "guard":
                 score_attrs["diverged_reason"] = run.reason
             for k, v in score_attrs.items():
                 trial.set_user_attr(k, v)
             attrs.update(score_attrs)
-            state, status, value = "COMPLETE", "FINISHED", s.value
-            return s.value
+            state, status, value = "COMPLETE", "FINISHED", tv.values[0]
+            return tv.values if spec.kind == "both" else tv.values[0]
         except KeyboardInterrupt:
             state, status = "FAIL", "KILLED"
             trial.set_user_attr("fail_reason", "interrupted")
@@ -538,6 +572,36 @@ def make_objective(ctx: _Context) -> Callable[[Any], float]:
                                          attrs)
 
     return objective
+
+
+def objective_overrides(spec: ObjectiveSpec) -> list[str]:
+    """What a trial's training is told by the objective: keep best.pt by the quality metric
+    (the checkpoint kept is the one scored), and stop once the voice speaks where the time to
+    speak is an objective (what comes after cannot improve it)."""
+    out = [f"train.best_metric={json.dumps(spec.metric)}"]
+    if spec.kind in ("time_to_speak", "both"):
+        out.append("train.stop_when_aligned=true")
+    return out
+
+
+def _slower_than_best(study: Any, row: dict[str, Any]) -> bool:
+    """Whether a trial that has not passed yet, at ``row``'s training minutes, is already slower
+    than the fastest finished trial that passed: it can no longer speak sooner."""
+    from optuna.trial import TrialState
+
+    best = [t.user_attrs["time_to_speak_minutes"] for t in study.get_trials(
+        deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("time_to_speak_minutes") is not None]
+    minutes = row.get("minutes")
+    return bool(best) and minutes is not None and float(minutes) > min(best)
+
+
+def _objective_attrs(tv: TrialValues, spec: ObjectiveSpec) -> dict[str, Any]:
+    q = tv.quality
+    return {"objective_kind": spec.kind, "time_to_speak_minutes": tv.speak_minutes,
+            "speak_step": tv.speak_step, "passed": tv.speak_step is not None,
+            "time_value": tv.time_value, "quality": q.best_loss if q.outcome != DIVERGED else None,
+            "quality_value": q.value, "quality_metric": spec.metric}
 
 
 def _fail(trial: Any, reason: str) -> TrialFailed:
@@ -571,11 +635,14 @@ def summarize(study: Any, o: TuneOptions, seconds: float, ran: int) -> StudySumm
     states: dict[str, int] = {}
     for t in trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    best = min(done, key=lambda t: t.value) if done else None
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+    # two objectives: of the Pareto front, the trial that speaks soonest
+    best = min(done, key=lambda t: t.values) if done else None
+    front = [t.number for t in study.best_trials] if len(study.directions) > 1 and done else []
     return StudySummary(o.study, redact(o.storage_url), o.out_dir.resolve(), states,
-                        best.number if best else None, best.value if best else None,
-                        dict(best.params) if best else {}, seconds, ran)
+                        best.number if best else None, best.values[0] if best else None,
+                        dict(best.params) if best else {}, seconds, ran,
+                        list(best.values) if best else [], front)
 
 
 def load_tuned_study(study: str, storage: str) -> Any:
