@@ -6,6 +6,11 @@ round aligns: these tests are about the tuner's bookkeeping, not about the verdi
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -157,3 +162,50 @@ def test_a_two_objective_study_gives_a_pareto_front(tiny_data, tmp_path):
     record = study.user_attrs["tacotrain"]
     assert record["data"] == str(tiny_data.resolve()) and record["sampler_seed"] == 5
     assert load_space(tmp_path / "space.yaml").objective.kind == "both"
+
+
+# ---------------------------------------------------------------------------- kill -9, --resume
+def _trials(storage: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return optuna.load_study(study_name="k", storage=storage).get_trials(deepcopy=False)
+    except (KeyError, Exception):  # not created yet, or the file is being written
+        return []
+
+
+def test_a_killed_study_resumes_without_losing_a_finished_trial(tiny_data, tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({"params": PARAMS, "pruner": {"type": "none"},
+                                    "sampler": {"type": "random", "seed": 1}}))
+    out = tmp_path / "study"
+    storage = f"sqlite:///{out / 'tune.db'}"
+    cmd = [sys.executable, "-m", "tacotrain.cli", "tune", "--config", "tiny", "--data",
+           str(tiny_data), "--study", "k", "--trials", "3", "--out", str(out), "--space",
+           str(path), "--max-steps", "6", "--heartbeat", "1", "--grace", "3"]
+    for s in BASE_SET:
+        cmd += ["--set", s]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while True:  # kill it (and its trial's training) while trial 1 runs, trial 0 finished
+        states = {t.number: t.state.name for t in _trials(storage)}
+        if states.get(0) == "COMPLETE" and states.get(1) == "RUNNING":
+            break
+        assert proc.poll() is None and time.monotonic() < deadline, states
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {t.number: t.value for t in _trials(storage) if t.state.name == "COMPLETE"}
+    time.sleep(4)  # past --grace: the killed trial's heartbeat is stale
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    trials = _trials(storage)
+    for number, value in finished.items():  # nothing finished was lost or rerun
+        assert trials[number].state.name == "COMPLETE" and trials[number].value == value
+    assert trials[1].state.name == "FAIL"  # cut off by the kill, failed by its stale heartbeat
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == 1]
+    assert len(retry) == 1 and retry[0].state.name == "COMPLETE"  # re-queued and run
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 3
+    # --resume of a study that does not exist is refused, naming it
+    other = subprocess.run([*cmd[:9], "nope", *cmd[10:], "--resume"], capture_output=True,
+                           text=True)
+    assert other.returncode == 1 and "no study 'nope'" in other.stderr

@@ -21,20 +21,23 @@ from tacotrain.cli.common import (
 DESCRIPTION = (
     "Search hyperparameters with an Optuna study whose trials are `tacotrain "
     "train` processes (one fresh process per trial, run directory "
-    "OUT/trials/NNNN). Each trial is scored by its best free-running MCD-DTW "
-    "against the validation items' ground truth (objective.metric), with a "
+    "OUT/trials/NNNN). objective.kind in the space file chooses what a trial is "
+    "worth: quality (default): the quality metric (objective.metric, default "
+    "free/mcd_dtw_db; free/wer_ratio for a voice a recogniser judges) of the "
+    "checkpoint the trial keeps, best.pt, chosen by the same metric, with a "
     "penalty of objective.unaligned_penalty (default 1000) when no validation "
-    "passed the alignment verdict (every free-running item read its text: "
-    "gate stop, length, no skipped, repeated or stalled tokens, and nearer to "
-    "its own recording than to any other), so an aligned trial always ranks "
-    "first; a trial "
-    "stopped by the guard scores 3x the penalty. The same score, reported at "
-    "each validation, drives pruning. Crashed, killed or over-budget trials are "
-    "recorded FAIL with the reason; the study goes on.\n"
+    "passed the alignment verdict, and 3x the penalty when the guard stopped it; "
+    "time_to_speak: training minutes until the verdict passes "
+    "train.stop_when_aligned_rounds rounds in a row (the trial stops there; one "
+    "that never does ranks behind every one that did); both: the pair, a "
+    "two-objective study whose answer is a Pareto front. Samplers: tpe "
+    "(multivariate, constant liar), nsga2, cmaes, random. Crashed, killed or "
+    "over-budget trials are recorded FAIL with the reason; the study goes on.\n"
     "The study lives in --storage (default sqlite:///OUT/tune.db; any SQLAlchemy "
     "URL, e.g. postgresql://user@host/db for workers on several machines): "
-    "running the same command again resumes it, until it holds --trials "
-    "trials.\n\n"
+    "running the same command again (--resume: and insist that it exists) "
+    "continues it, until it holds --trials trials; finished trials are kept, a "
+    "trial cut off by a kill is failed and re-queued.\n\n"
     "  tacotrain tune report --study NAME [--storage URL] [--out DIR]\n"
     "  tacotrain tune dashboard --study NAME [--storage URL] [--port 8080]"
 )
@@ -65,6 +68,10 @@ def _add_study_options(up: argparse.ArgumentParser) -> None:
                     help="Optuna storage (default: sqlite:///OUT/tune.db)")
     up.add_argument("--out", type=Path, default=None,
                     help="output directory (default: tune/STUDY)")
+    up.add_argument("--resume", action="store_true",
+                    help="continue the study --study in --storage; an error if there is none "
+                         "(without --resume an existing study is continued too, a missing one "
+                         "created)")
     up.add_argument("--timeout", type=float, default=None, metavar="HOURS",
                     help="start no new trial after this many hours")
 
@@ -130,7 +137,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         mlflow=args.mlflow, heartbeat_seconds=args.heartbeat, grace_seconds=args.grace,
         max_retries=args.retries, pruner=args.pruner, seed=args.seed,
         enqueue=_parse_enqueue(args.enqueue), keep_checkpoints=args.keep_checkpoints,
-        is_worker=args.worker, worker_index=args.worker_index)
+        is_worker=args.worker, worker_index=args.worker_index, resume=args.resume)
     try:
         with sigterm_as_interrupt():
             tuner = Tuner(opts)

@@ -99,6 +99,7 @@ class TuneOptions:
     keep_checkpoints: str = "best"  # best: delete a finished trial's other checkpoints; all
     is_worker: bool = False  # internal: a worker process started by --workers
     worker_index: int = 0  # internal: 1..K for those; decorrelates seeded samplers
+    resume: bool = False  # the study must exist already (--resume)
 
     @property
     def out_dir(self) -> Path:
@@ -270,6 +271,10 @@ class Tuner:
         self.out.mkdir(parents=True, exist_ok=True)
         o = self.opts
         self.storage = make_storage(o.storage_url, o.heartbeat_seconds, o.grace, o.max_retries)
+        if o.resume and o.study not in _retry_races(
+                lambda: optuna.get_all_study_names(storage=self.storage)):
+            raise TuneError(f"--resume: there is no study {o.study!r} in "
+                            f"{redact(o.storage_url)}; drop --resume to create it")
         seed = o.seed if o.seed is not None else self.space.sampler.seed
         if seed is not None:  # K workers with one seed would all sample the same parameters
             seed += 7919 * o.worker_index
