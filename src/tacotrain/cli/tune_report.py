@@ -22,13 +22,21 @@ from tacotrain.cli.common import (
 
 def add_parsers(usub: argparse._SubParsersAction) -> None:
     ur = usub.add_parser(
-        "report", formatter_class=RAW, help="leaderboard, best config YAML and plots",
+        "report", formatter_class=RAW,
+        help="leaderboard, best config YAML, plots and an HTML report",
         description="Print the leaderboard of a study (rank, trial, state, objective, aligned, "
-                    "validation loss, minutes, parameters or the failure reason), write "
+                    "validation loss, minutes, parameters or the failure reason; with time to "
+                    "speak, passed and quality for studies that record them), write "
                     "DIR/best_config.yaml (the base config with the best trial's parameters, "
-                    "ready for `tacotrain train --config`) and Optuna's optimisation history, "
-                    "parameter importance and intermediate-value plots to DIR/plots (PNG; "
-                    "HTML as well when plotly is installed).",
+                    "ready for `tacotrain train --config`; for a 2-objective study the fastest "
+                    "trial on the Pareto front, and DIR/pareto/trial-NNNN.yaml for every front "
+                    "trial), Optuna's optimisation history, parameter importance and "
+                    "intermediate-value plots (2 objectives: the Pareto front and the "
+                    "importances) to DIR/plots (PNG; HTML as well when plotly is installed), "
+                    "and DIR/report.html: one page with the plots, the leaderboard, the "
+                    "importances and, per trial, its alignment and mel images, its free-running "
+                    "audio (copied to DIR/report-media) and the command that trains its "
+                    "settings.",
     )
     ur.add_argument("--study", required=True, help="study name")
     ur.add_argument("--storage", default=None, metavar="URL",
@@ -65,8 +73,8 @@ def _tune_paths(args: argparse.Namespace) -> tuple[str, Path]:
 
 
 def cmd_tune_report(args: argparse.Namespace) -> int:
-    from tacotrain.tune.report import format_leaderboard, write_report
-    from tacotrain.tune.study import TuneError, load_tuned_study
+    from tacotrain.tune.report import format_leaderboard, speak_text, write_report
+    from tacotrain.tune.study import TuneError, load_tuned_study, redact
 
     if not args.study:
         raise UsageError("tacotrain tune report needs --study")
@@ -76,7 +84,7 @@ def cmd_tune_report(args: argparse.Namespace) -> int:
     except TuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    rep = write_report(study, out)
+    rep = write_report(study, out, redact(storage))
     print(format_leaderboard(rep.rows))
     if rep.best_config:
         print(f"best config: {rep.best_config}")
@@ -84,6 +92,19 @@ def cmd_tune_report(args: argparse.Namespace) -> int:
         print(f"plot: {path}")
     for note in rep.notes:
         print(f"note: {note}")
+    if rep.directions > 1 and rep.front:
+        print("Pareto front (trial: time to speak, quality):")
+        for r in rep.front:
+            quality = f"{r.quality:.4g}" if r.quality is not None else "-"
+            metric = f" {r.quality_metric}" if r.quality_metric else ""
+            speak = speak_text(r)
+            print(f"  trial {r.number}: {speak}{' min' if r.time_to_speak is not None else ''}, "
+                  f"{quality}{metric}")
+        print(f"train the fastest (trial {rep.front[0].number}): "
+              f"{rep.commands[rep.front[0].number]}")
+    elif rep.best_number is not None:
+        print(f"train the best (trial {rep.best_number}): {rep.commands[rep.best_number]}")
+    print(f"report: {rep.html}")
     return EXIT_OK
 
 

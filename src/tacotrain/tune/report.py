@@ -1,30 +1,74 @@
-"""``tacotrain tune report``: the leaderboard, the best config, and Optuna's plots.
+"""``tacotrain tune report``: the leaderboard, the best config, Optuna's plots and an HTML page.
 
-The leaderboard ranks finished trials by their score (see :mod:`tacotrain.tune.objective`:
-aligned before unaligned before diverged), then pruned trials by the last value they reported,
-then failed ones (with their reason), then those still running or waiting. The best config is
-the study's base config (recorded when the study was created) with the best trial's parameters
-applied, validated by the same code as any config: ``tacotrain train --config best_config.yaml``
-trains it with the full step budget of the base config.
+Studies have one objective (lower is better: the score of :mod:`tacotrain.tune.objective`) or
+two, both minimised: ``values = [time_to_speak, quality]`` (training minutes until the voice
+passed the verdict; a quality metric such as ``free/wer_ratio``). What a finished trial records
+(user attributes; studies made before these existed lack them and report as before):
+``objective_kind``, ``time_to_speak_minutes`` (None: it never passed, "censored"), ``passed``,
+``quality``, ``quality_metric``, ``run_dir``, ``outcome``, ``wall_minutes``, ``best_step``,
+``best_loss``, ``fail_reason``.
+
+One objective: the leaderboard ranks finished trials by their score (aligned before unaligned
+before diverged), then pruned trials by the last value they reported, then failed ones (with
+their reason), then those still running or waiting. The best config is the study's base config
+(recorded when the study was created) with the best trial's parameters applied, validated by
+the same code as any config: ``tacotrain train --config best_config.yaml`` trains it with the
+full step budget of the base config.
+
+Two objectives: the Pareto front is Optuna's ``study.best_trials`` (no other complete trial is
+both faster and better). The leaderboard lists the front by time to speak, then the other
+complete trials by Pareto rank (the front of what remains, and so on) and time, then pruned,
+failed and running ones. ``best_config.yaml`` is the fastest front trial;
+``pareto/trial-NNNN.yaml`` holds every front trial's config.
+
+``report.html`` (one page, relative links only) shows all of it, the parameter importances per
+objective, and per trial its images and free-running audio, copied into ``report-media/NNNN/``
+so that the page survives the deletion of the trials' run directories, and the exact
+``tacotrain train`` command that trains the trial's settings from scratch.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import math
+import os
+import re
+import shlex
+import shutil
 import warnings
 from dataclasses import dataclass, field
+from html import escape
 from pathlib import Path
 from typing import Any
 
+from tacotrain import metrics as M
 from tacotrain.config import Config, build, to_yaml
 from tacotrain.fsutil import atomic_write_text
+from tacotrain.track.jsonl_sink import read_events
+from tacotrain.train.validation import (
+    PLOT_FREE_ALIGNMENT,
+    PLOT_FREE_MEL,
+    PLOT_TF_ALIGNMENT,
+    PLOT_TF_MEL,
+)
 from tacotrain.tune.space import to_overrides
 from tacotrain.tune.study import ATTR, TuneError
 
 log = logging.getLogger(__name__)
 
 _STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "FAIL": 2, "RUNNING": 3, "WAITING": 4}
+TIME_ATTR = "time_to_speak_minutes"
+NEW_ATTRS = ("objective_kind", TIME_ATTR, "passed", "quality", "quality_metric")
+MEDIA_DIR = "report-media"  # not "trials": that is where the study's run directories live
+PARETO_DIR = "pareto"
+HTML_FILE = "report.html"
+# (file in RUN/plots, what it shows): the newest validation's plots (each overwrites the last)
+TRIAL_PLOTS = [(PLOT_FREE_ALIGNMENT, "free-running alignment"),
+               (PLOT_FREE_MEL, "free-running mel vs ground truth"),
+               (PLOT_TF_ALIGNMENT, "teacher-forced alignment"),
+               (PLOT_TF_MEL, "teacher-forced mel")]
+_WAV_NAME = re.compile(r"free-run-step-(\d+)\.wav$")
 
 
 @dataclass
@@ -32,12 +76,29 @@ class Row:
     rank: int
     number: int
     state: str
-    value: float | None  # the score (COMPLETE) or the last reported value (PRUNED)
+    value: float | None  # 1 objective: the score (COMPLETE) or last reported value (PRUNED)
     outcome: str  # aligned, unaligned, diverged, pruned, failed, ...
     best_loss: float | None
     minutes: float | None
     params: dict[str, Any]
     note: str = ""
+    values: list[float] | None = None  # every objective value (COMPLETE)
+    time_to_speak: float | None = None  # minutes until the verdict passed
+    censored: bool = False  # finished without passing the verdict (time_to_speak is None)
+    passed: bool | None = None
+    quality: float | None = None
+    quality_metric: str | None = None
+    pareto_rank: int | None = None  # 2 objectives, COMPLETE: 1 = on the Pareto front
+    new_attrs: bool = False  # the trial records the attributes above
+
+
+@dataclass
+class Media:
+    """A trial's files copied into the report directory (paths relative to it)."""
+
+    images: list[tuple[str, str | None]] = field(default_factory=list)  # (label, path|None)
+    audio: list[tuple[str, str]] = field(default_factory=list)  # (label, path)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -46,40 +107,110 @@ class Report:
     best_config: Path | None
     plots: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    directions: int = 1
+    front: list[Row] = field(default_factory=list)  # 2 objectives: by time to speak
+    pareto_configs: list[Path] = field(default_factory=list)
+    best_number: int | None = None  # the trial of best_config.yaml
+    commands: dict[int, str] = field(default_factory=dict)  # trial -> tacotrain train ...
+    importances: dict[str, dict[str, float]] = field(default_factory=dict)  # objective -> ..
+    html: Path | None = None
 
 
+# ---------------------------------------------------------------------------- leaderboard
 def _last_value(t: Any) -> float | None:
-    if t.value is not None:
-        return float(t.value)
-    if t.intermediate_values:
+    if t.values is not None and len(t.values) == 1:
+        return float(t.values[0])
+    if t.values is None and t.intermediate_values:
         return float(t.intermediate_values[max(t.intermediate_values)])
     return None
 
 
+def _float(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def is_multi(study: Any) -> bool:
+    return len(study.directions) > 1
+
+
+def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return all(x <= y for x, y in zip(a, b, strict=True)) and \
+        any(x < y for x, y in zip(a, b, strict=True))
+
+
+def pareto_ranks(study: Any) -> dict[int, int]:
+    """Trial number -> Pareto rank of each complete trial of a 2-objective study: 1 for
+    ``study.best_trials`` (the front), 2 for the front of the rest, and so on."""
+    from optuna.trial import TrialState
+
+    left = {t.number: tuple(float(v) for v in t.values)
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.values is not None}
+    ranks = {t.number: 1 for t in study.best_trials}
+    for n in ranks:
+        left.pop(n, None)
+    rank = 2
+    while left:
+        front = [n for n, p in left.items()
+                 if not any(_dominates(q, p) for m, q in left.items() if m != n)]
+        for n in front:
+            ranks[n] = rank
+            del left[n]
+        rank += 1
+    return ranks
+
+
+def _row(t: Any, multi: bool) -> Row:
+    ua = t.user_attrs
+    state = t.state.name
+    value = _last_value(t) if state in ("COMPLETE", "PRUNED") and not multi else None
+    if state == "COMPLETE":
+        outcome, note = ua.get("outcome", "complete"), ua.get("diverged_reason", "")
+    elif state == "PRUNED":
+        step = max(t.intermediate_values) if t.intermediate_values else None
+        outcome, note = "pruned", f"pruned at step {step}" if step is not None else ""
+    elif state == "FAIL":
+        retried = t.system_attrs.get("failed_trial") is not None
+        outcome = "failed"
+        note = ua.get("fail_reason") or "its worker stopped sending heartbeats (stale)"
+        if retried:
+            note += f" [retry of trial {t.system_attrs['failed_trial']}]"
+    else:
+        outcome, note = state.lower(), ""
+    new = any(k in ua for k in NEW_ATTRS)
+    passed = ua.get("passed")
+    return Row(0, t.number, state, value, outcome, ua.get("best_loss"), ua.get("wall_minutes"),
+               dict(t.params), note,
+               values=[float(v) for v in t.values] if t.values is not None else None,
+               time_to_speak=_float(ua.get(TIME_ATTR)),
+               censored=TIME_ATTR in ua and ua[TIME_ATTR] is None and state == "COMPLETE",
+               passed=bool(passed) if passed is not None else None,
+               quality=_float(ua.get("quality")), quality_metric=ua.get("quality_metric"),
+               new_attrs=new)
+
+
+def _inf(v: float | None) -> float:
+    return v if v is not None and not math.isnan(v) else math.inf
+
+
 def leaderboard(study: Any) -> list[Row]:
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        ua = t.user_attrs
-        state = t.state.name
-        value = _last_value(t) if state in ("COMPLETE", "PRUNED") else None
-        if state == "COMPLETE":
-            outcome, note = ua.get("outcome", "complete"), ua.get("diverged_reason", "")
-        elif state == "PRUNED":
-            step = max(t.intermediate_values) if t.intermediate_values else None
-            outcome, note = "pruned", f"pruned at step {step}" if step is not None else ""
-        elif state == "FAIL":
-            retried = t.system_attrs.get("failed_trial") is not None
-            outcome = "failed"
-            note = ua.get("fail_reason") or "its worker stopped sending heartbeats (stale)"
-            if retried:
-                note += f" [retry of trial {t.system_attrs['failed_trial']}]"
-        else:
-            outcome, note = state.lower(), ""
-        rows.append(Row(0, t.number, state, value, outcome, ua.get("best_loss"),
-                        ua.get("wall_minutes"), dict(t.params), note))
-    rows.sort(key=lambda r: (_STATE_ORDER.get(r.state, 9),
-                             r.value if r.value is not None and math.isfinite(r.value)
-                             else math.inf, r.number))
+    multi = is_multi(study)
+    rows = [_row(t, multi) for t in study.get_trials(deepcopy=False)]
+    if multi:
+        ranks = pareto_ranks(study)
+        for r in rows:
+            r.pareto_rank = ranks.get(r.number) if r.state == "COMPLETE" else None
+        rows.sort(key=lambda r: (_STATE_ORDER.get(r.state, 9), r.pareto_rank or 0,
+                                 *(_inf(v) for v in (r.values or [math.inf, math.inf])),
+                                 r.number))
+    else:
+        rows.sort(key=lambda r: (_STATE_ORDER.get(r.state, 9),
+                                 r.value if r.value is not None and math.isfinite(r.value)
+                                 else math.inf, r.number))
     for k, r in enumerate(rows, start=1):
         r.rank = k
     return rows
@@ -106,62 +237,208 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _num(v: float | None, spec: str = ".4f") -> str:
+    return format(v, spec) if v is not None else "-"
+
+
+def speak_text(r: Row) -> str:
+    """Time to speak as shown: minutes, ``censored`` (never passed) or ``-`` (not recorded)."""
+    if r.time_to_speak is not None:
+        return f"{r.time_to_speak:.1f}"
+    return "censored" if r.censored else "-"
+
+
+def _passed_text(r: Row) -> str:
+    return "-" if r.passed is None else ("yes" if r.passed else "no")
+
+
+def quality_metric(rows: list[Row]) -> str | None:
+    """The quality metric's name when all trials that record one agree, else None."""
+    names = {r.quality_metric for r in rows if r.quality_metric}
+    return names.pop() if len(names) == 1 else None
+
+
 def format_leaderboard(rows: list[Row]) -> str:
+    """The leaderboard as a text table. Studies without the time-to-speak/quality attributes
+    keep the columns they always had; others show time to speak, passed and quality, and
+    2-objective studies the Pareto rank (1 = on the front) instead of a single objective."""
     names = sorted({k for r in rows for k in r.params})
     short = short_names(names)
-    head = ["rank", "trial", "state", "objective", "aligned", "metric", "min", "params / note"]
+    multi = any(r.values is not None and len(r.values) > 1 for r in rows)
+    new = multi or any(r.new_attrs for r in rows)
+    if new:
+        head = ["rank", "trial", "state", "front" if multi else "objective", "speak min",
+                "passed", quality_metric(rows) or "quality", "metric", "min", "params / note"]
+    else:
+        head = ["rank", "trial", "state", "objective", "aligned", "metric", "min",
+                "params / note"]
+    right = {"rank", "trial", "front", "objective", "speak min", "metric", "min", head[6]}
     table = []
     for r in rows:
         params = " ".join(f"{short[k]}={_fmt(r.params[k])}" for k in names if k in r.params)
         tail = f"{params}  {r.note}".strip() if r.note else params
-        aligned = {"aligned": "yes", "unaligned": "no", "diverged": "diverged"}.get(r.outcome, "-")
-        table.append([str(r.rank), str(r.number), r.state,
-                      f"{r.value:.4f}" if r.value is not None else "-", aligned,
-                      f"{r.best_loss:.4f}" if r.best_loss is not None else "-",
-                      f"{r.minutes:.1f}" if r.minutes is not None else "-", tail])
+        first = [str(r.rank), str(r.number), r.state]
+        if new:
+            obj = str(r.pareto_rank or "-") if multi else _num(r.value)
+            middle = [obj, speak_text(r), _passed_text(r), _num(r.quality)]
+        else:
+            aligned = {"aligned": "yes", "unaligned": "no", "diverged": "diverged"}.get(
+                r.outcome, "-")
+            middle = [_num(r.value), aligned]
+        table.append([*first, *middle, _num(r.best_loss), _num(r.minutes, ".1f"), tail])
     widths = [max(len(x[i]) for x in [head, *table]) for i in range(len(head) - 1)]
     lines = []
     for x in [head, *table]:
-        lines.append("  ".join(c.rjust(w) if i in (0, 1, 3, 5, 6) else c.ljust(w)
+        lines.append("  ".join(c.rjust(w) if head[i] in right else c.ljust(w)
                                for i, (c, w) in enumerate(zip(x, widths, strict=False)))
                      + "  " + x[-1])
     return "\n".join(line.rstrip() for line in lines)
 
 
-def best_config(study: Any) -> tuple[Config, Any]:
-    """The base config with the best trial's parameters, and that trial."""
-    from optuna.trial import TrialState
-
-    done = [t for t in study.get_trials(deepcopy=False)
-            if t.state == TrialState.COMPLETE and t.value is not None]
-    if not done:
-        raise TuneError(f"study {study.study_name!r} has no complete trial yet")
-    best = min(done, key=lambda t: (t.value, t.number))
+# ---------------------------------------------------------------------------- configs
+def _record(study: Any) -> dict[str, Any]:
     record = study.user_attrs.get(ATTR)
     if not record:
         raise TuneError(f"study {study.study_name!r} was not created by tacotrain tune "
                         "(no base config recorded)")
-    cfg = build(Config, record["base"], to_overrides(dict(best.params)),
-                f"study {study.study_name} trial {best.number}")
-    return cfg, best
+    return record
+
+
+def trial_config(study: Any, trial: Any) -> Config:
+    """The study's base config with ``trial``'s parameters applied (validated)."""
+    return build(Config, _record(study)["base"], to_overrides(dict(trial.params)),
+                 f"study {study.study_name} trial {trial.number}")
+
+
+def front_trials(study: Any) -> list[Any]:
+    """2 objectives: the Pareto front (``study.best_trials``), fastest first."""
+    return sorted(study.best_trials, key=lambda t: (*t.values, t.number))
+
+
+def best_trial(study: Any) -> Any:
+    """The trial of ``best_config.yaml``: the lowest score (1 objective) or the fastest trial
+    on the Pareto front (2 objectives); TuneError when no trial completed."""
+    from optuna.trial import TrialState
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.values is not None]
+    if not done:
+        raise TuneError(f"study {study.study_name!r} has no complete trial yet")
+    if is_multi(study):
+        return front_trials(study)[0]
+    return min(done, key=lambda t: (t.values[0], t.number))
+
+
+def best_config(study: Any) -> tuple[Config, Any]:
+    """The base config with the best trial's parameters, and that trial."""
+    best = best_trial(study)
+    return trial_config(study, best), best
+
+
+def _result_words(t: Any) -> str:
+    ua = t.user_attrs
+    if len(t.values) > 1:
+        tts = ua.get(TIME_ATTR)
+        speak = f"{tts:.1f} min" if isinstance(tts, int | float) else \
+            "never passed" if TIME_ATTR in ua else f"{t.values[0]:.4g}"
+        metric = ua.get("quality_metric") or "quality"
+        return f"time to speak {speak}, {metric} {t.values[1]:.4g}"
+    return (f"objective {t.values[0]:.4f} ({ua.get('outcome', '?')}, best "
+            f"{ua.get('best_loss')} at step {ua.get('best_step')})")
+
+
+def _write_trial_config(study: Any, trial: Any, path: Path, what: str) -> None:
+    cfg = trial_config(study, trial)
+    head = (f"# {what} of study {study.study_name!r}: trial {trial.number}, "
+            f"{_result_words(trial)}.\n# Its parameters: "
+            + ", ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
+            + f"\n# Train it: tacotrain train --config {path.name} --data DATA --out RUN\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, head + to_yaml(cfg))
 
 
 def write_best_config(study: Any, path: Path) -> tuple[Path, Any]:
-    cfg, best = best_config(study)
-    ua = best.user_attrs
-    head = (f"# Best trial of study {study.study_name!r}: trial {best.number}, objective "
-            f"{best.value:.4f} ({ua.get('outcome', '?')}, best {ua.get('best_loss')} at step "
-            f"{ua.get('best_step')}).\n# Its parameters: "
-            + ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
-            + f"\n# Train it: tacotrain train --config {path.name} --data DATA --out RUN\n")
-    atomic_write_text(path, head + to_yaml(cfg))
+    best = best_trial(study)
+    what = "Fastest trial on the Pareto front" if is_multi(study) else "Best trial"
+    _write_trial_config(study, best, path, what)
     return path, best
 
 
+def write_pareto_configs(study: Any, out: Path) -> list[Path]:
+    """``out/trial-NNNN.yaml`` for every front trial; files of trials no longer on the front
+    are removed."""
+    paths = []
+    for t in front_trials(study):
+        path = out / f"trial-{t.number:04d}.yaml"
+        _write_trial_config(study, t, path, "A trial on the Pareto front")
+        paths.append(path)
+    if out.is_dir():
+        for old in out.glob("trial-*.yaml"):
+            if re.fullmatch(r"trial-\d+\.yaml", old.name) and old not in paths:
+                old.unlink()
+    return paths
+
+
+def train_command(study: Any, trial: Any) -> str:
+    """The shell command that trains ``trial``'s settings from scratch: the study's config,
+    data (``DATA`` when the study did not record it) and ``--set`` overrides, then the trial's
+    parameters (so they win)."""
+    record = study.user_attrs.get(ATTR) or {}
+    args = ["tacotrain", "train", "--config", str(record.get("config") or "CONFIG"),
+            "--data", str(record.get("data") or "DATA"),
+            "--out", f"runs/trial-{trial.number:04d}"]
+    for s in [*record.get("overrides", []), *to_overrides(dict(trial.params))]:
+        args += ["--set", s]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+# ---------------------------------------------------------------------------- importances
+def objective_names(study: Any, rows: list[Row] | None = None) -> list[str]:
+    if not is_multi(study):
+        return ["objective"]
+    metric = quality_metric(rows or []) or "quality"
+    return ["time to speak", f"quality ({metric})"]
+
+
+def param_importances(study: Any, names: list[str] | None = None
+                      ) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """Optuna's parameter importances, per objective (``names[i]`` -> {param: importance}),
+    and notes on what was skipped: fewer than 2 complete trials, no varying parameter, or
+    Optuna's own refusal."""
+    import optuna
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(done) < 2:
+        return {}, [f"parameter importances: need 2 complete trials, the study has {len(done)}"]
+    seen: dict[str, set[str]] = {}
+    for t in done:
+        for k, v in t.params.items():
+            seen.setdefault(k, set()).add(repr(v))
+    if not any(len(v) > 1 for v in seen.values()):
+        return {}, ["parameter importances: no parameter varies among the complete trials"]
+    out: dict[str, dict[str, float]] = {}
+    notes = []
+    names = names or objective_names(study)
+    for i, name in enumerate(names):
+        target = (lambda t, i=i: t.values[i]) if is_multi(study) else None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                imp = optuna.importance.get_param_importances(study, target=target)
+            out[name] = {k: float(v) for k, v in imp.items()}
+        except Exception as exc:  # too few trials with a finite value, one distribution...
+            notes.append(f"parameter importances of {name}: not computed "
+                         f"({type(exc).__name__}: {exc})")
+    return out, notes
+
+
+# ---------------------------------------------------------------------------- plots
 def save_plots(study: Any, out: Path) -> tuple[list[Path], list[str]]:
-    """Optimisation history, parameter importances and intermediate values: PNG (matplotlib)
-    and, when plotly is installed, interactive HTML. Returns (files, notes on what was not
-    drawn and why)."""
+    """Optimisation history, parameter importances and intermediate values (1 objective) or
+    parameter importances (2 objectives; the Pareto plot is :func:`plot_pareto`): PNG
+    (matplotlib) and, when plotly is installed, interactive HTML. Returns (files, notes on
+    what was not drawn and why)."""
     import optuna
 
     files: list[Path] = []
@@ -169,6 +446,8 @@ def save_plots(study: Any, out: Path) -> tuple[list[Path], list[str]]:
     plots = {"optimization_history": "plot_optimization_history",
              "param_importances": "plot_param_importances",
              "intermediate_values": "plot_intermediate_values"}
+    if is_multi(study):
+        plots = {"param_importances": "plot_param_importances"}
     try:
         import plotly  # noqa: F401
 
@@ -179,6 +458,7 @@ def save_plots(study: Any, out: Path) -> tuple[list[Path], list[str]]:
     out.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
         import matplotlib.pyplot as plt
         from optuna.visualization import matplotlib as ovm
 
@@ -204,16 +484,361 @@ def save_plots(study: Any, out: Path) -> tuple[list[Path], list[str]]:
     return files, notes
 
 
-def write_report(study: Any, out: Path) -> Report:
-    """Leaderboard rows, ``out/best_config.yaml`` (when a trial completed) and the plots."""
+def _point(r: Row) -> tuple[float | None, float | None, bool]:
+    """(time to speak, quality, censored) of a complete trial for the Pareto plot: the
+    recorded attributes, else the objective values; x None when censored."""
+    vals = r.values or []
+    y = r.quality if r.quality is not None else (_float(vals[1]) if len(vals) > 1 else None)
+    if r.time_to_speak is not None:
+        return r.time_to_speak, y, False
+    x = None if r.censored or not vals else _float(vals[0])
+    return x, y, x is None
+
+
+def plot_pareto(rows: list[Row], path: Path, metric: str | None) -> list[str]:
+    """Time to speak (x) vs quality (y) of every complete trial, the front highlighted and
+    joined, each point labelled with its trial number; censored trials at the right edge.
+    Returns notes (trials that could not be placed)."""
+    from matplotlib import style
+
+    with style.context("default"):  # Optuna's plots switch matplotlib to ggplot
+        return _plot_pareto(rows, path, metric)
+
+
+def _plot_pareto(rows: list[Row], path: Path, metric: str | None) -> list[str]:
+    from matplotlib.figure import Figure
+
+    notes = []
+    pts = []
+    for r in rows:
+        if r.state != "COMPLETE":
+            continue
+        x, y, censored = _point(r)
+        if y is None:
+            notes.append(f"Pareto plot: trial {r.number} has no finite quality; not drawn")
+            continue
+        pts.append((r, x, y, censored))
+    xs = [x for _, x, _, _ in pts if x is not None]
+    edge = max(xs) * 1.12 if xs and max(xs) > 0 else 1.0
+    fig = Figure(figsize=(9, 5.5))
+    ax = fig.add_subplot()
+    groups = {
+        "other trials": ([p for p in pts if p[0].pareto_rank != 1 and not p[3]],
+                         dict(marker="o", color="tab:gray", s=36)),
+        "censored: never passed (drawn at the right edge)": (
+            [p for p in pts if p[0].pareto_rank != 1 and p[3]],
+            dict(marker=">", color="tab:red", s=60)),
+        "Pareto front": ([p for p in pts if p[0].pareto_rank == 1],
+                         dict(marker="*", color="tab:blue", s=180, zorder=3)),
+    }
+    for label, (group, style) in groups.items():
+        if group:
+            ax.scatter([edge if c else x for _, x, _, c in group], [y for _, _, y, _ in group],
+                       label=label, **style)
+    front = sorted(((edge if c else x), y) for r, x, y, c in pts if r.pareto_rank == 1)
+    if len(front) > 1:
+        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:blue",
+                alpha=0.6)
+    for r, x, y, c in pts:
+        ax.annotate(str(r.number), (edge if c else x, y), textcoords="offset points",
+                    xytext=(5, 4), fontsize=9)
+    if any(c for *_, c in pts):
+        ax.axvline(edge, color="tab:red", linestyle=":", alpha=0.5)
+    ax.set_xlabel("time to speak (training minutes until the voice passed the verdict)")
+    ax.set_ylabel(f"quality: {metric or 'objective 2'} (lower is better)")
+    ax.set_title("Pareto front: time to speak vs quality")
+    ax.grid(alpha=0.3)
+    if pts:
+        ax.legend(loc="best", fontsize=9)
+    else:
+        notes.append("Pareto plot: no complete trial yet")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return notes
+
+
+# ---------------------------------------------------------------------------- media
+def _copy(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` unless ``dst`` is already a copy of it (size and time);
+    through a temporary file, so a page never links a half-written file."""
+    try:
+        s, d = src.stat(), dst.stat()
+        if s.st_size == d.st_size and d.st_mtime >= s.st_mtime:
+            return
+    except FileNotFoundError:
+        pass
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _audio_files(run_dir: Path) -> dict[int, Path]:
+    """Step -> free-running validation WAV of a run (from its events, else the folder)."""
+    found: dict[int, Path] = {}
+    for ev in read_events(run_dir, "audio"):
+        if ev.get("tag") == M.TAG_FREE_AUDIO and ev.get("path") and ev.get("step") is not None:
+            found[int(ev["step"])] = run_dir / ev["path"]
+    if not found:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in M.TAG_FREE_AUDIO)
+        for p in (run_dir / "audio" / safe).glob("step-*.wav"):
+            m = re.fullmatch(r"step-(\d+)\.wav", p.name)
+            if m:
+                found[int(m.group(1))] = p
+    return {k: v for k, v in found.items() if v.is_file()}
+
+
+def collect_media(t: Any, out: Path) -> Media:
+    """Copy ``t``'s plots and free-running audio (its best validation's and its last one's)
+    from its run directory into ``out/report-media/NNNN``; copies made by an earlier report
+    stay in use when the run directory is gone. Missing files are noted, not errors."""
+    media = Media()
+    rel = Path(MEDIA_DIR) / f"{t.number:04d}"
+    dst = out / rel
+    run = t.user_attrs.get("run_dir")
+    run_dir = Path(run) if run else None
+    if run_dir is None:
+        media.notes.append("no run directory recorded")
+    elif not run_dir.is_dir():
+        media.notes.append(f"run directory {run_dir} no longer exists"
+                           + ("; showing earlier copies" if dst.is_dir() else ""))
+    live = run_dir is not None and run_dir.is_dir()
+    # each validation overwrites the plots: the step of the newest is in the events
+    steps = {ev.get("path"): ev.get("step") for ev in read_events(run_dir, "image")} \
+        if live else {}
+    for name, label in TRIAL_PLOTS:
+        src = run_dir / "plots" / name if live else None
+        if src is not None and src.is_file():
+            _copy(src, dst / name)
+            step = steps.get(f"plots/{name}")
+            label += f" (step {step})" if step is not None else ""
+        media.images.append((label, str(rel / name) if (dst / name).is_file() else None))
+    wanted: dict[int, str] = {}
+    if live:
+        audio = _audio_files(run_dir)  # type: ignore[arg-type]
+        best = t.user_attrs.get("best_step")
+        if isinstance(best, int) and best in audio:
+            wanted[best] = f"best validation (step {best})"
+        if audio:
+            last = max(audio)
+            wanted.setdefault(last, f"last validation (step {last})")
+        for step in wanted:
+            _copy(audio[step], dst / f"free-run-step-{step:07d}.wav")
+        for old in dst.glob("free-run-step-*.wav") if dst.is_dir() else []:
+            m = _WAV_NAME.fullmatch(old.name)
+            if m and int(m.group(1)) not in wanted:
+                old.unlink()
+    elif dst.is_dir():
+        for p in sorted(dst.glob("free-run-step-*.wav")):
+            m = _WAV_NAME.fullmatch(p.name)
+            if m:
+                wanted[int(m.group(1))] = f"validation at step {int(m.group(1))}"
+    for step, label in sorted(wanted.items()):
+        media.audio.append((label, str(rel / f"free-run-step-{step:07d}.wav")))
+    if not media.audio:
+        media.notes.append("no free-running audio")
+    return media
+
+
+# ---------------------------------------------------------------------------- HTML
+STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; max-width: 1500px; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 3px 6px; vertical-align: top; text-align: left; }
+th { background: #eee; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.front { background: #e4efff; }
+tr.FAIL { background: #fde2e2; }
+img.plot { max-width: 900px; width: 100%; display: block; }
+.media { display: flex; flex-wrap: wrap; gap: 10px; align-items: flex-start; }
+figure { margin: 0; }
+figure img { width: 340px; display: block; border: 1px solid #ddd; }
+figcaption { font-size: 12px; color: #555; }
+pre.cmd { background: #f5f5f5; padding: 6px; white-space: pre-wrap; word-break: break-all; }
+section.trial { border-top: 1px solid #ccc; margin-top: 1em; }
+.missing { color: #a00; font-style: italic; }
+.note { color: #555; }
+"""
+
+
+def _td(text: Any, cls: str = "") -> str:
+    c = f' class="{cls}"' if cls else ""
+    return f"<td{c}>{escape(str(text))}</td>"
+
+
+def _img(src: str, alt: str, cls: str = "plot") -> str:
+    return f'<img class="{cls}" src="{escape(src)}" alt="{escape(alt)}">'
+
+
+def render_html(study: Any, rep: Report, rows: list[Row], media: dict[int, Media],
+                storage: str | None, out: Path) -> str:
+    record = study.user_attrs.get(ATTR) or {}
+    multi = rep.directions > 1
+    metric = quality_metric(rows)
+    states: dict[str, int] = {}
+    for r in rows:
+        states[r.state] = states.get(r.state, 0) + 1
+    kinds = sorted({str(t.user_attrs["objective_kind"]) for t in study.get_trials(deepcopy=False)
+                    if "objective_kind" in t.user_attrs})
+    title = f"Study {study.study_name}"
+    h: list[str] = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+                    f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>",
+                    f"<h1>{escape(title)}</h1>", '<table id="study">']
+    facts = [("storage", storage or "(not given)"),
+             ("objectives", "2, both minimised: time to speak, quality" if multi
+              else "1, minimised"),
+             ("objective kind", ", ".join(kinds) or "-"),
+             ("quality metric", metric or "-"),
+             ("base config", record.get("config", "-")),
+             ("study overrides", " ".join(record.get("overrides", [])) or "-"),
+             ("data", record.get("data") or "DATA (not recorded by this study)"),
+             ("steps per trial", record.get("max_steps") or "the config's train.max_steps"),
+             ("trials", ", ".join(f"{k} {v}" for k, v in sorted(
+                 states.items(), key=lambda kv: _STATE_ORDER.get(kv[0], 9))) or "none"),
+             ("written", _dt.datetime.now().isoformat(timespec="seconds"))]
+    for k, v in facts:
+        h.append(f'<tr><th>{escape(k)}</th><td data-fact="{escape(k)}">{escape(str(v))}</td></tr>')
+    h.append("</table>")
+    if rep.best_config is not None:
+        what = "the fastest trial on the Pareto front" if multi else "the best trial"
+        h.append(f'<p>Best config ({what}, trial {rep.best_number}): '
+                 f'<a href="{escape(rep.best_config.name)}">{escape(rep.best_config.name)}</a>'
+                 "</p>")
+    # the main plot
+    main = "pareto_front.png" if multi else "optimization_history.png"
+    h.append(f"<h2>{'Pareto front' if multi else 'Optimisation history'}</h2>")
+    if (out / "plots" / main).is_file():
+        h.append(_img(f"plots/{main}", "Pareto front" if multi else "optimisation history")
+                 .replace('class="plot"', f'class="plot" id="{main.split(".")[0]}"'))
+    else:
+        h.append('<p class="missing">not drawn (see the notes)</p>')
+    if multi:
+        h.append('<table id="front"><thead><tr><th>trial</th><th>time to speak (min)</th>'
+                 f"<th>{escape(metric or 'quality')}</th><th>config</th></tr></thead><tbody>")
+        for r in rep.front:
+            cfg = f"{PARETO_DIR}/trial-{r.number:04d}.yaml"
+            h.append(f'<tr data-trial="{r.number}">'
+                     f'<td><a href="#trial-{r.number:04d}">{r.number}</a></td>'
+                     + _td(speak_text(r), "num") + _td(_num(r.quality), "num")
+                     + f'<td><a href="{cfg}">{cfg}</a></td></tr>')
+        h.append("</tbody></table>")
+    # the leaderboard
+    names = sorted({k for r in rows for k in r.params})
+    short = short_names(names)
+    head = ["rank", "trial", "state", "front" if multi else "objective", "time to speak (min)",
+            "passed", f"quality ({metric})" if metric else "quality", "outcome", "minutes",
+            "parameters", "note"]
+    h.append('<h2>Leaderboard</h2><table id="leaderboard"><thead><tr>'
+             + "".join(f"<th>{escape(c)}</th>" for c in head) + "</tr></thead><tbody>")
+    for r in rows:
+        cls = " ".join(c for c in ("front" if r.pareto_rank == 1 else "", r.state) if c)
+        quality = _num(r.quality)
+        if r.quality is not None and r.quality_metric and not metric:
+            quality += f" ({r.quality_metric})"
+        params = " ".join(f"{short[k]}={_fmt(r.params[k])}" for k in names if k in r.params)
+        h.append(f'<tr class="{cls}" data-trial="{r.number}">' + _td(r.rank, "num")
+                 + f'<td class="num"><a href="#trial-{r.number:04d}">{r.number}</a></td>'
+                 + _td(r.state) + _td(str(r.pareto_rank or "-") if multi else _num(r.value),
+                                       "num")
+                 + _td(speak_text(r), "num") + _td(_passed_text(r)) + _td(quality, "num")
+                 + _td(r.outcome) + _td(_num(r.minutes, ".1f"), "num") + _td(params)
+                 + _td(r.note) + "</tr>")
+    h.append("</tbody></table>")
+    # importances
+    h.append("<h2>Parameter importances</h2>")
+    if rep.importances:
+        objs = list(rep.importances)
+        params_ = sorted({p for d in rep.importances.values() for p in d},
+                         key=lambda p: -max(d.get(p, 0.0) for d in rep.importances.values()))
+        h.append('<table id="importances"><thead><tr><th>parameter</th>'
+                 + "".join(f"<th>{escape(o)}</th>" for o in objs) + "</tr></thead><tbody>")
+        for p in params_:
+            h.append(f"<tr>{_td(p)}" + "".join(
+                _td(_num(rep.importances[o].get(p), ".3f"), "num") for o in objs) + "</tr>")
+        h.append("</tbody></table>")
+    else:
+        h.append('<p class="note">not computed (see the notes)</p>')
+    if (out / "plots" / "param_importances.png").is_file():
+        h.append(_img("plots/param_importances.png", "parameter importances"))
+    if rep.notes:
+        h.append('<h2>Notes</h2><ul id="notes">'
+                 + "".join(f"<li>{escape(n)}</li>" for n in rep.notes) + "</ul>")
+    # per trial
+    steps = record.get("max_steps")
+    h.append("<h2>Trials</h2>")
+    if steps:
+        h.append(f'<p class="note">Each trial ran with --max-steps {int(steps)}; the commands '
+                 "below train with the config's own step budget (add --max-steps to repeat a "
+                 "trial exactly).</p>")
+    for r in rows:
+        m = media.get(r.number, Media())
+        h.append(f'<section class="trial" id="trial-{r.number:04d}" data-trial="{r.number}">'
+                 f"<h3>Trial {r.number}: {escape(r.state)}"
+                 + (" (on the Pareto front)" if r.pareto_rank == 1 else "") + "</h3>")
+        facts_ = [f"time to speak {speak_text(r)} min" if r.new_attrs else "",
+                  f"quality {_num(r.quality)}" if r.quality is not None else "",
+                  f"outcome {r.outcome}", f"{_num(r.minutes, '.1f')} min of training",
+                  r.note]
+        h.append(f"<p>{escape('; '.join(f for f in facts_ if f))}</p>")
+        if r.params:
+            h.append("<p>parameters: " + escape(", ".join(
+                f"{k}={_fmt(v)}" for k, v in r.params.items())) + "</p>")
+        h.append('<div class="media">')
+        for label, src in m.images if any(src for _, src in m.images) else []:
+            body = _img(src, label, "media") if src else '<span class="missing">missing</span>'
+            h.append(f"<figure>{body}<figcaption>{escape(label)}</figcaption></figure>")
+        for label, src in m.audio:
+            h.append(f'<figure><audio class="free-run" controls preload="metadata" '
+                     f'src="{escape(src)}"></audio><figcaption>free-running audio, '
+                     f"{escape(label)}</figcaption></figure>")
+        h.append("</div>")
+        if not any(src for _, src in m.images):
+            h.append('<p class="missing">no images</p>')
+        for n in m.notes:
+            h.append(f'<p class="missing">{escape(n)}</p>')
+        if r.number in rep.commands:
+            h.append("<p>Train these settings from scratch:</p>"
+                     f'<pre class="cmd">{escape(rep.commands[r.number])}</pre>')
+        h.append("</section>")
+    h.append("</body></html>")
+    return "\n".join(h) + "\n"
+
+
+# ---------------------------------------------------------------------------- all of it
+def write_report(study: Any, out: Path, storage: str | None = None) -> Report:
+    """Leaderboard rows, ``out/best_config.yaml`` (when a trial completed), the plots, the
+    Pareto configs (2 objectives) and ``out/report.html``. ``storage``: the (redacted) storage
+    URL shown on the page."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = leaderboard(study)
+    multi = is_multi(study)
+    rep = Report(rows, None, directions=len(study.directions))
     notes: list[str] = []
-    best_path: Path | None = None
     try:
-        best_path, _ = write_best_config(study, out / "best_config.yaml")
+        rep.best_config, best = write_best_config(study, out / "best_config.yaml")
+        rep.best_number = best.number
     except TuneError as exc:
         notes.append(str(exc))
+    if multi:
+        by_number = {r.number: r for r in rows}
+        rep.front = [by_number[t.number] for t in front_trials(study)]
+        if ATTR in study.user_attrs:
+            rep.pareto_configs = write_pareto_configs(study, out / PARETO_DIR)
     files, plot_notes = save_plots(study, out / "plots")
-    return Report(rows, best_path, files, notes + plot_notes)
+    if multi:
+        pareto_png = out / "plots" / "pareto_front.png"
+        plot_notes = plot_pareto(rows, pareto_png, quality_metric(rows)) + plot_notes
+        files.insert(0, pareto_png)
+    rep.plots = files
+    rep.importances, imp_notes = param_importances(study, objective_names(study, rows))
+    rep.notes = notes + plot_notes + imp_notes
+    media = {}
+    for t in study.get_trials(deepcopy=False):
+        rep.commands[t.number] = train_command(study, t)
+        media[t.number] = collect_media(t, out)
+    html = render_html(study, rep, rows, media, storage, out)
+    atomic_write_text(out / HTML_FILE, html)
+    rep.html = out / HTML_FILE
+    return rep
