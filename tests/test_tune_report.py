@@ -28,8 +28,8 @@ from tacotrain.tune.report import (
     param_importances,
     pareto_ranks,
     train_command,
-    write_report,
 )
+from tacotrain.tune.report_page import write_report
 from tacotrain.tune.space import to_overrides
 from tacotrain.tune.study import ATTR
 

@@ -73,7 +73,8 @@ def _tune_paths(args: argparse.Namespace) -> tuple[str, Path]:
 
 
 def cmd_tune_report(args: argparse.Namespace) -> int:
-    from tacotrain.tune.report import format_leaderboard, speak_text, write_report
+    from tacotrain.tune.report import format_leaderboard, speak_text
+    from tacotrain.tune.report_page import write_report
     from tacotrain.tune.study import TuneError, load_tuned_study, redact
 
     if not args.study:

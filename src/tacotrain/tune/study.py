@@ -284,7 +284,9 @@ class Tuner:
             sampler=make_sampler(self.space, seed),
             pruner=make_pruner(self.space, self.base_cfg, o.pruner), load_if_exists=True))
         record = {"base": self.base_cfg.model_dump(mode="json"), "space": space_dict(self.space),
-                  "overrides": list(o.overrides), "config": str(o.config),
+                  "overrides": list(o.overrides),
+                  "config": o.config if o.config in preset_names() else
+                  str(Path(o.config).resolve()),
                   "data": str(Path(o.data).resolve()), "sampler_seed": seed,
                   "max_steps": o.max_steps, "out": str(self.out)}
         old = self.study.user_attrs.get(ATTR)
