@@ -22,7 +22,7 @@ from tacotrain.infer.checkpoint import Checkpoint
 from tacotrain.tune import TuneOptions, Tuner, load_space
 from tacotrain.tune.objective import time_to_speak, trial_values
 from tacotrain.tune.space import ObjectiveSpec, SearchSpace
-from tacotrain.tune.study import make_sampler
+from tacotrain.tune.study import _reporter, make_sampler
 
 BASE_SET = ["train.val_interval=2", "train.log_interval=1", "train.val_free_run_items=2",
             "train.threads=1", "optim.warmup_steps=0", "track.tensorboard=false"]
@@ -209,3 +209,21 @@ def test_a_killed_study_resumes_without_losing_a_finished_trial(tiny_data, tmp_p
     other = subprocess.run([*cmd[:9], "nope", *cmd[10:], "--resume"], capture_output=True,
                            text=True)
     assert other.returncode == 1 and "no study 'nope'" in other.stderr
+
+
+def test_a_trial_that_can_no_longer_speak_sooner_than_the_best_is_stopped():
+    study = optuna.create_study(pruner=optuna.pruners.NopPruner())
+    study.add_trial(optuna.trial.create_trial(value=3.0, user_attrs={
+        "time_to_speak_minutes": 3.0}))
+    trial = study.ask()
+    on_validation = _reporter(trial, ObjectiveSpec(kind="time_to_speak"), rounds=2,
+                              last_step=100)
+    assert on_validation(row(10, 2.0, False, 9.0)) is False  # still has a chance
+    assert on_validation(row(20, 3.5, True, 8.0)) is True  # slower than 3.0 and not speaking
+    assert "cannot speak sooner" in trial.study.trials[-1].user_attrs["pruned_reason"]
+    # one that speaks is never stopped by this rule, however slow
+    late = study.ask()
+    speak = _reporter(late, ObjectiveSpec(kind="time_to_speak"), rounds=1, last_step=100)
+    assert speak(row(10, 9.0, True, 5.0)) is False
+    # the intermediate values are on the final scale: censored so far = penalty + minutes
+    assert trial.study.trials[1].intermediate_values == {10: 1002.0, 20: 1003.5}

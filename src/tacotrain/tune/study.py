@@ -514,28 +514,8 @@ def make_objective(ctx: _Context) -> Callable[[Any], float]:
             budget = cfg.train.time_budget_minutes
             hard = budget * 60 * 1.25 + 120 if budget else None
 
-            reported: list[dict[str, Any]] = []
-            last_step = o.max_steps or cfg.train.max_steps
             rounds = cfg.train.stop_when_aligned_rounds
-
-            def on_validation(row: dict[str, Any]) -> bool:
-                """Report the value so far (same scale as the final one); True: prune.
-
-                The validation at the last step is never pruned: the training is done then,
-                and its result is worth more than a stop. A two-objective study reports
-                nothing (Optuna prunes single-objective studies only)."""
-                reported.append(row)
-                step = int(row["step"])
-                if spec.kind == "both":
-                    return False
-                now = trial_values(reported, spec, rounds)
-                trial.report(now.values[0], step)
-                if spec.kind == "time_to_speak" and now.speak_step is None \
-                        and _slower_than_best(trial.study, row):
-                    trial.set_user_attr("pruned_reason", "cannot speak sooner than the best "
-                                                         "trial any more")
-                    return step < last_step
-                return step < last_step and trial.should_prune()
+            on_validation = _reporter(trial, spec, rounds, o.max_steps or cfg.train.max_steps)
 
             from tacotrain.tune.tracking import child_env
 
@@ -579,6 +559,33 @@ def make_objective(ctx: _Context) -> Callable[[Any], float]:
                                          attrs)
 
     return objective
+
+
+def _reporter(trial: Any, spec: ObjectiveSpec, rounds: int,
+              last_step: int) -> Callable[[dict[str, Any]], bool]:
+    """The callback a trial's training calls at each validation: it reports the value so far
+    (on the scale of the final one) and returns True to prune.
+
+    The validation at the last step is never pruned: the training is done then, and its result
+    is worth more than a stop. A two-objective study reports nothing (Optuna prunes
+    single-objective studies only)."""
+    reported: list[dict[str, Any]] = []
+
+    def on_validation(row: dict[str, Any]) -> bool:
+        reported.append(row)
+        step = int(row["step"])
+        if spec.kind == "both":
+            return False
+        now = trial_values(reported, spec, rounds)
+        trial.report(now.values[0], step)
+        if spec.kind == "time_to_speak" and now.speak_step is None \
+                and _slower_than_best(trial.study, row):
+            trial.set_user_attr("pruned_reason", "cannot speak sooner than the best trial "
+                                                 "any more")
+            return step < last_step
+        return step < last_step and trial.should_prune()
+
+    return on_validation
 
 
 def objective_overrides(spec: ObjectiveSpec) -> list[str]:
