@@ -206,9 +206,9 @@ class Trainer:
             lambda: self.validate(loop.tracker), self.step, (self.elapsed_before + elapsed) / 60,
             self.overrides, loop.result, loop.tracker, self.events)
         for change in decided.changes:
+            self._mutating = self._mutating or change.rollback_weights  # half restored
             restored = self.recovery.intervene(change, self.overrides, self.state, loop.tracker)
-            if restored is not None:
-                self._mutating, self.step = True, restored
+            self.step = self.step if restored is None else restored
             loop.tracker.scalars(self.step, {M.name(M.GUARD, change.parameter):
                                              self.param(change.parameter)})
         loop.result.last_checkpoint = self.save(self.rounds.last, best=decided.is_best)
