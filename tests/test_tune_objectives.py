@@ -21,6 +21,7 @@ from tacotrain.cli import main
 from tacotrain.infer.checkpoint import Checkpoint
 from tacotrain.tune import TuneOptions, Tuner, load_space
 from tacotrain.tune.objective import time_to_speak, trial_values
+from tacotrain.tune.report import leaderboard
 from tacotrain.tune.space import ObjectiveSpec, SearchSpace
 from tacotrain.tune.study import _reporter, make_sampler
 
@@ -227,3 +228,6 @@ def test_a_trial_that_can_no_longer_speak_sooner_than_the_best_is_stopped():
     assert speak(row(10, 9.0, True, 5.0)) is False
     # the intermediate values are on the final scale: censored so far = penalty + minutes
     assert trial.study.trials[1].intermediate_values == {10: 1002.0, 20: 1003.5}
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # the report says why
+    note = next(r.note for r in leaderboard(study) if r.number == trial.number)
+    assert note == "pruned at step 20: cannot speak sooner than the best trial any more"

@@ -167,6 +167,8 @@ def _row(t: Any, multi: bool) -> Row:
     elif state == "PRUNED":
         step = max(t.intermediate_values) if t.intermediate_values else None
         outcome, note = "pruned", f"pruned at step {step}" if step is not None else ""
+        if ua.get("pruned_reason"):  # e.g. it could no longer speak sooner than the best
+            note += f": {ua['pruned_reason']}"
     elif state == "FAIL":
         retried = t.system_attrs.get("failed_trial") is not None
         outcome = "failed"
