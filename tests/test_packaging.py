@@ -46,7 +46,7 @@ def test_optional_packages_are_extras_not_base_dependencies():
     project = _project()
     base = {_name(r) for r in project["dependencies"]}
     extra = project["optional-dependencies"]
-    for name, pkgs in {"tune": {"optuna", "optuna-dashboard"}, "mlflow": {"mlflow"},
+    for name, pkgs in {"tune": {"optuna", "optuna-dashboard", "cmaes"}, "mlflow": {"mlflow"},
                        "serve": {"fastapi", "uvicorn"}, "postgres": {"psycopg2-binary"},
                        "asr": {"pocketsphinx"}}.items():
         assert {_name(r) for r in extra[name]} == pkgs

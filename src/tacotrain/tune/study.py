@@ -189,6 +189,9 @@ def make_sampler(space: SearchSpace, seed: int | None = None) -> Any:
         if s.type == "nsga2":
             return optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=seed)
         if s.type == "cmaes":
+            from tacotrain.extras import require
+
+            require("tune", "sampler.type cmaes", "cmaes")
             return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=s.n_startup_trials)
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials,
                                           multivariate=s.multivariate,
