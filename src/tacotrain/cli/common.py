@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_GUARD = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130
@@ -33,6 +34,16 @@ VOCODER_CONFIG_HELP = "the HiFi-GAN config.json, where it is not beside the gene
 TRUST_HELP = ("allow the checkpoint to unpickle arbitrary Python objects, which can run code: "
               "only for files you trust; by default only tensors and plain values load")
 DEVICE_HELP = "auto, cpu, cuda, cuda:N"
+
+
+def add_voice_options(p: argparse.ArgumentParser, trust: bool = True) -> None:
+    """--device, --vocoder, --vocoder-config and (``trust``) --trust-checkpoint: the options of
+    every command that loads a voice to speak with."""
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--vocoder", default=None, help=VOCODER_HELP)
+    p.add_argument("--vocoder-config", type=Path, default=None, help=VOCODER_CONFIG_HELP)
+    if trust:
+        p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
 QUIET_HELP = "no progress bar"
 
 

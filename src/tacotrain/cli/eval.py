@@ -6,13 +6,10 @@ import argparse
 from pathlib import Path
 
 from tacotrain.cli.common import (
-    DEVICE_HELP,
     EXIT_OK,
     QUIET_HELP,
     RAW,
-    TRUST_HELP,
-    VOCODER_CONFIG_HELP,
-    VOCODER_HELP,
+    add_voice_options,
 )
 
 
@@ -45,16 +42,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                          "every item is judged against its ground truth (source 'heldout')")
     ep.add_argument("--robustness", action="store_true", help="add the built-in hard set")
     ep.add_argument("--out", type=Path, default=Path("eval"), help="report directory")
-    ep.add_argument("--vocoder", default=None, help=VOCODER_HELP)
-    ep.add_argument("--vocoder-config", type=Path, default=None, help=VOCODER_CONFIG_HELP)
-    ep.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_voice_options(ep)
     ep.add_argument("--seed", type=int, default=0, help="seed for the prenet's dropout")
     ep.add_argument("--no-asr", action="store_true", help="skip ASR even where installed")
     ep.add_argument("--asr-model", type=Path, default=None, metavar="DIR",
                     help="listen through this Vosk model directory (any language Vosk has a "
                          "model for; the 'vosk' extra) instead of the checkpoint's "
                          "alignment.asr")
-    ep.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     ep.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     ep.set_defaults(func=cmd_eval)
 

@@ -6,12 +6,9 @@ import argparse
 from pathlib import Path
 
 from tacotrain.cli.common import (
-    DEVICE_HELP,
     EXIT_OK,
     RAW,
-    TRUST_HELP,
-    VOCODER_CONFIG_HELP,
-    VOCODER_HELP,
+    add_voice_options,
 )
 
 
@@ -33,13 +30,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="a model written by `tacotrain export`")
     source.add_argument("--runs", type=Path, metavar="DIR",
                         help="a directory of runs (e.g. demo/runs): their checkpoints")
-    wp.add_argument("--vocoder", default=None, help=VOCODER_HELP)
-    wp.add_argument("--vocoder-config", type=Path, default=None, help=VOCODER_CONFIG_HELP)
-    wp.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+    add_voice_options(wp)
     wp.add_argument("--host", default="127.0.0.1",
                     help="address to listen on (default 127.0.0.1: this machine only)")
     wp.add_argument("--port", type=int, default=5003, help="port (default 5003)")
-    wp.add_argument("--device", default="auto", help=DEVICE_HELP)
     wp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a serve setting, e.g. --set serve.max_text_chars=300 "
                          "(repeatable)")

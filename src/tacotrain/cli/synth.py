@@ -6,13 +6,10 @@ import argparse
 from pathlib import Path
 
 from tacotrain.cli.common import (
-    DEVICE_HELP,
     EXIT_OK,
     RAW,
-    TRUST_HELP,
-    VOCODER_CONFIG_HELP,
-    VOCODER_HELP,
     UsageError,
+    add_voice_options,
 )
 
 
@@ -37,15 +34,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     yp.add_argument("--text-file", type=Path, default=None,
                     help="one sentence per line; --out is then a directory (0001.wav, ...)")
     yp.add_argument("--out", type=Path, required=True, help="output wav (or directory)")
-    yp.add_argument("--device", default="auto", help=DEVICE_HELP)
-    yp.add_argument("--vocoder", default=None, help=VOCODER_HELP)
-    yp.add_argument("--vocoder-config", type=Path, default=None, help=VOCODER_CONFIG_HELP)
+    add_voice_options(yp)
     yp.add_argument("--save-mel", type=Path, default=None, metavar="PATH.npy",
                     help="also save the [n_mels, T] float32 log-mel the vocoder was given (text "
                          "read in pieces: the pieces' mels joined with floor-level pause frames); "
                          "with --text-file a directory (0001.npy, ...)")
     yp.add_argument("--seed", type=int, default=0, help="seed for the prenet's dropout")
-    yp.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     yp.set_defaults(func=cmd_synth)
 
 

@@ -6,12 +6,10 @@ import argparse
 from pathlib import Path
 
 from tacotrain.cli.common import (
-    DEVICE_HELP,
     EXIT_OK,
     RAW,
-    VOCODER_CONFIG_HELP,
-    VOCODER_HELP,
     UsageError,
+    add_voice_options,
 )
 
 
@@ -32,11 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     vp.add_argument("--wav", type=Path, default=None, help="audio file (any format soundfile "
                                                             "reads)")
     vp.add_argument("--out", type=Path, required=True, help="output wav")
-    vp.add_argument("--vocoder", default=None, help=VOCODER_HELP)
-    vp.add_argument("--vocoder-config", type=Path, default=None, help=VOCODER_CONFIG_HELP)
+    add_voice_options(vp, trust=False)
     vp.add_argument("--data", type=Path, default=None,
                     help="prepared data whose audio settings to use (default: the defaults)")
-    vp.add_argument("--device", default="auto", help=DEVICE_HELP)
     vp.set_defaults(func=cmd_vocode)
 
 
