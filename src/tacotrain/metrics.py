@@ -53,8 +53,11 @@ FREE_LENGTH_RATIO = name(FREE, "length_ratio")
 FREE_ALIGNED_SHARE = name(FREE, "aligned_share")
 FREE_IDENTIFIED_SHARE = name(FREE, "identified_share")
 FREE_STOPPED_BY_GATE = name(FREE, "stopped_by_gate")
+FREE_WER = name(FREE, "wer")  # the recogniser's word error rate on the synthesis
 FREE_WER_RATIO = name(FREE, "wer_ratio")  # the recogniser's WER over its floor (ground truth)
 EARLY_STOP_PHASE = name(EARLY_STOP, "phase")
+# training minutes at the round (wall time since the start, across resumes), recorded with it
+TRAIN_MINUTES = name(TRAIN, "minutes")
 
 # the guard
 GUARD_SKIPPED_STEPS = name(GUARD, "skipped_steps")

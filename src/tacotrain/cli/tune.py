@@ -89,8 +89,10 @@ def _add_trial_options(up: argparse.ArgumentParser) -> None:
     up.add_argument("--mlflow", action="store_true",
                     help="track in MLflow: one parent run for the study, one nested run per "
                          "trial (same as --set track.mlflow.enabled=true)")
-    up.add_argument("--pruner", choices=["median", "hyperband", "none"], default=None,
-                    help="override the space file's pruner")
+    up.add_argument("--pruner", choices=["median", "wilcoxon", "hyperband", "none"],
+                    default=None,
+                    help="override the space file's pruner (median, wilcoxon: against the "
+                         "finished trials at the same training time)")
     up.add_argument("--seed", type=int, default=None,
                     help="sampler seed (default: sampler.seed of the space file); the workers "
                          "of --workers get distinct seeds from it, but separate tune commands "

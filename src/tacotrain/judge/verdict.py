@@ -335,6 +335,20 @@ class RoundVerdict:
         return {"wer": i.wer, "floor_wer": i.floor_wer, "wer_ratio": i.ratio,
                 "wer_bound": i.bound, "intelligible": float(i.passed)}
 
+    def item_figures(self) -> dict[str, list[float | None]]:
+        """Per-item figures, in item order, under the summary's keys (None: the item has no
+        such figure): what a tuner compares item by item between two trials."""
+        def ratio(i: ItemVerdict) -> float | None:
+            if i.wer is None or i.floor_wer is None:
+                return None
+            return i.wer / max(i.floor_wer, 1e-3)  # a floor of 0: every error counts fully
+
+        it = self.items
+        return {"aligned": [float(i.aligned) for i in it],
+                "mcd_dtw_db": [i.mcd_dtw_db for i in it],
+                "wer": [i.wer for i in it],
+                "wer_ratio": [ratio(i) for i in it]}
+
     def failures(self) -> dict[str, int]:
         """How many items failed each reason (only reasons that occurred)."""
         out: dict[str, int] = {}

@@ -11,6 +11,10 @@ MLflow (``track.mlflow.enabled``; see mlflow_sink.py). Lines of ``events.jsonl``
     {"time": ..., "step": 120, "kind": "audio", "tag": "val/sample", "path": "audio/...wav",
      "sample_rate": 22050, "seconds": 1.4}
     {"time": ..., "step": 120, "kind": "text", "tag": "...", "text": "..."}
+    {"time": ..., "step": 120, "kind": "items", "tag": "free", "values": {"mcd_dtw_db": [...]}}
+
+(``items``: per-item figures of a validation round, in item order; the sinks leave them to
+``events.jsonl``, where the tuner compares trials item by item.)
 
 A non-finite scalar is written (and sent) as null. Paths are relative to the run directory.
 """
@@ -129,6 +133,12 @@ class Tracker:
         self._emit({"step": step, "kind": "audio", "tag": tag, "path": str(rel),
                     "sample_rate": int(sample_rate), "seconds": round(len(wav) / sample_rate, 3)},
                    wav)
+
+    def items(self, step: int, tag: str, values: dict[str, list[float | None]]) -> None:
+        """Per-item figures (lists in item order; non-finite -> null)."""
+        clean = {k: [None if v is None or not math.isfinite(float(v)) else float(v) for v in vs]
+                 for k, vs in values.items()}
+        self._emit({"step": step, "kind": "items", "tag": tag, "values": clean})
 
     def text(self, step: int, tag: str, text: str) -> None:
         self._emit({"step": step, "kind": "text", "tag": tag, "text": text})

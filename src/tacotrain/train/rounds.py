@@ -69,7 +69,9 @@ class ValidationRound:
         val[M.VAL_ALIGNED] = float(aligned)
         decision = self.stopper.update(step, val, aligned)
         val[M.EARLY_STOP_PHASE] = float(PHASES.index(decision.phase))
-        tracker.scalars(step, val)
+        if res.free is not None:
+            tracker.items(step, M.FREE, res.free.verdict.item_figures())
+        tracker.scalars(step, {**val, M.TRAIN_MINUTES: minutes})
         result.aligned, result.last_val, result.verdict = aligned, val, res.describe()
         result.history.append(RoundRecord(step, minutes, decision.phase, dict(val)))
         if decision.phase_changed_from:

@@ -50,6 +50,26 @@ from tacotrain.tune.space import ObjectiveSpec
 ALIGNED, UNALIGNED, DIVERGED = "aligned", "unaligned", "diverged"
 
 
+# a trial's user attribute (tune/pruning.py): [{minutes, step, value, items}, ...]
+CURVE = "curve"
+
+
+def item_values(items: dict[str, list[float | None]] | None, metric_key: str,
+                penalty: float) -> list[float] | None:
+    """The objective's per-item figures from a round's ``items`` event (None when the round
+    has none or the metric has no per-item figure): unaligned items count ``penalty`` above
+    their figure, items without one 2 x ``penalty`` (worst)."""
+    if not items or metric_key not in items:
+        return None
+    figures = items[metric_key]
+    aligned = items.get("aligned") or [1.0] * len(figures)
+    out = []
+    for v, a in zip(figures, aligned, strict=False):
+        base = 2 * penalty if v is None or not math.isfinite(v) else min(float(v), penalty)
+        out.append(base if (a or 0.0) >= 0.5 else base + penalty)
+    return out
+
+
 class MetricMissing(KeyError):
     """The validations lack the objective's metric (a misspelt ``objective.metric``)."""
 

@@ -112,13 +112,22 @@ class ObjectiveSpec(Strict):
         return ["minimize", "minimize"] if self.kind == "both" else ["minimize"]
 
 
-class PrunerSpec(Strict):
-    """Pruning of hopeless trials from the values reported at each validation."""
+# objective metrics with a figure per validation item (tune/pruning.py compares those)
+ITEM_METRICS = (M.FREE_MCD_DTW, M.FREE_WER, M.FREE_WER_RATIO)
 
-    type: Literal["median", "hyperband", "none"] = "median"
-    n_startup_trials: int = Field(2, ge=0)  # median: finished trials before pruning starts
-    n_warmup_steps: int = Field(0, ge=0)  # median: training steps a trial always gets
-    interval_steps: int = Field(1, ge=1)  # median: prune checks every this many steps
+
+class PrunerSpec(Strict):
+    """Pruning of hopeless trials from the values reported at each validation.
+
+    median and wilcoxon compare trials at the same training time (tune/pruning.py): median on
+    the objective so far, wilcoxon item by item on the objective's metric (one objective,
+    quality, with a per-item metric). hyperband is Optuna's, on training steps."""
+
+    type: Literal["median", "wilcoxon", "hyperband", "none"] = "median"
+    n_startup_trials: int = Field(2, ge=0)  # median, wilcoxon: finished trials before pruning
+    n_warmup_steps: int = Field(0, ge=0)  # median, wilcoxon: training steps a trial always gets
+    interval_steps: int = Field(1, ge=1)  # median, wilcoxon: prune checks every this many steps
+    p_threshold: float = Field(0.1, gt=0.0, lt=1.0)  # wilcoxon: prune below this p-value
     min_resource: int | None = Field(None, ge=1)  # hyperband: steps (None: train.val_interval)
     reduction_factor: int = Field(3, ge=2)  # hyperband
 
@@ -160,6 +169,13 @@ class SearchSpace(Strict):
         if self.objective.kind == "both" and self.pruner.type != "none":
             raise ValueError(f"pruner.type {self.pruner.type}: Optuna prunes single-objective "
                              "studies only; objective.kind both needs pruner.type none")
+        if self.pruner.type == "wilcoxon" and (self.objective.kind != "quality"
+                                               or self.objective.metric not in ITEM_METRICS):
+            raise ValueError(f"pruner.type wilcoxon compares validation items on the quality "
+                             f"objective; it needs objective.kind quality and an "
+                             f"objective.metric with per-item figures "
+                             f"({', '.join(ITEM_METRICS)}), not {self.objective.kind} / "
+                             f"{self.objective.metric}")
         if not self.objective.metric.startswith((f"{M.VAL}/", f"{M.FREE}/")):
             raise ValueError(f"objective.metric {self.objective.metric!r}: name a validation "
                              f"metric ({M.VAL}/... or {M.FREE}/...)")

@@ -41,9 +41,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tacotrain.config import Config, ConfigError, flatten, load_config, preset_names
+from tacotrain import metrics as M
+from tacotrain.config import (
+    Config,
+    ConfigError,
+    flatten,
+    load_config,
+    preset_names,
+    validate_as,
+)
 from tacotrain.data.loader import PreparedData
-from tacotrain.tune.objective import DIVERGED, MetricMissing, Score, TrialValues, trial_values
+from tacotrain.tune.objective import (
+    CURVE,
+    DIVERGED,
+    MetricMissing,
+    Score,
+    TrialValues,
+    item_values,
+    trial_values,
+)
 from tacotrain.tune.space import (
     ObjectiveSpec,
     SearchSpace,
@@ -209,11 +225,13 @@ def make_pruner(space: SearchSpace, base: Config, kind: str | None = None) -> An
         return optuna.pruners.HyperbandPruner(
             min_resource=p.min_resource or base.train.val_interval,
             reduction_factor=p.reduction_factor)
-    if kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials,
-                                           n_warmup_steps=p.n_warmup_steps,
-                                           interval_steps=p.interval_steps)
-    raise TuneError(f"unknown pruner {kind!r}: use median, hyperband or none")
+    if kind in ("median", "wilcoxon"):
+        from tacotrain.tune.pruning import SameTimePruner
+
+        return SameTimePruner(kind, n_startup_trials=p.n_startup_trials,
+                              n_warmup_steps=p.n_warmup_steps, interval_steps=p.interval_steps,
+                              p_threshold=p.p_threshold)
+    raise TuneError(f"unknown pruner {kind!r}: use median, wilcoxon, hyperband or none")
 
 
 def _training_view(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -260,6 +278,9 @@ class Tuner:
             raise TuneError("keep_checkpoints must be 'best' or 'all'")
         self.opts = opts
         self.space = load_space(opts.space)
+        if opts.pruner:  # --pruner: the space's rules hold for it too
+            self.space = validate_as(SearchSpace, {**space_dict(self.space), "pruner": {
+                **space_dict(self.space)["pruner"], "type": opts.pruner}}, "--pruner")
         self.base_cfg = validate_space(self.space, opts.config, opts.overrides)
         PreparedData.load(opts.data)  # a wrong --data fails here, not in every trial
         self.out = opts.out_dir.resolve()
@@ -567,12 +588,15 @@ def make_objective(ctx: _Context) -> Callable[[Any], float]:
 def _reporter(trial: Any, spec: ObjectiveSpec, rounds: int,
               last_step: int) -> Callable[[dict[str, Any]], bool]:
     """The callback a trial's training calls at each validation: it reports the value so far
-    (on the scale of the final one) and returns True to prune.
+    (on the scale of the final one), adds the point to the trial's ``curve`` (tune/pruning.py)
+    and returns True to prune.
 
     The validation at the last step is never pruned: the training is done then, and its result
     is worth more than a stop. A two-objective study reports nothing (Optuna prunes
     single-objective studies only)."""
     reported: list[dict[str, Any]] = []
+    curve: list[dict[str, Any]] = []
+    key = spec.metric.split("/", 1)[1] if spec.metric.startswith(f"{M.FREE}/") else ""
 
     def on_validation(row: dict[str, Any]) -> bool:
         reported.append(row)
@@ -581,12 +605,20 @@ def _reporter(trial: Any, spec: ObjectiveSpec, rounds: int,
             return False
         now = trial_values(reported, spec, rounds)
         trial.report(now.values[0], step)
+        curve.append({"minutes": row.get("minutes"), "step": step, "value": now.values[0],
+                      "items": item_values(row.get("items"), key, spec.unaligned_penalty)})
+        trial.set_user_attr(CURVE, curve)
         if spec.kind == "time_to_speak" and now.speak_step is None \
                 and _slower_than_best(trial.study, row):
             trial.set_user_attr("pruned_reason", "cannot speak sooner than the best trial "
                                                  "any more")
             return step < last_step
-        return step < last_step and trial.should_prune()
+        if step >= last_step or not trial.should_prune():
+            return False
+        reason = getattr(trial.study.pruner, "reason", "")
+        if reason:
+            trial.set_user_attr("pruned_reason", reason)
+        return True
 
     return on_validation
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tacotrain import metrics as M
 from tacotrain.infer.checkpoint import step_checkpoints
 from tacotrain.track.jsonl_sink import EVENTS_FILE
 from tacotrain.track.monitor import stop_process
@@ -77,20 +78,34 @@ class EventFollower:
         return events
 
 
-def validation_rows(events: list[dict[str, Any]], metric: str,
-                    start_time: float | None) -> list[dict[str, Any]]:
-    """Validation scalars as history rows (``step``, ``minutes`` since the first event, values).
+def validation_rows(events: list[dict[str, Any]], metric: str, start_time: float | None,
+                    items: dict[int, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Validation scalars as history rows (``step``, ``minutes``, values, ``items``).
 
     A validation is the scalars event that carries ``metric`` (training logs carry ``train/*``).
+    ``minutes``: the training minutes the trainer recorded with the round (``train/minutes``),
+    else the time since the first event. ``items`` collects the per-item figures (an ``items``
+    event, written just before its round's scalars, perhaps in an earlier poll): a row takes
+    those of its step.
     """
+    items = {} if items is None else items
     rows = []
     for ev in events:
         values = ev.get("values") or {}
+        if ev.get("kind") == "items":
+            items[int(ev.get("step", 0))] = values
+            continue
         if ev.get("kind") != "scalars" or metric not in values:
             continue
-        row: dict[str, Any] = {"step": int(ev.get("step", 0)), **values}
-        if start_time is not None and "time" in ev:
+        step = int(ev.get("step", 0))
+        row: dict[str, Any] = {"step": step, **values}
+        minutes = values.get(M.TRAIN_MINUTES)
+        if minutes is not None:
+            row["minutes"] = round(float(minutes), 3)
+        elif start_time is not None and "time" in ev:
             row["minutes"] = round((float(ev["time"]) - start_time) / 60, 2)
+        if step in items:
+            row["items"] = items.pop(step)
         rows.append(row)
     return rows
 
@@ -129,6 +144,7 @@ def run_training(cmd: list[str], run_dir: Path, log_path: Path, metric: str,
     log_path.parent.mkdir(parents=True, exist_ok=True)
     follower = EventFollower(run_dir)
     validations: list[dict[str, Any]] = []
+    items: dict[int, dict[str, Any]] = {}  # per-item figures waiting for their round's scalars
     t0 = time.monotonic()
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
@@ -141,7 +157,7 @@ def run_training(cmd: list[str], run_dir: Path, log_path: Path, metric: str,
             on_start(proc.pid)
         while True:
             code = proc.poll()
-            rows = validation_rows(follower.poll(), metric, follower.start_time)
+            rows = validation_rows(follower.poll(), metric, follower.start_time, items)
             for row in rows:
                 validations.append(row)
                 prune = on_validation(row)
