@@ -19,6 +19,7 @@ from tacotrain.judge.freerun import judge
 from tacotrain.judge.intelligibility import (
     Heard,
     Listener,
+    floor_sample,
     hear,
     listener_for,
     round_intelligibility,
@@ -177,6 +178,72 @@ def test_training_listens_only_when_the_decision_depends_on_it():
     # eval: reported all the same
     r = judge(stuck, gts, cfg, FRAME_MS, texts=texts, listener=always)
     assert always.calls == 3 and r.verdict.intelligibility.passed and not r.verdict.aligned
+
+
+class FloorListener(Listener):
+    """Hears each ground truth with the errors its text names (``"e3 ..."``: 3 errors in 10
+    words) and every synthesis as perfect."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda mel: np.zeros(1), 22050)
+        self.floors_heard = 0
+
+    def hear_mel(self, mel, text):
+        return Heard("", 10, 0, 0.0, 0.0)
+
+    def floor(self, key, gt_mel, text):
+        self.floors_heard += 1
+        errors = int(text.split()[0][1:])
+        return Heard("", 10, errors, errors / 10, 0.0)
+
+
+class FakeSet:
+    def __init__(self, texts: list[str]) -> None:
+        self.items = [{"text": t} for t in texts]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return None, torch.zeros(80, 5), None
+
+
+def test_whether_the_recogniser_judges_is_decided_on_the_corpus_not_the_rounds_items():
+    rng = np.random.default_rng(0)
+    gts = [torch.tensor(rng.normal(size=(80, 40)), dtype=torch.float32) for _ in range(2)]
+    good = [(g + 0.05 * torch.randn(80, 40), reading_attention(40, 12), True) for g in gts]
+    cfg = AlignmentConfig(min_candidates=2)
+    # the round's two items happen to be read well (floor 0.4) by a recogniser that cannot
+    # read the rest of the corpus (24 items, pooled floor 0.75): no judge
+    texts = ["e4 a", "e4 b"]
+    corpus = ["e4 a", "e4 b"] + ["e8 x"] * 10
+    listener = FloorListener()
+    listener.set_sample(lambda: floor_sample(FakeSet(corpus), FakeSet(["e8 y"] * 40), 24))
+    r = judge(good, gts, cfg, FRAME_MS, texts=texts, listener=listener)
+    intel = r.verdict.intelligibility
+    assert intel.floor_wer == pytest.approx(0.4)  # the round's own floor sets the bound
+    assert not intel.tested and listener.judge_floor() == pytest.approx(
+        (2 * 4 + 22 * 8) / 240)
+    # decided once: a second round hears no more ground truths than its own
+    heard_before = listener.floors_heard
+    judge(good, gts, cfg, FRAME_MS, texts=texts, listener=listener)
+    assert listener.floors_heard == heard_before + 2
+    # the other way round: a round of badly read items in a corpus the recogniser reads
+    readable = FloorListener()
+    readable.set_sample(lambda: floor_sample(FakeSet(["e7 a", "e7 b"]),
+                                             FakeSet(["e2 z"] * 30), 24))
+    r = judge(good, gts, cfg, FRAME_MS, texts=["e7 a", "e7 b"], listener=readable)
+    assert r.verdict.intelligibility.tested and r.verdict.intelligibility.passed
+    # without a sample (a listener of its own) the round's items decide, as before
+    alone = FloorListener()
+    r = judge(good, gts, cfg, FRAME_MS, texts=texts, listener=alone)
+    assert r.verdict.intelligibility.tested
+
+
+def test_the_floor_sample_takes_validation_items_first_then_spread_training_items():
+    sample = floor_sample(FakeSet(["v0", "v1", "v2"]), FakeSet([f"t{i}" for i in range(20)]), 8)
+    assert [text for _, _, text in sample] == ["v0", "v1", "v2", "t0", "t4", "t8", "t12", "t16"]
+    assert len(floor_sample(FakeSet(["v0", "v1"]), FakeSet([]), 8)) == 2
 
 
 def test_a_vosk_model_must_be_named_and_be_one():

@@ -372,6 +372,10 @@ class AlignmentConfig(Strict):
     # a floor above this means the recogniser cannot read the ground truth (as with espeak-ng's
     # robot voice): it is then no judge, and intelligibility is reported as untested
     max_floor_wer: float = Field(0.6, gt=0.0)
+    # whether the recogniser can read this voice is decided once per run, on this many ground
+    # truths (validation items first, then training items), not on a round's few items: on 4
+    # espeak-ng items the floor was 0.50 for one corpus seed and 0.80 for another
+    floor_items: int = Field(24, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> AlignmentConfig:

@@ -37,7 +37,7 @@ from tacotrain.fsutil import atomic_write_json
 from tacotrain.infer.synth import SynthesisError, Synthesizer
 from tacotrain.judge.alignment import plot_alignment, plot_mel_pair
 from tacotrain.judge.freerun import judge, nearest_in_length, synthesize
-from tacotrain.judge.intelligibility import listener_for
+from tacotrain.judge.intelligibility import floor_sample, listener_for
 from tacotrain.judge.verdict import mcd_dtw
 from tacotrain.text import attached_marks, text_key
 
@@ -145,6 +145,9 @@ def run_eval(checkpoint: str | Path, data_dir: str | Path, out: str | Path,
     # a recogniser setting that cannot work fails here, before anything is written
     listener = listener_for(cfg, synth.language, synth.vocoder, synth.audio.sample_rate) \
         if asr else None
+    if listener is not None:  # as in training: the corpus decides whether it can judge
+        listener.set_sample(lambda: floor_sample(TextMelDataset(data, "val"), train,
+                                                 cfg.floor_items))
     (out / "report.json").unlink(missing_ok=True)  # a crash must not leave an old report
     (out / "wav").mkdir(parents=True, exist_ok=True)
     (out / "img").mkdir(exist_ok=True)

@@ -144,12 +144,13 @@ def judge(synth: Sequence[tuple[Tensor, Tensor, bool]], ground_truth: Sequence[T
         floor = {i: listener.floor(text_key(texts[i]), ground_truth[i], texts[i])
                  for i in with_gt}
         floors = [floor[i] for i in with_gt]
-        listened = round_intelligibility(None, floors, cfg)
+        listened = round_intelligibility(None, floors, cfg, listener.judge_floor())
         # a recogniser that cannot read the ground truth is no judge: not worth hearing
         if listened is not None and listened.tested:
             heard = {i: listener.hear_mel(synth[i][0], texts[i]) if wavs is None
                      else listener.hear_wav(wavs[i], texts[i]) for i in with_gt}
-            listened = round_intelligibility([heard[i] for i in with_gt], floors, cfg)
+            listened = round_intelligibility([heard[i] for i in with_gt], floors, cfg,
+                                             listener.judge_floor())
             items = verdicts(heard, floor)
     return FreeRunRound(tuple(items),
                         judge_round([it.verdict for it in items], cfg, listened))

@@ -27,7 +27,7 @@ from tacotrain.judge.alignment import (
     plot_mel_pair,
 )
 from tacotrain.judge.freerun import FreeRunRound, judge, nearest_in_length, synthesize
-from tacotrain.judge.intelligibility import listener_for
+from tacotrain.judge.intelligibility import floor_sample, listener_for
 from tacotrain.model import Tacotron2, Tacotron2Loss
 from tacotrain.text import attached_marks, text_key
 from tacotrain.track import Tracker
@@ -81,6 +81,9 @@ class Validator:
         self.items = free_run_items(val_set.lengths, cfg.train.val_free_run_items)
         self.listener = listener_for(cfg.alignment, val_set.data.language, vocoder,
                                      vocoder.sample_rate) if self.items else None
+        if self.listener is not None:
+            self.listener.set_sample(lambda: floor_sample(val_set, train_set,
+                                                          cfg.alignment.floor_items))
         # other ground truths for the content test: the other validation items first, then
         # training items as long as the free-run items
         others = [i for i in range(len(val_set)) if i not in self.items]
