@@ -25,14 +25,17 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import soundfile as sf
+import torch
 import uvicorn
 
 from tacotrain.cli import main
 from tacotrain.config import ServeConfig
 from tacotrain.infer.pretrained import export_model
 from tacotrain.infer.synth import Synthesizer
+from tacotrain.model import Cancelled
 from tacotrain.serve.app import create_app
 from tacotrain.serve.models import Catalog, CheckpointInfo, ModelWorker, checkpoint_loader
 from tacotrain.serve.server import bind
@@ -73,11 +76,48 @@ class Gated:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.synth, name)
 
-    def synthesize(self, text: str, seed: int = 0) -> Any:
+    def synthesize(self, text: str, seed: int = 0, cancel=None) -> Any:
         self.calls += 1
         self.started.set()
         assert self.release.wait(30), "the test never released the synthesis"
-        return self.synth.synthesize(text, seed)
+        return self.synth.synthesize(text, seed, cancel)
+
+
+class HeldAtStep:
+    """The real synthesizer, held inside its decoder loop at step ``at`` until the request
+    gives up (its ``cancel`` answers True); records the steps a cancelled synthesis ran."""
+
+    def __init__(self, synth: Synthesizer, at: int) -> None:
+        self.synth = synth
+        self.at = at
+        self.held = threading.Event()
+        self.stopped_at: list[int] = []
+        self.finished = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.synth, name)
+
+    def synthesize(self, text: str, seed: int = 0, cancel=None) -> Any:
+        asked = 0
+
+        def hold() -> bool:
+            nonlocal asked
+            asked += 1
+            if asked == self.at + 1 and not self.held.is_set():
+                self.held.set()
+                deadline = time.monotonic() + 30
+                while not cancel():
+                    assert time.monotonic() < deadline, "the request never gave up"
+                    time.sleep(0.01)
+            return cancel()
+
+        try:
+            out = self.synth.synthesize(text, seed, hold)
+        except Cancelled as exc:
+            self.stopped_at.append(exc.steps)
+            raise
+        self.finished += 1
+        return out
 
 
 class Loads:
@@ -180,7 +220,8 @@ def test_health_list_and_synthesise(runs):
 
         health = client.get("/api/health").json()
         assert health["model_loaded"] is True
-        assert health["models"] == [{"id": STEP4, "loaded": True, "running": 0, "waiting": 0}]
+        assert health["models"] == [{"id": STEP4, "loaded": True, "running": 0, "waiting": 0,
+                                     "cancelled": 0}]
         assert load.ids == [STEP4]  # loaded once, kept
         assert client.get("/openapi.json").json()["paths"]["/api/synthesize"]["post"]
         assert client.get("/").text.count('src="/static/app.js"') == 1
@@ -214,7 +255,7 @@ def test_health_answers_while_synthesising_and_queue_full_is_503(runs, synth):
         health = client.get("/api/health")
         assert health.status_code == 200 and time.monotonic() - t0 < 2.0
         assert health.json()["models"] == [{"id": STEP4, "loaded": True, "running": 1,
-                                            "waiting": 0}]
+                                            "waiting": 0, "cancelled": 0}]
         second = post_in_thread(client, {"text": "Two boxes."}, pool)
         wait_until(lambda: client.get("/api/health").json()["models"][0]["waiting"] == 1)
 
@@ -241,9 +282,75 @@ def test_timeout_is_504_and_a_queued_request_is_dropped(runs, synth):
             assert res.json() == {"error": "the synthesis did not finish within 0.5 s "
                                            "(serve.request_timeout_seconds); try a shorter text"}
         gated.release.set()
+        # the first, released after its request gave up, stops before its first decoder step
         wait_until(lambda: client.get("/api/health").json()["models"] == [
-            {"id": STEP4, "loaded": True, "running": 0, "waiting": 0}])
+            {"id": STEP4, "loaded": True, "running": 0, "waiting": 0, "cancelled": 1}])
         assert gated.calls == 1  # the second timed out while waiting: cancelled, never run
+
+
+def test_a_timed_out_synthesis_stops_and_frees_its_worker(runs, synth):
+    """A request that times out stops its synthesis at the next decoder step: the worker is
+    free for the next request instead of decoding for a client that has gone."""
+    held = HeldAtStep(synth, at=5)
+    with serving(app_for(runs, Loads(lambda e: held), request_timeout_seconds=3)) as client:
+        res = client.post("/api/synthesize", json={"text": "The old map, near the river."})
+        assert res.status_code == 504
+        assert held.held.is_set()
+        wait_until(lambda: client.get("/api/health").json()["models"][0]["cancelled"] == 1)
+        assert held.stopped_at == [5]  # of the 60 steps it would have run (test_health...)
+        assert client.get("/api/health").json()["models"] == [
+            {"id": STEP4, "loaded": True, "running": 0, "waiting": 0, "cancelled": 1}]
+        # the worker is free: the next request (not held again) is served in full
+        ok = client.post("/api/synthesize", json={"text": "The old map."})
+        assert ok.status_code == 200 and ok.json()["figures"]["frames"] == 120
+        assert held.finished == 1
+
+
+def test_same_seed_same_audio_with_two_models_at_once(runs, synth):
+    """Each synthesis draws its prenet dropout from a generator of its own: two models
+    synthesising with the same seed at once, their decoder steps interleaved one by one, give
+    what each gives alone."""
+    other = Synthesizer.from_checkpoint(runs / STEP2, device="cpu")
+    text = "The old map, near the river."
+    alone = [s.synthesize(text, seed=7).wav for s in (synth, other)]
+    lockstep = threading.Barrier(2, timeout=20)
+
+    def step_together() -> bool:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            lockstep.wait()
+        return False
+
+    def run(s: Synthesizer) -> np.ndarray:
+        try:
+            return s.synthesize(text, seed=7, cancel=step_together).wav
+        finally:
+            lockstep.abort()  # the other one goes on alone
+
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(run, (synth, other)))
+    assert [len(w) for w in together] == [len(w) for w in alone]
+    assert all(np.array_equal(a, b) for a, b in zip(alone, together, strict=True))
+    assert not np.array_equal(alone[0], synth.synthesize(text, seed=8).wav)  # seed matters
+
+
+def test_the_seed_draws_what_torch_manual_seed_drew_on_a_cpu(synth):
+    """``tacotrain synth --seed`` gives on a CPU what it gave when it seeded torch's global
+    generator."""
+    _, seq = synth.sequence("The old map.")
+    torch.manual_seed(3)
+    before = synth.model.infer(torch.tensor([seq]), torch.tensor([len(seq)]))
+    frames = int(before.mel_lengths[0])
+    now = synth.synthesize("The old map.", seed=3)
+    assert torch.equal(now.mel, before.mel_post[0, :, :frames])
+
+
+def test_a_request_leaves_torchs_global_generator_alone(runs, synth):
+    with serving(app_for(runs, Loads(lambda e: synth))) as client:
+        torch.manual_seed(12345)
+        state = torch.get_rng_state()
+        res = client.post("/api/synthesize", json={"text": "The old map.", "seed": 3})
+        assert res.status_code == 200
+        assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_paths_outside_the_runs_are_refused(runs, synth, tmp_path):

@@ -20,6 +20,7 @@ from .losses import (
     masked_mel_loss,
 )
 from .tacotron2 import (
+    Cancelled,
     Decoder,
     DecoderState,
     DecoderStep,
@@ -36,6 +37,7 @@ __all__ = [
     "AttentionMechanism",
     "AttentionState",
     "Batch",
+    "Cancelled",
     "ConvNorm",
     "Decoder",
     "DecoderState",

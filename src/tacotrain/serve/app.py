@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
@@ -28,6 +29,7 @@ from starlette.exceptions import HTTPException
 
 from tacotrain.config import ServeConfig
 from tacotrain.infer.synth import SynthesisError, Synthesizer
+from tacotrain.model import Cancelled
 from tacotrain.serve.models import (
     Catalog,
     CheckpointInfo,
@@ -189,7 +191,8 @@ def _add_synthesize_route(app: FastAPI, catalog: Catalog, cfg: ServeConfig, cach
         entry = _pick_checkpoint(catalog, entries, body.checkpoint)
         if isinstance(entry, JSONResponse):
             return entry
-        job = _synthesis_job(store, entry, body.text, body.seed)
+        cancel = threading.Event()  # set when this request stops waiting for the job
+        job = _synthesis_job(store, entry, body.text, body.seed, cancel)
         try:
             future = cache.submit(entry, job)
         except QueueFull:
@@ -197,7 +200,11 @@ def _add_synthesize_route(app: FastAPI, catalog: Catalog, cfg: ServeConfig, cach
                                f"({cfg.concurrent_per_model} running, {cfg.queue_size} "
                                "waiting: serve.queue_size); try again shortly",
                           {"Retry-After": str(cfg.retry_after_seconds)})
-        out = await _wait_for_synthesis(future, cfg)
+        try:
+            out = await _wait_for_synthesis(future, cfg)
+        finally:  # timed out or the handler was cancelled: the job stops and frees its worker
+            if not future.done():
+                cancel.set()
         if isinstance(out, JSONResponse):
             return out
         if "audio/wav" in request.headers.get("accept", ""):
@@ -229,13 +236,17 @@ def _pick_checkpoint(catalog: Catalog, entries: list[CheckpointInfo],
     return entry
 
 
-def _synthesis_job(store: ResultStore, entry: CheckpointInfo, text: str,
-                   seed: int) -> Callable[[Synthesizer], dict[str, Any]]:
+def _synthesis_job(store: ResultStore, entry: CheckpointInfo, text: str, seed: int,
+                   cancel: threading.Event) -> Callable[[Synthesizer], dict[str, Any]]:
     """The work queued on ``entry``'s model: synthesise, keep the result in ``store``, and
-    return the JSON answer (figures and the URLs of the result's files)."""
+    return the JSON answer (figures and the URLs of the result's files). Once ``cancel`` is
+    set the synthesis stops at its next decoder step (:class:`Cancelled`), and a finished one
+    is not stored."""
 
     def job(synth: Synthesizer) -> dict[str, Any]:
-        result = synth.synthesize(text, seed=seed)
+        result = synth.synthesize(text, seed=seed, cancel=cancel.is_set)
+        if cancel.is_set():
+            raise Cancelled(len(result.alignment))  # finished just too late: not stored
         rid = store.add(synth, result)
         return {"id": rid, "checkpoint": entry.id, "language": synth.language,
                 "text": result.text, "sample_rate": synth.audio.sample_rate,

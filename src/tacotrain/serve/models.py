@@ -27,6 +27,7 @@ from tacotrain.config import ServeConfig
 from tacotrain.infer.checkpoint import Checkpoint, CheckpointError, step_checkpoints
 from tacotrain.infer.pretrained import PretrainedError, load_pretrained
 from tacotrain.infer.synth import Synthesizer
+from tacotrain.model import Cancelled
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -198,7 +199,8 @@ class ModelWorker:
     """One model, loaded on first use in its own thread, and ``threads`` threads running its
     jobs. At most ``threads + queue_size`` jobs are accepted at a time (running + waiting);
     one more raises :class:`QueueFull`. A job whose future was cancelled while waiting (the
-    request timed out) is dropped unrun."""
+    request timed out) is dropped unrun; a running job the request gave up on stops itself
+    (:class:`~tacotrain.model.Cancelled`, counted in ``status()["cancelled"]``)."""
 
     def __init__(self, entry: CheckpointInfo, load: Callable[[CheckpointInfo], Synthesizer],
                  threads: int, queue_size: int) -> None:
@@ -211,6 +213,7 @@ class ModelWorker:
         self._load_lock = threading.Lock()
         self._pending = 0  # accepted and not finished: waiting + running
         self._running = 0
+        self._cancelled = 0  # jobs that stopped half-way because their request gave up
         self._synth: Synthesizer | None = None
         self._threads = [threading.Thread(target=self._serve, daemon=True,
                                           name=f"serve:{entry.id}:{k}") for k in range(threads)]
@@ -246,6 +249,11 @@ class ModelWorker:
                     self._running += 1
                 try:
                     fut.set_result(job(self._synthesizer()))
+                except Cancelled as exc:
+                    log.info("%s: %s (the request gave up)", self.entry.id, exc)
+                    with self._lock:
+                        self._cancelled += 1
+                    fut.set_exception(exc)
                 except Exception as exc:
                     fut.set_exception(exc)
                 finally:
@@ -268,8 +276,9 @@ class ModelWorker:
     def status(self) -> dict[str, Any]:
         with self._lock:
             running, waiting = self._running, self._pending - self._running
+            cancelled = self._cancelled
         return {"id": self.entry.id, "loaded": self._synth is not None, "running": running,
-                "waiting": waiting}
+                "waiting": waiting, "cancelled": cancelled}
 
 
 class ModelCache:
