@@ -33,11 +33,25 @@ import uvicorn
 
 from tacotrain.cli import main
 from tacotrain.config import ServeConfig
+from tacotrain.infer.checkpoint import (
+    Checkpoint,
+    prune,
+    read_summary,
+    remove_checkpoint,
+    save_checkpoint,
+    sidecar_path,
+)
 from tacotrain.infer.pretrained import export_model
 from tacotrain.infer.synth import Synthesizer
 from tacotrain.model import Cancelled
 from tacotrain.serve.app import create_app
-from tacotrain.serve.models import Catalog, CheckpointInfo, ModelWorker, checkpoint_loader
+from tacotrain.serve.models import (
+    NO_METADATA,
+    Catalog,
+    CheckpointInfo,
+    ModelWorker,
+    checkpoint_loader,
+)
 from tacotrain.serve.server import bind
 from tacotrain.train.trainer import Trainer
 
@@ -353,6 +367,114 @@ def test_a_request_leaves_torchs_global_generator_alone(runs, synth):
         assert torch.equal(torch.get_rng_state(), state)
 
 
+def test_listing_reads_sidecars_and_never_loads_a_checkpoint(runs, monkeypatch):
+    """The listing's figures come from each checkpoint's JSON sidecar; torch.load (the only
+    way to unpickle a checkpoint) is never called, whatever the files hold."""
+    folder = runs / "run-a" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "step-0000002.pt", "step-0000002.pt.json", "step-0000004.pt", "step-0000004.pt.json"]
+    stored = Checkpoint.read(runs / STEP4)
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the listing loaded a checkpoint")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    entries = Catalog(runs=runs).entries()
+    assert [(e.id, e.step, e.language, e.error) for e in entries] == [
+        (STEP4, 4, "en", None), (STEP2, 2, "en", None)]
+    assert entries[0].aligned is stored.verdict["aligned"] is False
+    assert entries[0].verdict == stored.verdict["description"]
+    assert entries[0].elapsed_seconds == round(stored.elapsed, 1) > 0
+    assert read_summary(runs / STEP4) == stored.summary()
+
+
+def test_a_stale_or_missing_sidecar_means_no_metadata(runs, tmp_path):
+    """A sidecar that does not describe the file beside it (size and digest) is ignored: the
+    listing never claims a step the checkpoint does not hold. A checkpoint without one (as
+    older versions wrote) is listed by name and still speaks."""
+    served = tmp_path / "runs"
+    shutil.copytree(runs / "run-a" / "checkpoints", served / "run-a" / "checkpoints")
+    catalog = Catalog(runs=served)
+    assert [e.step for e in catalog.entries()] == [4, 2]
+    # step-4's file replaced by step-2's bytes, its sidecar left: stale
+    shutil.copyfile(served / STEP2, served / STEP4)
+    stale = catalog.find(STEP4)
+    assert (stale.step, stale.aligned, stale.language, stale.verdict, stale.error) == (
+        None, None, None, NO_METADATA, None)
+    assert catalog.find(STEP2).step == 2  # untouched
+    # an older checkpoint: written without a sidecar (save_checkpoint as before), loads
+    old = Checkpoint.read(runs / STEP4)
+    save_checkpoint(served / STEP4, old.to_payload())
+    assert not sidecar_path(served / STEP4).exists()  # the stale one went with the rewrite
+    assert catalog.find(STEP4).verdict == NO_METADATA
+    load = Loads(checkpoint_loader("cpu", None, None, trust=False))
+    with serving(create_app(catalog, ServeConfig(), load, warm=False)) as client:
+        listed = client.get("/api/checkpoints").json()["checkpoints"][0]
+        assert (listed["id"], listed["step"], listed["verdict"]) == (STEP4, None, NO_METADATA)
+        res = client.post("/api/synthesize", json={"text": "The old map.", "seed": 3})
+        assert res.status_code == 200 and load.ids == [STEP4]
+        assert res.json()["figures"]["frames"] == 120
+    # written again by this version: described again
+    old.write(served / STEP4)
+    assert catalog.find(STEP4).step == 4
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield k
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def test_no_answer_holds_an_absolute_path(runs, synth, tmp_path):
+    """Every JSON answer (listing, health, results, each kind of error, a checkpoint that does
+    not load) names files relative to the served directory; the machine's paths stay on it."""
+    served = tmp_path / "runs"
+    shutil.copytree(runs / "run-a" / "checkpoints", served / "run-a" / "checkpoints")
+    (served / "run-b" / "checkpoints").mkdir(parents=True)
+    broken = served / "run-b" / "checkpoints" / "best.pt"
+    broken.write_bytes((runs / STEP4).read_bytes()[:-100])
+    (served / "run-c" / "checkpoints").mkdir(parents=True)
+    (served / "run-c" / "checkpoints" / "step-0000001.pt").write_bytes(b"junk")
+    answers = []
+    load = checkpoint_loader("cpu", None, None, trust=False)
+    with serving(create_app(Catalog(runs=served), ServeConfig(max_text_chars=40), load,
+                            warm=False)) as client:
+        answers.append(client.get("/api/checkpoints"))
+        for body in ({"text": "Hi."}, {"text": "Hi.", "checkpoint": STEP4},
+                     {"text": "Hi.", "checkpoint": "nope"},
+                     {"text": "Hi.", "checkpoint": "run-c/checkpoints/step-0000001.pt"},
+                     {"text": "x" * 41}, {"text": "你好", "checkpoint": STEP4}, {"text": 5}):
+            answers.append(client.post("/api/synthesize", json=body))
+        answers.append(client.get("/api/health"))
+        answers.append(client.get("/api/results/x/speech.wav"))
+    assert [a.status_code for a in answers] == [200, 500, 200, 404, 500, 422, 422, 422, 200,
+                                                404]
+    assert answers[1].json()["error"] == (
+        "run-b/checkpoints/best.pt cannot be loaded: run-b/checkpoints/best.pt: checksum "
+        "mismatch (file truncated or corrupted)")
+    assert answers[0].json()["root"] == "runs"
+    for a in answers:
+        assert str(tmp_path) not in a.text and str(tmp_path.resolve()) not in a.text, a.text
+        for text in _strings(a.json()):
+            assert not text.startswith("/") or text.startswith("/api/results/"), text
+
+
+def test_pruning_removes_sidecars_with_their_checkpoints(runs, tmp_path):
+    folder = tmp_path / "checkpoints"
+    shutil.copytree(runs / "run-a" / "checkpoints", folder)
+    prune(folder, keep_last=1)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "step-0000004.pt", "step-0000004.pt.json"]
+    remove_checkpoint(folder / "step-0000004.pt")
+    assert list(folder.iterdir()) == []
+
+
 def test_paths_outside_the_runs_are_refused(runs, synth, tmp_path):
     served = tmp_path / "runs"
     shutil.copytree(runs / "run-a" / "checkpoints", served / "run-a" / "checkpoints")
@@ -445,16 +567,28 @@ def test_single_checkpoint_and_export(runs, tmp_path):
         out = client.post("/api/synthesize", json={"text": "The old map.", "seed": 3}).json()
     assert out["checkpoint"] == "voice" and out["figures"]["frames"] == 120
 
+    # a file cut short: listed by name (the listing does not read it), refused when loaded
     broken = tmp_path / "broken.pt"
     broken.write_bytes((runs / STEP4).read_bytes()[:-100])
     app = create_app(Catalog(checkpoint=broken), ServeConfig(),
                      checkpoint_loader("cpu", None, None, trust=False))
     with serving(app) as client:
         res = client.post("/api/synthesize", json={"text": "The old map."})
+        assert client.get("/api/health").json()["models"][0]["loaded"] is False
+    assert res.status_code == 500
+    assert res.json() == {"error": "broken.pt cannot be loaded: broken.pt: checksum mismatch "
+                                   "(file truncated or corrupted)"}
+    # not a checkpoint at all (its header says so): listed with the error, never chosen
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"not a checkpoint")
+    app = create_app(Catalog(checkpoint=other), ServeConfig(),
+                     checkpoint_loader("cpu", None, None, trust=False))
+    with serving(app) as client:
+        res = client.post("/api/synthesize", json={"text": "The old map."})
         assert client.get("/api/health").json()["models"] == []  # nothing to warm up
     assert res.status_code == 404
-    assert res.json() == {"error": f"no usable checkpoint in {broken}: {broken}: checksum "
-                                   "mismatch (file truncated or corrupted)"}
+    assert res.json() == {"error": "no usable checkpoint in other.pt: not a tacotrain "
+                                   "checkpoint (bad header)"}
 
 
 def test_results_beyond_max_results_are_deleted(runs, synth):

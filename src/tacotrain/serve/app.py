@@ -167,7 +167,7 @@ def _add_listing_routes(app: FastAPI, catalog: Catalog, cfg: ServeConfig, cache:
         """The checkpoints that may be named in ``POST /api/synthesize``, and the limits."""
         entries = catalog.entries()
         default = Catalog.default(entries)
-        return _finite({"source": catalog.source, "root": str(catalog.root),
+        return _finite({"source": catalog.source, "root": catalog.root.name,
                         "default": default.id if default else None,
                         "checkpoints": [e.public() for e in entries],
                         "limits": cfg.model_dump()})
@@ -201,7 +201,7 @@ def _add_synthesize_route(app: FastAPI, catalog: Catalog, cfg: ServeConfig, cach
                                "waiting: serve.queue_size); try again shortly",
                           {"Retry-After": str(cfg.retry_after_seconds)})
         try:
-            out = await _wait_for_synthesis(future, cfg)
+            out = await _wait_for_synthesis(future, cfg, catalog.hide)
         finally:  # timed out or the handler was cancelled: the job stops and frees its worker
             if not future.done():
                 cancel.set()
@@ -224,7 +224,7 @@ def _pick_checkpoint(catalog: Catalog, entries: list[CheckpointInfo],
         entry = Catalog.default(entries)
         if entry is None:
             errors = "; ".join(e.error for e in entries if e.error)
-            return _error(404, f"no usable checkpoint in {catalog.root}"
+            return _error(404, f"no usable checkpoint in {catalog.root.name}"
                                + (f": {errors}" if errors else " yet"))
     else:
         entry = catalog.find(name, entries)
@@ -257,9 +257,11 @@ def _synthesis_job(store: ResultStore, entry: CheckpointInfo, text: str, seed: i
     return job
 
 
-async def _wait_for_synthesis(future: Future, cfg: ServeConfig) -> dict[str, Any] | JSONResponse:
+async def _wait_for_synthesis(future: Future, cfg: ServeConfig, hide: Callable[[str], str]
+                              ) -> dict[str, Any] | JSONResponse:
     """The job's answer, or the error answer: 504 past ``serve.request_timeout_seconds``, 422 for
-    text that cannot be said, 500 for a checkpoint that does not load or any other failure."""
+    text that cannot be said, 500 for a checkpoint that does not load or any other failure.
+    ``hide`` takes the served directory's path out of an error's words."""
     try:
         return await asyncio.wait_for(asyncio.wrap_future(future), cfg.request_timeout_seconds)
     except TimeoutError:  # a job still waiting is cancelled with the wrapper
@@ -270,10 +272,10 @@ async def _wait_for_synthesis(future: Future, cfg: ServeConfig) -> dict[str, Any
         return _error(422, str(exc))
     except ModelLoadError as exc:
         log.error("%s", exc)
-        return _error(500, str(exc))
+        return _error(500, hide(str(exc)))
     except Exception as exc:
         log.exception("synthesis failed")
-        return _error(500, f"the synthesis failed: {type(exc).__name__}: {exc}")
+        return _error(500, hide(f"the synthesis failed: {type(exc).__name__}: {exc}"))
 
 
 def _add_result_route(app: FastAPI, cfg: ServeConfig, store: ResultStore) -> None:

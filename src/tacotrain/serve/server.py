@@ -59,7 +59,7 @@ def run(*, checkpoint: Path | None = None, model: Path | None = None, runs: Path
     from tacotrain.serve.app import create_app
 
     cfg = build(ServeSettings, {}, list(overrides), "defaults").serve
-    catalog = Catalog(runs=runs, checkpoint=checkpoint, model=model, trust=trust)
+    catalog = Catalog(runs=runs, checkpoint=checkpoint, model=model)
     try:
         dev = str(resolve_device(device))
     except (DeviceError, RuntimeError) as exc:
