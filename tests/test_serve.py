@@ -605,6 +605,88 @@ def test_cli_settings_are_checked(runs, capsys):
     assert f"--runs {runs / 'none'}: not found or not a directory" in capsys.readouterr().err
 
 
+TOKEN = "k3y-for-the-tests-only-0123456789"
+
+
+def test_a_token_is_required_on_every_request(runs, synth):
+    """With a token, every path answers 401 without it, or with a wrong one; the header or
+    the cookie that ``/?token=`` sets lets a request through."""
+    app = create_app(Catalog(runs=runs), ServeConfig(), Loads(lambda e: synth), warm=False,
+                     token=TOKEN)
+    with serving(app) as client:
+        for method, url in (("GET", "/"), ("GET", "/static/app.js"), ("GET", "/api/health"),
+                            ("GET", "/api/checkpoints"), ("POST", "/api/synthesize"),
+                            ("GET", "/openapi.json"), ("GET", "/api/results/x/speech.wav")):
+            for headers in ({}, {"Authorization": "Bearer wrong"},
+                            {"Authorization": "Bearer " + TOKEN[:-1]},
+                            {"Cookie": "tacotrain_serve=" + TOKEN}):
+                res = client.request(method, url, json={"text": "Hi."}, headers=headers)
+                assert res.status_code == 401, (url, headers)
+                assert "access token" in res.json()["error"]
+        assert client.get("/api/health").headers["www-authenticate"] == "Bearer"
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        assert client.get("/api/health", headers=bearer).status_code == 200
+        res = client.post("/api/synthesize", json={"text": "Hi."}, headers=bearer)
+        assert res.status_code == 200
+        assert client.get(res.json()["urls"]["speech"], headers=bearer).status_code == 200
+
+        wrong = client.get("/?token=wrong", follow_redirects=False)
+        assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
+        opened = client.get(f"/?token={TOKEN}", follow_redirects=False)
+        assert opened.status_code == 303 and opened.headers["location"] == "/"
+        cookie = opened.cookies["tacotrain_serve"]
+        assert TOKEN not in cookie and "httponly" in opened.headers["set-cookie"].lower()
+        with_cookie = {"Cookie": f"tacotrain_serve={cookie}"}
+        assert client.get("/", headers=with_cookie).status_code == 200
+        assert client.get("/api/checkpoints", headers=with_cookie).status_code == 200
+
+
+def test_a_host_beyond_loopback_needs_a_token(runs, monkeypatch, capsys):
+    monkeypatch.delenv("TACOTRAIN_SERVE_TOKEN", raising=False)
+    for host in ("0.0.0.0", "192.0.2.1", "::"):
+        assert main(["serve", "--runs", str(runs), "--host", host]) == 2
+        err = capsys.readouterr().err
+        assert f"--host {host} lets other machines connect, so it needs an access token" in err
+        assert "TACOTRAIN_SERVE_TOKEN" in err
+    monkeypatch.setenv("TACOTRAIN_SERVE_TOKEN", "short")
+    assert main(["serve", "--runs", str(runs), "--host", "0.0.0.0"]) == 2
+    assert "the access token is 5 characters long" in capsys.readouterr().err
+    assert main(["serve", "--runs", str(runs), "--host", "127.0.0.1", "--token", "x"]) == 2
+
+
+def test_served_on_all_interfaces_with_a_token_from_the_environment(runs):
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    sock.close()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TACOTRAIN_SERVE_TOKEN": TOKEN}
+    proc = subprocess.Popen([sys.executable, "-m", "tacotrain.cli", "serve", "--runs",
+                             str(runs), "--port", str(port), "--device", "cpu", "--host",
+                             "0.0.0.0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env)
+    url = f"http://127.0.0.1:{port}/api/health"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url).status_code == 401:
+                    break
+            assert time.monotonic() < deadline, "the server did not answer"
+            time.sleep(0.2)
+        answered = httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}"}).status_code
+        opened = httpx.get(f"http://127.0.0.1:{port}/?token={TOKEN}").status_code
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (answered, opened, proc.returncode) == (200, 303, 0), err
+    assert "GET /?token=REDACTED" in out.decode()  # the access log keeps the line, not the token
+    assert ("access token required on every request (other machines too can connect)"
+            in out.decode())
+    assert TOKEN not in out.decode() + err.decode()
+
+
 def test_sigterm_stops_the_server_cleanly(runs):
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
@@ -685,6 +767,30 @@ def test_page_in_a_browser(runs, tmp_path):
             assert "Traceback" not in error
             base = str(client.base_url)
             assert all(u.startswith(base) for u in requests), requests  # nothing from elsewhere
+        finally:
+            browser.close()
+
+
+def test_page_with_a_token_in_a_browser(runs, synth):
+    """``/?token=`` once: the page loads, lists and synthesises; its address bar keeps no
+    token."""
+    sync_playwright = import_playwright()
+    app = create_app(Catalog(runs=runs), ServeConfig(), Loads(lambda e: synth), warm=False,
+                     token=TOKEN)
+    with serving(app) as client, sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(60_000)
+            page.goto(f"{client.base_url}/?token={TOKEN}")
+            assert page.url == f"{client.base_url}/"
+            page.wait_for_function("() => document.querySelectorAll('#checkpoint option')"
+                                   ".length === 2")
+            page.locator("#text").fill("The old map.")
+            page.locator("#synthesise").click()
+            page.locator("#figures td").first.wait_for()
+            assert not page.locator("#error").is_visible()
+            assert page.locator("#source").inner_text() == "Serving --runs runs"
         finally:
             browser.close()
 

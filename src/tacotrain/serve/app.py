@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException
 from tacotrain.config import ServeConfig
 from tacotrain.infer.synth import SynthesisError, Synthesizer
 from tacotrain.model import Cancelled
+from tacotrain.serve.auth import add_token_check
 from tacotrain.serve.models import (
     Catalog,
     CheckpointInfo,
@@ -91,15 +92,18 @@ SHUTDOWN_WAIT_SECONDS = 60.0
 
 def create_app(catalog: Catalog, cfg: ServeConfig,
                load: Callable[[CheckpointInfo], Synthesizer], device: str = "cpu",
-               warm: bool = True) -> FastAPI:
+               warm: bool = True, token: str | None = None) -> FastAPI:
     """The app. ``load`` builds a model for a listed entry (:func:`models.checkpoint_loader`);
     ``device`` is only reported; ``warm``: load the default checkpoint at start-up, in its
-    worker thread, so that the first request does not wait for it."""
+    worker thread, so that the first request does not wait for it; ``token``: every request
+    must carry it (:mod:`tacotrain.serve.auth`)."""
     cache = ModelCache(cfg, load)
     store = ResultStore(cfg.max_results)
     app = FastAPI(title="tacotrain serve", lifespan=_lifespan(catalog, cache, store, warm),
                   description="Synthesise speech with a trained Tacotron 2 checkpoint.")
     _add_error_handlers(app)
+    if token is not None:
+        add_token_check(app, token)
     _add_page(app)
     _add_listing_routes(app, catalog, cfg, cache, device)
     _add_synthesize_route(app, catalog, cfg, cache, store)
