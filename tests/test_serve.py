@@ -31,6 +31,7 @@ import soundfile as sf
 import torch
 import uvicorn
 
+from tacotrain.cancel import Cancelled
 from tacotrain.cli import main
 from tacotrain.config import ServeConfig
 from tacotrain.infer.checkpoint import (
@@ -43,7 +44,6 @@ from tacotrain.infer.checkpoint import (
 )
 from tacotrain.infer.pretrained import export_model
 from tacotrain.infer.synth import Synthesizer
-from tacotrain.model import Cancelled
 from tacotrain.serve.app import create_app
 from tacotrain.serve.models import (
     NO_METADATA,
@@ -318,6 +318,22 @@ def test_a_timed_out_synthesis_stops_and_frees_its_worker(runs, synth):
         ok = client.post("/api/synthesize", json={"text": "The old map."})
         assert ok.status_code == 200 and ok.json()["figures"]["frames"] == 120
         assert held.finished == 1
+
+
+def test_griffin_lim_stops_when_cancelled(synth):
+    """The vocoder asks ``cancel`` before every iteration: a request that gives up while its
+    audio is being made frees the worker within one iteration, not after all of them."""
+    mel = synth.synthesize("The old map.").mel
+    asked = []
+
+    def cancel() -> bool:
+        asked.append(1)
+        return len(asked) > 3
+
+    with pytest.raises(Cancelled) as stopped:
+        synth.vocoder(mel, cancel=cancel)
+    assert (stopped.value.what, stopped.value.steps) == ("Griffin-Lim", 3)
+    assert len(asked) == 4 < synth.vocoder.n_iters
 
 
 def test_same_seed_same_audio_with_two_models_at_once(runs, synth):

@@ -19,6 +19,7 @@ import torch
 
 from tacotrain.audio import load_vocoder, save_wav
 from tacotrain.audio.vocoder import Vocoder
+from tacotrain.cancel import Cancelled
 from tacotrain.config import AudioConfig, Config
 from tacotrain.fsutil import atomic_write, atomic_write_json
 from tacotrain.infer.checkpoint import Checkpoint
@@ -27,7 +28,7 @@ from tacotrain.infer.pretrained import build_model, load_pretrained
 from tacotrain.judge.alignment import METRICS, plot_alignment
 from tacotrain.judge.freerun import synthesize as free_run
 from tacotrain.judge.verdict import judge_item
-from tacotrain.model import Cancelled, Tacotron2
+from tacotrain.model import Tacotron2
 from tacotrain.text import (
     PhonemeError,
     attached_marks,
@@ -46,7 +47,7 @@ class SynthesisError(ValueError):
 def _check(cancel: Callable[[], bool] | None, steps: int) -> None:
     """Raise :class:`Cancelled` (after ``steps`` decoder steps) when ``cancel`` says so."""
     if cancel is not None and cancel():
-        raise Cancelled(steps)
+        raise Cancelled("synthesis", steps)
 
 
 @dataclass(frozen=True)
@@ -193,8 +194,8 @@ class Synthesizer:
 
         ``seed`` seeds a generator of this call's own (the prenet's dropout stays on at
         inference), never torch's global one: two syntheses running at once each repeat their
-        seed. ``cancel``: asked before every decoder step and vocoder call; once it answers
-        True, :class:`~tacotrain.model.Cancelled` is raised (the caller gave up)."""
+        seed. ``cancel``: asked before every decoder step and Griffin-Lim iteration; once it
+        answers True, :class:`~tacotrain.cancel.Cancelled` is raised (the caller gave up)."""
         pieces = split_sentences(text, self.language, self.cfg.synth.max_sentence_chars)
         gen = self.generator(seed)
         if len(pieces) <= 1:
@@ -206,7 +207,7 @@ class Synthesizer:
         parts = []
         for (cleaned, seq), (mel, align, by_gate) in zip(parsed, runs, strict=True):
             _check(cancel, len(align))
-            wav = self.vocoder(mel.to(self.device))
+            wav = self.vocoder(mel.to(self.device), cancel=cancel)
             info = self._info(cleaned, seq, wav, mel.shape[1], align, by_gate, None)
             parts.append(Synthesis(cleaned, wav, mel, align, info))
         return self._join(parts, time.perf_counter() - t0)
@@ -226,7 +227,7 @@ class Synthesizer:
         frames = int(out.mel_lengths[0])
         mel = out.mel_post[0, :, :frames].float()
         _check(cancel, int(out.dec_lengths[0]))
-        wav = self.vocoder(mel)
+        wav = self.vocoder(mel, cancel=cancel)
         elapsed = time.perf_counter() - t0
         dec = int(out.dec_lengths[0])
         align = out.alignments[0, :dec, : len(seq)].float().cpu()

@@ -20,7 +20,6 @@ from .losses import (
     masked_mel_loss,
 )
 from .tacotron2 import (
-    Cancelled,
     Decoder,
     DecoderState,
     DecoderStep,
@@ -37,7 +36,6 @@ __all__ = [
     "AttentionMechanism",
     "AttentionState",
     "Batch",
-    "Cancelled",
     "ConvNorm",
     "Decoder",
     "DecoderState",

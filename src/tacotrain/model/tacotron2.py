@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from ..cancel import Cancelled
 from ..config import ModelConfig
 from .attention import (
     AttentionMechanism,
@@ -46,14 +47,6 @@ from .attention import (
 from .layers import ConvNorm, LinearNorm, dropout, frame_mask, keep_mask
 from .packed import PackedLayout, conv_bn, pack, packed_dropout, packed_layout, unpack, zero_gaps
 from .recurrent import CellRunner, ContextReader, shrinking_batch, unpack_rows
-
-
-class Cancelled(RuntimeError):
-    """Free-running decoding stopped because its caller cancelled it (``Decoder.infer``)."""
-
-    def __init__(self, steps: int) -> None:
-        super().__init__(f"synthesis cancelled after {steps} decoder steps")
-        self.steps = steps  # decoder steps run before it stopped
 
 
 class Tacotron2Output(NamedTuple):
@@ -574,7 +567,7 @@ class Decoder(nn.Module):
         weights_out: list[Tensor] = []
         for k in range(int(step_limits.max())):
             if cancel is not None and cancel():
-                raise Cancelled(k)
+                raise Cancelled("decoding", k)
             step_mask = mask
             if window or max_dwell:
                 lo = torch.maximum(floor, pos) if window else floor

@@ -27,9 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from tacotrain.cancel import Cancelled
 from tacotrain.config import ServeConfig
 from tacotrain.infer.synth import SynthesisError, Synthesizer
-from tacotrain.model import Cancelled
 from tacotrain.serve.auth import add_token_check
 from tacotrain.serve.models import (
     Catalog,
@@ -244,13 +244,13 @@ def _synthesis_job(store: ResultStore, entry: CheckpointInfo, text: str, seed: i
                    cancel: threading.Event) -> Callable[[Synthesizer], dict[str, Any]]:
     """The work queued on ``entry``'s model: synthesise, keep the result in ``store``, and
     return the JSON answer (figures and the URLs of the result's files). Once ``cancel`` is
-    set the synthesis stops at its next decoder step (:class:`Cancelled`), and a finished one
-    is not stored."""
+    set the synthesis stops at its next decoder step or Griffin-Lim iteration
+    (:class:`Cancelled`), and one that finished is not stored."""
 
     def job(synth: Synthesizer) -> dict[str, Any]:
         result = synth.synthesize(text, seed=seed, cancel=cancel.is_set)
         if cancel.is_set():
-            raise Cancelled(len(result.alignment))  # finished just too late: not stored
+            raise Cancelled("synthesis", len(result.alignment))  # finished too late: not kept
         rid = store.add(synth, result)
         return {"id": rid, "checkpoint": entry.id, "language": synth.language,
                 "text": result.text, "sample_rate": synth.audio.sample_rate,

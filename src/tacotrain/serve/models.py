@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from tacotrain.cancel import Cancelled
 from tacotrain.config import ServeConfig
 from tacotrain.infer.checkpoint import MAGIC, read_summary, sidecar_path, step_checkpoints
 from tacotrain.infer.pretrained import PretrainedError, load_pretrained
 from tacotrain.infer.synth import Synthesizer
-from tacotrain.model import Cancelled
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -229,7 +229,7 @@ class ModelWorker:
     jobs. At most ``threads + queue_size`` jobs are accepted at a time (running + waiting);
     one more raises :class:`QueueFull`. A job whose future was cancelled while waiting (the
     request timed out) is dropped unrun; a running job the request gave up on stops itself
-    (:class:`~tacotrain.model.Cancelled`, counted in ``status()["cancelled"]``)."""
+    (:class:`~tacotrain.cancel.Cancelled`, counted in ``status()["cancelled"]``)."""
 
     def __init__(self, entry: CheckpointInfo, load: Callable[[CheckpointInfo], Synthesizer],
                  threads: int, queue_size: int) -> None:
