@@ -10,8 +10,8 @@ peak memory (VmHWM, its resident set size high-water mark) and how it stopped on
 
 Scenario ``give-up``: the app in this process (uvicorn in a thread), two workers, a request
 timeout of ``--timeout`` seconds. The voice is made to read to its step cap (gate threshold
-0.999, ``max_decoder_steps`` 2000: the untrained tiny voice never stops by itself), so that a
-4-sentence text takes several times the timeout and one short sentence well under it. First
+0.999, ``max_decoder_steps`` 2000: the untrained tiny voice never stops by itself), so that an
+8-sentence text takes about twice the timeout and one short sentence well under it. First
 two long requests at once (both answer 504): how long after the last 504 both workers are
 free. Then for ``--seconds``, one impatient client keeps sending the long text (each request
 times out, and it sends the next at once) while two patient clients send the short one: how
@@ -21,7 +21,7 @@ request's synthesis is cancelled) and with the synthesizer ignoring the cancel (
 behaved before it cancelled). Not a test.
 
     python benchmarks/serve_load.py [--scenario burst|give-up|all] [--checkpoint CKPT]
-        [--requests 20] [--seconds 20] [--timeout 4] [--set serve.KEY=V ...]
+        [--requests 20] [--seconds 20] [--timeout 8] [--set serve.KEY=V ...]
 
 Exit status 1 when a status other than 200/503 came back (burst; give-up: other than
 200/503/504), a 503 lacked Retry-After, the health check failed afterwards or the server did
@@ -52,7 +52,7 @@ import _common
 SENTENCES = ["The old map.", "We waited quietly, after dinner.",
              "She said the silver key was near the river in the morning.",
              "Two boxes and a red boat."]
-LONG = " ".join(SENTENCES)
+LONG = " ".join(SENTENCES * 2)  # give-up: 8 sentences, 261 characters
 
 
 def machine() -> str:
@@ -113,7 +113,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=20, help="burst: requests sent at once")
     ap.add_argument("--seconds", type=float, default=20.0,
                     help="give-up: how long the mixed load runs, per mode")
-    ap.add_argument("--timeout", type=float, default=4.0,
+    ap.add_argument("--timeout", type=float, default=8.0,
                     help="give-up: serve.request_timeout_seconds")
     ap.add_argument("--set", action="append", default=[], metavar="serve.KEY=VALUE",
                     help="burst: passed on to `tacotrain serve --set`")
@@ -223,7 +223,7 @@ def give_up(ckpt: Path, seconds: float, timeout: float) -> bool:
         took[text] = time.perf_counter() - t0
     cfg = ServeConfig(concurrent_per_model=2, queue_size=8, request_timeout_seconds=timeout)
     print("\n== give-up: clients whose requests time out (504) ==")
-    print(f"synthesis alone (no images): {len(SENTENCES)} sentences {took[LONG]:.2f} s, one "
+    print(f"synthesis alone (no images): {2 * len(SENTENCES)} sentences {took[LONG]:.2f} s, one "
           f"short sentence {took[SENTENCES[0]]:.2f} s; request timeout {timeout:g} s; "
           f"2 workers, queue 8; mixed load (1 impatient client, 2 patient) for {seconds:g} s "
           "per mode")

@@ -58,8 +58,7 @@ class CheckpointInfo:
     kind: Literal["checkpoint", "export"]
     run: str  # the run directory's name ("" for a single --checkpoint / --model)
     name: str  # file (or export directory) name
-    version: tuple[int, int]  # (mtime_ns, size) of the file: a rewritten best.pt is another
-    # model
+    version: tuple[int, int]  # (mtime_ns, size): a rewritten best.pt is another model
     written: float  # modification time, seconds since the epoch
     step: int | None = None
     elapsed_seconds: float | None = None  # training time when it was written
