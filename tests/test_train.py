@@ -177,6 +177,9 @@ def test_training_logs_metrics_and_checkpoint_is_self_describing(tiny_data, tmp_
     run = tmp_path / "r"
     ckpts = sorted(p.name for p in (run / "checkpoints").glob("step-*.pt"))
     assert ckpts == ["step-0000006.pt", "step-0000009.pt"]  # keep_last=2
+    # each with its summary sidecar; the pruned ones' went with them
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "step-0000006.pt", "step-0000006.pt.json", "step-0000009.pt", "step-0000009.pt.json"]
     events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
     scal = [e for e in events if e["kind"] == "scalars"]
     train_steps = [e["step"] for e in scal if "train/loss" in e["values"]]

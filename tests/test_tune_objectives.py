@@ -128,6 +128,7 @@ def test_a_quality_trial_reports_the_figure_of_the_checkpoint_it_keeps(tiny_data
     for t in done:
         ckpts = Path(t.user_attrs["run_dir"]) / "checkpoints"
         assert [p.name for p in ckpts.glob("*.pt")] == ["best.pt"]  # the only one kept
+        assert sorted(p.name for p in ckpts.iterdir()) == ["best.pt", "best.pt.json"]
         kept = Checkpoint.read(ckpts / "best.pt")
         assert t.user_attrs["outcome"] == "aligned" and kept.verdict["aligned"]
         assert t.value == kept.val["free/mcd_dtw_db"] == t.user_attrs["quality"]

@@ -581,10 +581,11 @@ class ServeConfig(Strict):
     max_text_chars: int = Field(500, ge=1)
     # requests that may wait per model besides those being synthesised; one more: 503
     queue_size: int = Field(4, ge=0)
-    # syntheses running at once per model (its worker threads); above 1 the seed is not
-    # repeatable, since torch's random generator is shared by the threads
+    # syntheses running at once per model (its worker threads); each draws from a generator of
+    # its own, so a seed gives the same audio however the threads interleave
     concurrent_per_model: int = Field(1, ge=1)
-    # queue wait + synthesis; after this the request answers 504 (a queued one is dropped)
+    # queue wait + synthesis; after this the request answers 504 (a queued one is dropped, a
+    # running synthesis stopped at its next decoder step or Griffin-Lim iteration)
     request_timeout_seconds: float = Field(120.0, gt=0.0)
     max_models: int = Field(2, ge=1)  # models kept loaded; the least recently used is unloaded
     max_results: int = Field(50, ge=1)  # results (wav + images) kept for their URLs; oldest go

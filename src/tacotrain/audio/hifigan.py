@@ -22,7 +22,7 @@ import logging
 import math
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -359,9 +359,11 @@ class HifiGan:
         return cls(generator, str(path), device)
 
     @torch.no_grad()
-    def __call__(self, log_mel: Tensor) -> np.ndarray:
+    def __call__(self, log_mel: Tensor, cancel: Callable[[], bool] | None = None
+                 ) -> np.ndarray:
         """``[n_mels, T]`` natural-log mel -> ``[T * hop_length]`` float32 waveform (numpy, CPU),
-        as the generator gives it: not normalised, not scaled."""
+        as the generator gives it: not normalised, not scaled. ``cancel`` is not asked: one
+        pass of the generator has no step to stop at."""
         if log_mel.dim() != 2 or log_mel.shape[0] != self.n_mels:
             raise ValueError(f"expected a log-mel of shape [{self.n_mels}, T], got "
                              f"{tuple(log_mel.shape)}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from tacotrain.audio.hifigan import HifiGan
 from tacotrain.audio.mel import mel_filterbank
+from tacotrain.cancel import Cancelled
 from tacotrain.config import AudioConfig
 
 log = logging.getLogger(__name__)
@@ -26,11 +28,13 @@ log = logging.getLogger(__name__)
 
 @runtime_checkable
 class Vocoder(Protocol):
-    """Maps a log-mel ``[n_mels, T]`` to a float32 waveform ``[S]`` at ``sample_rate``."""
+    """Maps a log-mel ``[n_mels, T]`` to a float32 waveform ``[S]`` at ``sample_rate``.
+    ``cancel``: see :mod:`tacotrain.cancel` (asked where the vocoder has steps to stop at)."""
 
     sample_rate: int
 
-    def __call__(self, log_mel: Tensor) -> np.ndarray: ...
+    def __call__(self, log_mel: Tensor,
+                 cancel: Callable[[], bool] | None = None) -> np.ndarray: ...
 
 
 class GriffinLim:
@@ -120,8 +124,10 @@ class GriffinLim:
         return mag.pow(self.power)
 
     @torch.no_grad()
-    def __call__(self, log_mel: Tensor) -> np.ndarray:
-        """``[n_mels, T]`` log-mel -> ``[hop_length * (T - 1)]`` float32 waveform (numpy, CPU)."""
+    def __call__(self, log_mel: Tensor,
+                 cancel: Callable[[], bool] | None = None) -> np.ndarray:
+        """``[n_mels, T]`` log-mel -> ``[hop_length * (T - 1)]`` float32 waveform (numpy, CPU).
+        ``cancel``: asked before every iteration; True raises :class:`Cancelled`."""
         if log_mel.dim() != 2 or log_mel.shape[0] != self.n_mels:
             raise ValueError(
                 f"expected a log-mel of shape [{self.n_mels}, T], got {tuple(log_mel.shape)}"
@@ -135,7 +141,7 @@ class GriffinLim:
         min_frames = self.n_fft // self.hop_length + 2
         if n_frames < min_frames:
             floor = log_mel.min().expand(self.n_mels, min_frames - n_frames)
-            return self(torch.cat([log_mel, floor], dim=1))[:length]
+            return self(torch.cat([log_mel, floor], dim=1), cancel)[:length]
         device = log_mel.device
         window = self.window.to(device)
         mag = self.linear_magnitude(log_mel)  # [n_freq, T]
@@ -144,7 +150,9 @@ class GriffinLim:
         phase = torch.rand(mag.shape, generator=gen).to(device) * (2.0 * math.pi)
         angles = torch.polar(torch.ones_like(mag), phase)  # [n_freq, T] unit complex
         prev = torch.zeros_like(angles)
-        for _ in range(self.n_iters):
+        for i in range(self.n_iters):
+            if cancel is not None and cancel():
+                raise Cancelled("Griffin-Lim", i)
             wav = self._istft(mag * angles, window, length)
             rebuilt = self._stft(wav, window)
             angles = rebuilt - prev * (self.momentum / (1.0 + self.momentum))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from tacotrain.cli.common import (
     EXIT_OK,
     RAW,
+    UsageError,
     add_voice_options,
 )
 
@@ -32,7 +34,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="a directory of runs (e.g. demo/runs): their checkpoints")
     add_voice_options(wp)
     wp.add_argument("--host", default="127.0.0.1",
-                    help="address to listen on (default 127.0.0.1: this machine only)")
+                    help="address to listen on (default 127.0.0.1: this machine only); any "
+                         "other (e.g. 0.0.0.0) needs an access token")
+    wp.add_argument("--token", default=None,
+                    help="the access token every request must carry (at least 16 "
+                         "characters); better set TACOTRAIN_SERVE_TOKEN, since a command "
+                         "line is visible to other users of the machine. Required with a "
+                         "--host other than loopback; optional on it")
     wp.add_argument("--port", type=int, default=5003, help="port (default 5003)")
     wp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a serve setting, e.g. --set serve.max_text_chars=300 "
@@ -45,8 +53,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from tacotrain.extras import require
 
     require("serve", "tacotrain serve", "fastapi", "uvicorn")
+    from tacotrain.serve.auth import TOKEN_ENV, check_token
 
-    serve.run(checkpoint=args.checkpoint, model=args.model, runs=args.runs,
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    refused = check_token(args.host, token)
+    if refused is not None:
+        raise UsageError(refused)
+    serve.run(token=token, checkpoint=args.checkpoint, model=args.model, runs=args.runs,
               vocoder=args.vocoder, vocoder_config=args.vocoder_config,
               trust=args.trust_checkpoint, host=args.host, port=args.port, device=args.device,
               overrides=args.set, announce=lambda line: print(line, flush=True))

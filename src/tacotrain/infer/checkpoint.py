@@ -18,16 +18,26 @@ What a payload holds is :class:`Checkpoint`, the one schema every writer and rea
 through (training writes it; resume, synthesis, export, warm start and the server read it).
 ``format`` is its version: a reader accepts every version up to :data:`FORMAT` and fills the
 fields older files lack with their defaults.
+
+Next to each file, :meth:`Checkpoint.write` puts a summary sidecar, ``NAME.pt.json`` (step, r,
+language, verdict...: :class:`Summary`), so that a listing of many checkpoints (``tacotrain
+serve``) reads small JSON files instead of loading, let alone unpickling, every checkpoint. The
+sidecar is written after the checkpoint and carries its size and payload digest;
+:func:`read_summary` ignores one that does not match the file beside it (a write cut between
+the two, a file replaced by an older tacotrain). Checkpoints without a sidecar (older ones)
+load as before.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
+import os
 import pickle
 import re
 from collections import OrderedDict
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +45,7 @@ import numpy as np
 import torch
 
 from tacotrain.config import ModelConfig
-from tacotrain.fsutil import atomic_write
+from tacotrain.fsutil import atomic_write, atomic_write_json
 from tacotrain.model.reduction import r_at
 
 MAGIC = b"TCTRN01\n"
@@ -118,9 +128,12 @@ def _numpy_array_globals() -> list[Any]:
             *{type(np.dtype(t)) for t in numeric}]
 
 
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` atomically in the checkpoint format. TypeError if it holds a value that
-    would not load without ``--trust-checkpoint`` (see :func:`check_plain`)."""
+def save_checkpoint(path: str | Path, payload: dict[str, Any],
+                    summary: Summary | None = None) -> None:
+    """Write ``payload`` atomically in the checkpoint format, then ``summary`` (if given) as its
+    sidecar (:func:`sidecar_path`); without one, a sidecar left from an earlier file goes.
+    TypeError if ``payload`` holds a value that would not load without ``--trust-checkpoint``
+    (see :func:`check_plain`)."""
     check_plain(payload)
     buf = io.BytesIO()
     torch.save(payload, buf)
@@ -133,6 +146,62 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
         fh.write(data)
 
     atomic_write(path, write)
+    side = sidecar_path(path)
+    if summary is None:
+        side.unlink(missing_ok=True)
+        return
+    record = {**asdict(summary), "sha256": digest.decode(),
+              "size": len(MAGIC) + len(digest) + len(data)}
+    atomic_write_json(side, record)
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """Where the summary of checkpoint ``path`` is kept: ``NAME.pt.json`` beside it."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def remove_checkpoint(path: str | Path) -> None:
+    """Delete a checkpoint and then its sidecar (a missing one is no error)."""
+    Path(path).unlink(missing_ok=True)
+    sidecar_path(path).unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a listing shows about a checkpoint, kept in its JSON sidecar."""
+
+    step: int
+    r: int | None
+    elapsed: float  # training seconds up to this state
+    language: str
+    phonemes: bool
+    aligned: bool | None  # the stored free-running verdict (None: no validation round)
+    verdict: str  # its description
+    format: int = FORMAT  # the checkpoint's payload format
+
+
+def read_summary(path: str | Path) -> Summary | None:
+    """The sidecar summary of checkpoint ``path``, or None when there is none or it does not
+    describe the file beside it (its size and digest differ: a stale sidecar). Reads the
+    sidecar and the checkpoint's 72-byte header; never the payload."""
+    path = Path(path)
+    try:
+        record = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
+        with open(path, "rb") as fh:
+            header = fh.read(len(MAGIC) + 64)
+            size = os.fstat(fh.fileno()).st_size
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or header[:len(MAGIC)] != MAGIC:
+        return None
+    if record.get("size") != size or record.get("sha256") != header[len(MAGIC):].decode(
+            "ascii", "replace"):
+        return None
+    try:
+        return Summary(**{f.name: record[f.name] for f in fields(Summary) if f.name in record})
+    except TypeError:  # a field missing: written by something else
+        return None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
@@ -215,9 +284,10 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
 
 
 def prune(directory: str | Path, keep_last: int) -> None:
-    """Delete all but the newest ``keep_last`` step checkpoints (``best.pt`` is separate)."""
+    """Delete all but the newest ``keep_last`` step checkpoints (``best.pt`` is separate), each
+    with its sidecar."""
     for _, p in step_checkpoints(directory)[:-keep_last]:
-        p.unlink(missing_ok=True)
+        remove_checkpoint(p)
 
 
 @dataclass
@@ -313,7 +383,15 @@ class Checkpoint:
         return cls.from_payload(load_checkpoint(path, map_location, trust), path)
 
     def write(self, path: str | Path) -> None:
-        save_checkpoint(path, self.to_payload())
+        """The file, then its summary sidecar (see the module docstring)."""
+        save_checkpoint(path, self.to_payload(), self.summary())
+
+    def summary(self) -> Summary:
+        return Summary(step=self.step, r=self.r, elapsed=round(float(self.elapsed), 1),
+                       language=self.data.language, phonemes=self.data.phonemes,
+                       aligned=self.verdict.get("aligned"),
+                       verdict=self.verdict.get("description", "no free-running validation"),
+                       format=self.format)
 
     def cpu_copy(self) -> Checkpoint:
         """A copy whose tensors are CPU copies, independent of the live training state."""

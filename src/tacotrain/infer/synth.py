@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import torch
 
 from tacotrain.audio import load_vocoder, save_wav
 from tacotrain.audio.vocoder import Vocoder
+from tacotrain.cancel import Cancelled
 from tacotrain.config import AudioConfig, Config
 from tacotrain.fsutil import atomic_write, atomic_write_json
 from tacotrain.infer.checkpoint import Checkpoint
@@ -40,6 +42,12 @@ from tacotrain.text.sentences import split_sentences
 
 class SynthesisError(ValueError):
     pass
+
+
+def _check(cancel: Callable[[], bool] | None, steps: int) -> None:
+    """Raise :class:`Cancelled` (after ``steps`` decoder steps) when ``cancel`` says so."""
+    if cancel is not None and cancel():
+        raise Cancelled("synthesis", steps)
 
 
 @dataclass(frozen=True)
@@ -177,35 +185,49 @@ class Synthesizer:
         return cleaned, [self._ids[c] for c in units]
 
     @torch.no_grad()
-    def synthesize(self, text: str, seed: int = 0) -> Synthesis:
+    def synthesize(self, text: str, seed: int = 0,
+                   cancel: Callable[[], bool] | None = None) -> Synthesis:
         """Text -> speech. Text longer than a sentence or ``synth.max_sentence_chars`` is read
         piece by piece (text/sentences.py; the model learnt clip-length sentences and loses its
         place on a page), the pieces batched, their audio joined with
-        ``synth.sentence_pause_seconds`` of silence. Text that is one piece is read as a whole."""
+        ``synth.sentence_pause_seconds`` of silence. Text that is one piece is read as a whole.
+
+        ``seed`` seeds a generator of this call's own (the prenet's dropout stays on at
+        inference), never torch's global one: two syntheses running at once each repeat their
+        seed. ``cancel``: asked before every decoder step and Griffin-Lim iteration; once it
+        answers True, :class:`~tacotrain.cancel.Cancelled` is raised (the caller gave up)."""
         pieces = split_sentences(text, self.language, self.cfg.synth.max_sentence_chars)
+        gen = self.generator(seed)
         if len(pieces) <= 1:
-            return self._synthesize_one(text, seed)
+            return self._synthesize_one(text, gen, cancel)
         parsed = [self.sequence(p) for p in pieces]
         t0 = time.perf_counter()
-        torch.manual_seed(seed)  # prenet dropout stays on at inference: make it repeatable
-        runs = free_run(self.model, [torch.tensor(seq, dtype=torch.long) for _, seq in parsed])
+        runs = free_run(self.model, [torch.tensor(seq, dtype=torch.long) for _, seq in parsed],
+                        generator=gen, cancel=cancel)
         parts = []
         for (cleaned, seq), (mel, align, by_gate) in zip(parsed, runs, strict=True):
-            wav = self.vocoder(mel.to(self.device))
+            _check(cancel, len(align))
+            wav = self.vocoder(mel.to(self.device), cancel=cancel)
             info = self._info(cleaned, seq, wav, mel.shape[1], align, by_gate, None)
             parts.append(Synthesis(cleaned, wav, mel, align, info))
         return self._join(parts, time.perf_counter() - t0)
 
-    def _synthesize_one(self, text: str, seed: int) -> Synthesis:
+    def generator(self, seed: int) -> torch.Generator:
+        """A random generator on the model's device seeded with ``seed``. On a CPU its stream
+        is the one ``torch.manual_seed(seed)`` gives, so results match earlier versions."""
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def _synthesize_one(self, text: str, gen: torch.Generator,
+                        cancel: Callable[[], bool] | None) -> Synthesis:
         cleaned, seq = self.sequence(text)
         t0 = time.perf_counter()
-        torch.manual_seed(seed)  # prenet dropout stays on at inference: make it repeatable
         ids = torch.tensor([seq], dtype=torch.long, device=self.device)
         lengths = torch.tensor([len(seq)], device=self.device)
-        out = self.model.infer(ids, lengths)
+        out = self.model.infer(ids, lengths, generator=gen, cancel=cancel)
         frames = int(out.mel_lengths[0])
         mel = out.mel_post[0, :, :frames].float()
-        wav = self.vocoder(mel)
+        _check(cancel, int(out.dec_lengths[0]))
+        wav = self.vocoder(mel, cancel=cancel)
         elapsed = time.perf_counter() - t0
         dec = int(out.dec_lengths[0])
         align = out.alignments[0, :dec, : len(seq)].float().cpu()

@@ -48,10 +48,14 @@ class FreeRunRound:
 @torch.no_grad()
 def synthesize(model: Tacotron2, texts: Sequence[Tensor], batch_size: int = 8,
                autocast: Callable[[], object] = nullcontext,
-               max_frames: Sequence[int] | None = None
+               max_frames: Sequence[int] | None = None,
+               generator: torch.Generator | None = None,
+               cancel: Callable[[], bool] | None = None
                ) -> list[tuple[Tensor, Tensor, bool]]:
     """Free-run each text ``[N]`` long -> ``(mel [n_mels, T], attention [T_dec, N],
-    stopped_by_gate)`` on the CPU, in input order. The caller sets ``model.eval()`` and seeds.
+    stopped_by_gate)`` on the CPU, in input order. The caller sets ``model.eval()`` and seeds
+    (torch's global generator, or ``generator``: the prenet dropout's own stream); ``cancel``:
+    see ``Decoder.infer``.
 
     Items are batched in order of length (the model's output does not depend on padding).
     ``max_frames`` (per text) lowers the model's own step cap of a batch to the largest of its
@@ -72,7 +76,8 @@ def synthesize(model: Tacotron2, texts: Sequence[Tensor], batch_size: int = 8,
             cap = max(-(-int(max_frames[i]) // r) for i in idx)
             cap = min(cap, int(model.step_limits(lengths).max()))
         with autocast():
-            res = model.infer(ids.to(dev), lengths.to(dev), max_decoder_steps=cap)
+            res = model.infer(ids.to(dev), lengths.to(dev), max_decoder_steps=cap,
+                              generator=generator, cancel=cancel)
         for row, i in enumerate(idx):
             frames, steps, n = int(res.mel_lengths[row]), int(res.dec_lengths[row]), int(
                 lengths[row])

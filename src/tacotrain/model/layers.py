@@ -18,21 +18,28 @@ def frame_mask(lengths: Tensor, max_len: int) -> Tensor:
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
-def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+def dropout(x: Tensor, p: float, training: bool,
+            generator: torch.Generator | None = None) -> Tensor:
     """Inverted dropout, as ``F.dropout``. On a CPU the mask is drawn with ``torch.rand``:
     ``F.dropout``'s Bernoulli sampler there costs ~40 ns per element (0.1 s for one prenet
-    batch, 0.5 ms for each decoder step's ``[16, 1024]``), seconds per full-size step."""
+    batch, 0.5 ms for each decoder step's ``[16, 1024]``), seconds per full-size step.
+
+    ``generator`` (on ``x``'s device): draw the mask from it instead of torch's global
+    generator, on any device, so that concurrent syntheses each repeat their own seed. On a
+    CPU a generator seeded with s draws what ``torch.manual_seed(s)`` would."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" and generator is None:
         return F.dropout(x, p, True)
-    return x * keep_mask(x.shape, p, x)
+    return x * keep_mask(x.shape, p, x, generator)
 
 
-def keep_mask(shape: torch.Size | tuple[int, ...], p: float, like: Tensor) -> Tensor:
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float, like: Tensor,
+              generator: torch.Generator | None = None) -> Tensor:
     """The scaled keep mask ``dropout`` multiplies by on a CPU (1 / (1 - p) where kept, 0
-    elsewhere), drawn from the same random stream, in ``like``'s dtype and device."""
-    keep = torch.rand(shape, dtype=like.dtype, device=like.device) >= p
+    elsewhere), drawn from the same random stream (``generator``, else torch's global one), in
+    ``like``'s dtype and device."""
+    keep = torch.rand(shape, dtype=like.dtype, device=like.device, generator=generator) >= p
     return keep.to(like.dtype).mul_(1.0 / (1.0 - p))
 
 

@@ -28,6 +28,7 @@ use batch statistics that include (zeroed) padded positions in training mode.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from ..cancel import Cancelled
 from ..config import ModelConfig
 from .attention import (
     AttentionMechanism,
@@ -186,11 +188,12 @@ class Prenet(nn.Module):
         self.dropout = dropout
         self.dropout_at_inference = dropout_at_inference
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``[..., in_dim]`` -> ``[..., sizes[-1]]``."""
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``[..., in_dim]`` -> ``[..., sizes[-1]]``; ``generator``: the dropout's random
+        stream (None: torch's global one)."""
         active = self.training or self.dropout_at_inference
         for linear in self.layers:
-            x = dropout(F.relu(linear(x)), self.dropout, active)
+            x = dropout(F.relu(linear(x)), self.dropout, active, generator)
         return x
 
 
@@ -383,15 +386,17 @@ class Decoder(nn.Module):
         processed_memory: Any,
         mask: Tensor,
         state: DecoderState,
+        generator: torch.Generator | None = None,
     ) -> DecoderStep:
         """One decoder step from the previous output frame ``[B, n_mels]``.
 
         memory ``[B, N, E]``; processed_memory from
         ``self.attention_layer.preprocess_memory(memory)``; mask ``[B, N]`` bool.
-        A pure function of its inputs (plus the dropout RNG when dropout is active).
+        A pure function of its inputs (plus the dropout RNG when dropout is active:
+        ``generator``, else torch's global one; at inference only the prenet's is active).
         """
         hidden, weights, new_state = self._recur(
-            self.prenet(prev_frame), memory, processed_memory, mask, state
+            self.prenet(prev_frame, generator), memory, processed_memory, mask, state
         )
         frames, gate = self.project(hidden)
         return DecoderStep(frames, gate, weights, new_state)
@@ -509,7 +514,8 @@ class Decoder(nn.Module):
                             unpack_rows(torch.cat(weights), plan, steps))
 
     def infer(
-        self, memory: Tensor, mask: Tensor, step_limits: Tensor, gate_threshold: float
+        self, memory: Tensor, mask: Tensor, step_limits: Tensor, gate_threshold: float,
+        generator: torch.Generator | None = None, cancel: Callable[[], bool] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Free-running decoding; each item stops on its own.
 
@@ -532,6 +538,10 @@ class Decoder(nn.Module):
         ``infer_gate_last_tokens`` ignores a gate that fires before this step's argmax is among
         the item's last that-many tokens (a premature stop in mid-sentence); a later firing
         still counts as a gate stop.
+
+        ``generator``: the prenet dropout's random stream (None: torch's global one).
+        ``cancel``: asked before every step; once it answers True the loop stops and raises
+        :class:`Cancelled` (the caller gave up: a server's request timed out).
         """
         b = memory.size(0)
         r, n_mels = self.r, self.n_mels
@@ -556,13 +566,15 @@ class Decoder(nn.Module):
         frames_out: list[Tensor] = []
         weights_out: list[Tensor] = []
         for k in range(int(step_limits.max())):
+            if cancel is not None and cancel():
+                raise Cancelled("decoding", k)
             step_mask = mask
             if window or max_dwell:
                 lo = torch.maximum(floor, pos) if window else floor
                 step_mask = mask & (tokens >= lo[:, None])
                 if window:
                     step_mask = step_mask & (tokens <= (pos + window)[:, None])
-            out = self.step(frame, memory, processed_memory, step_mask, state)
+            out = self.step(frame, memory, processed_memory, step_mask, state, generator)
             state = out.state
             frames_out.append(out.frames)
             weights_out.append(out.weights)
@@ -708,7 +720,8 @@ class Tacotron2(nn.Module):
 
     @torch.no_grad()
     def infer(
-        self, text: Tensor, text_lengths: Tensor, max_decoder_steps: int | None = None
+        self, text: Tensor, text_lengths: Tensor, max_decoder_steps: int | None = None,
+        generator: torch.Generator | None = None, cancel: Callable[[], bool] | None = None,
     ) -> InferenceOutput:
         """Free-running synthesis; call ``.eval()`` first (this method does not switch modes).
 
@@ -716,11 +729,12 @@ class Tacotron2(nn.Module):
         on iff ``prenet_dropout_at_inference``. Each item stops when sigmoid of any of its r
         gate logits exceeds ``gate_threshold``, or at its step limit (see ``step_limits``), or
         by one of the synthesis safeguards (``Decoder.infer``); ``stop_reason`` says which.
+        ``generator`` and ``cancel``: see ``Decoder.infer``.
         """
         memory, mask = self.encode(text, text_lengths)
         limits = self.step_limits(text_lengths, max_decoder_steps)
         mel, alignments, mel_lengths, dec_lengths, by_gate, reason = self.decoder.infer(
-            memory, mask, limits, self.gate_threshold
+            memory, mask, limits, self.gate_threshold, generator, cancel
         )
         _, mel_post = self._postnet(mel, mel_lengths)
         mel_post = mel_post[:, :, : int(mel_lengths.max())]

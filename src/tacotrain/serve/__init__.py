@@ -1,8 +1,9 @@
 """``tacotrain serve``: a web page (and JSON API) to hear a trained voice.
 
 ``app.py`` builds the FastAPI app, ``models.py`` lists checkpoints and keeps loaded models
-behind bounded worker queues, ``results.py`` keeps recent results' files, ``server.py`` runs
-it on uvicorn, ``static/`` is the page (plain HTML, JS and CSS; nothing fetched from elsewhere).
+behind bounded worker queues, ``results.py`` keeps recent results' files, ``auth.py`` checks
+the access token, ``server.py`` runs it on uvicorn, ``static/`` is the page (plain HTML, JS and
+CSS; nothing fetched from elsewhere).
 """
 
 from __future__ import annotations

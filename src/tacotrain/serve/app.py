@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
@@ -26,8 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from tacotrain.cancel import Cancelled
 from tacotrain.config import ServeConfig
 from tacotrain.infer.synth import SynthesisError, Synthesizer
+from tacotrain.serve.auth import add_token_check
 from tacotrain.serve.models import (
     Catalog,
     CheckpointInfo,
@@ -89,15 +92,18 @@ SHUTDOWN_WAIT_SECONDS = 60.0
 
 def create_app(catalog: Catalog, cfg: ServeConfig,
                load: Callable[[CheckpointInfo], Synthesizer], device: str = "cpu",
-               warm: bool = True) -> FastAPI:
+               warm: bool = True, token: str | None = None) -> FastAPI:
     """The app. ``load`` builds a model for a listed entry (:func:`models.checkpoint_loader`);
     ``device`` is only reported; ``warm``: load the default checkpoint at start-up, in its
-    worker thread, so that the first request does not wait for it."""
+    worker thread, so that the first request does not wait for it; ``token``: every request
+    must carry it (:mod:`tacotrain.serve.auth`)."""
     cache = ModelCache(cfg, load)
     store = ResultStore(cfg.max_results)
     app = FastAPI(title="tacotrain serve", lifespan=_lifespan(catalog, cache, store, warm),
                   description="Synthesise speech with a trained Tacotron 2 checkpoint.")
     _add_error_handlers(app)
+    if token is not None:
+        add_token_check(app, token)
     _add_page(app)
     _add_listing_routes(app, catalog, cfg, cache, device)
     _add_synthesize_route(app, catalog, cfg, cache, store)
@@ -165,7 +171,7 @@ def _add_listing_routes(app: FastAPI, catalog: Catalog, cfg: ServeConfig, cache:
         """The checkpoints that may be named in ``POST /api/synthesize``, and the limits."""
         entries = catalog.entries()
         default = Catalog.default(entries)
-        return _finite({"source": catalog.source, "root": str(catalog.root),
+        return _finite({"source": catalog.source, "root": catalog.root.name,
                         "default": default.id if default else None,
                         "checkpoints": [e.public() for e in entries],
                         "limits": cfg.model_dump()})
@@ -189,7 +195,8 @@ def _add_synthesize_route(app: FastAPI, catalog: Catalog, cfg: ServeConfig, cach
         entry = _pick_checkpoint(catalog, entries, body.checkpoint)
         if isinstance(entry, JSONResponse):
             return entry
-        job = _synthesis_job(store, entry, body.text, body.seed)
+        cancel = threading.Event()  # set when this request stops waiting for the job
+        job = _synthesis_job(store, entry, body.text, body.seed, cancel)
         try:
             future = cache.submit(entry, job)
         except QueueFull:
@@ -197,7 +204,11 @@ def _add_synthesize_route(app: FastAPI, catalog: Catalog, cfg: ServeConfig, cach
                                f"({cfg.concurrent_per_model} running, {cfg.queue_size} "
                                "waiting: serve.queue_size); try again shortly",
                           {"Retry-After": str(cfg.retry_after_seconds)})
-        out = await _wait_for_synthesis(future, cfg)
+        try:
+            out = await _wait_for_synthesis(future, cfg, catalog.hide)
+        finally:  # timed out or the handler was cancelled: the job stops and frees its worker
+            if not future.done():
+                cancel.set()
         if isinstance(out, JSONResponse):
             return out
         if "audio/wav" in request.headers.get("accept", ""):
@@ -217,7 +228,7 @@ def _pick_checkpoint(catalog: Catalog, entries: list[CheckpointInfo],
         entry = Catalog.default(entries)
         if entry is None:
             errors = "; ".join(e.error for e in entries if e.error)
-            return _error(404, f"no usable checkpoint in {catalog.root}"
+            return _error(404, f"no usable checkpoint in {catalog.root.name}"
                                + (f": {errors}" if errors else " yet"))
     else:
         entry = catalog.find(name, entries)
@@ -229,13 +240,17 @@ def _pick_checkpoint(catalog: Catalog, entries: list[CheckpointInfo],
     return entry
 
 
-def _synthesis_job(store: ResultStore, entry: CheckpointInfo, text: str,
-                   seed: int) -> Callable[[Synthesizer], dict[str, Any]]:
+def _synthesis_job(store: ResultStore, entry: CheckpointInfo, text: str, seed: int,
+                   cancel: threading.Event) -> Callable[[Synthesizer], dict[str, Any]]:
     """The work queued on ``entry``'s model: synthesise, keep the result in ``store``, and
-    return the JSON answer (figures and the URLs of the result's files)."""
+    return the JSON answer (figures and the URLs of the result's files). Once ``cancel`` is
+    set the synthesis stops at its next decoder step or Griffin-Lim iteration
+    (:class:`Cancelled`), and one that finished is not stored."""
 
     def job(synth: Synthesizer) -> dict[str, Any]:
-        result = synth.synthesize(text, seed=seed)
+        result = synth.synthesize(text, seed=seed, cancel=cancel.is_set)
+        if cancel.is_set():
+            raise Cancelled("synthesis", len(result.alignment))  # finished too late: not kept
         rid = store.add(synth, result)
         return {"id": rid, "checkpoint": entry.id, "language": synth.language,
                 "text": result.text, "sample_rate": synth.audio.sample_rate,
@@ -246,9 +261,11 @@ def _synthesis_job(store: ResultStore, entry: CheckpointInfo, text: str,
     return job
 
 
-async def _wait_for_synthesis(future: Future, cfg: ServeConfig) -> dict[str, Any] | JSONResponse:
+async def _wait_for_synthesis(future: Future, cfg: ServeConfig, hide: Callable[[str], str]
+                              ) -> dict[str, Any] | JSONResponse:
     """The job's answer, or the error answer: 504 past ``serve.request_timeout_seconds``, 422 for
-    text that cannot be said, 500 for a checkpoint that does not load or any other failure."""
+    text that cannot be said, 500 for a checkpoint that does not load or any other failure.
+    ``hide`` takes the served directory's path out of an error's words."""
     try:
         return await asyncio.wait_for(asyncio.wrap_future(future), cfg.request_timeout_seconds)
     except TimeoutError:  # a job still waiting is cancelled with the wrapper
@@ -259,10 +276,10 @@ async def _wait_for_synthesis(future: Future, cfg: ServeConfig) -> dict[str, Any
         return _error(422, str(exc))
     except ModelLoadError as exc:
         log.error("%s", exc)
-        return _error(500, str(exc))
+        return _error(500, hide(str(exc)))
     except Exception as exc:
         log.exception("synthesis failed")
-        return _error(500, f"the synthesis failed: {type(exc).__name__}: {exc}")
+        return _error(500, hide(f"the synthesis failed: {type(exc).__name__}: {exc}"))
 
 
 def _add_result_route(app: FastAPI, cfg: ServeConfig, store: ResultStore) -> None:

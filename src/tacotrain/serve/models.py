@@ -4,7 +4,11 @@ bounded per-model worker queues kept in an LRU cache.
 Security rule of the listing: a checkpoint id that arrives in a request is only ever *looked
 up* among the ids of :meth:`Catalog.entries`, which come from scanning the directory the
 server was started on; a request's string is never joined onto a path or opened. Files whose
-real path (symlinks followed) lies outside that directory are not listed at all.
+real path (symlinks followed) lies outside that directory are not listed at all. Listing
+never loads a checkpoint: it reads each one's JSON summary sidecar and 72-byte header
+(:func:`tacotrain.infer.checkpoint.read_summary`), so nothing is unpickled until a
+checkpoint is chosen for synthesis, even with ``--trust-checkpoint``. A checkpoint without a
+valid sidecar (written before them) is listed by name, "no metadata", and still loads.
 
 Synthesis runs in worker threads (``serve.concurrent_per_model`` per model), never on the web
 server's event loop, so the API keeps answering while a long sentence is synthesised.
@@ -23,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from tacotrain.cancel import Cancelled
 from tacotrain.config import ServeConfig
-from tacotrain.infer.checkpoint import Checkpoint, CheckpointError, step_checkpoints
+from tacotrain.infer.checkpoint import MAGIC, read_summary, sidecar_path, step_checkpoints
 from tacotrain.infer.pretrained import PretrainedError, load_pretrained
 from tacotrain.infer.synth import Synthesizer
 
@@ -71,15 +76,26 @@ class CheckpointInfo:
                 "error": self.error}
 
 
+NO_METADATA = "no metadata (no summary sidecar: written by an older tacotrain)"
+
+
 def _version(path: Path) -> tuple[int, int]:
     st = path.stat()
     return st.st_mtime_ns, st.st_size
 
 
+def _sidecar_version(path: Path) -> tuple[int, int] | None:
+    try:
+        return _version(sidecar_path(path))
+    except OSError:
+        return None
+
+
 def read_info(cid: str, path: Path, run: str, kind: Literal["checkpoint", "export"],
-              trust: bool) -> CheckpointInfo:
-    """Read the step, verdict, language... of a checkpoint (or export); a file that does not
-    load is listed with its error instead."""
+              hide: Callable[[str], str] = str) -> CheckpointInfo:
+    """The step, verdict, language... of a checkpoint (from its sidecar: see the module
+    docstring) or of an export (its config.json); a file that cannot be used is listed with
+    its error instead, in which ``hide`` replaces the served directory's path."""
     version = _version(path if kind == "checkpoint" else path / "config.json")
     base = {"id": cid, "path": path, "kind": kind, "run": run, "name": path.name,
             "version": version, "written": version[0] / 1e9}
@@ -87,28 +103,29 @@ def read_info(cid: str, path: Path, run: str, kind: Literal["checkpoint", "expor
         try:
             pre = load_pretrained(path)
         except PretrainedError as exc:
-            return CheckpointInfo(**base, error=str(exc))
+            return CheckpointInfo(**base, error=hide(str(exc)))
         return CheckpointInfo(**base, language=pre.language, phonemes=pre.phonemes,
                               verdict="exported model")
-    try:
-        ck = Checkpoint.read(path, map_location="cpu", trust=trust)
-    except CheckpointError as exc:
-        return CheckpointInfo(**base, error=str(exc))
+    summary = read_summary(path)
+    if summary is None:
+        with open(path, "rb") as fh:
+            if fh.read(len(MAGIC)) != MAGIC:
+                return CheckpointInfo(**base, error="not a tacotrain checkpoint (bad header)")
+        return CheckpointInfo(**base, verdict=NO_METADATA)
     return CheckpointInfo(
-        **base, step=ck.step, elapsed_seconds=round(float(ck.elapsed), 1),
-        language=ck.data.language, phonemes=ck.data.phonemes,
-        aligned=ck.verdict.get("aligned"),
-        verdict=ck.verdict.get("description", "no free-running validation"))
+        **base, step=summary.step, elapsed_seconds=summary.elapsed, language=summary.language,
+        phonemes=summary.phonemes, aligned=summary.aligned, verdict=summary.verdict)
 
 
 class Catalog:
     """The checkpoints the server may use: every run's ``best.pt`` and ``step-N.pt`` under
     ``runs`` (``RUNS/*/checkpoints/`` and ``RUNS/checkpoints/``), re-scanned on every call so
     that checkpoints written by a training still running appear; or one ``checkpoint`` file;
-    or one exported ``model`` directory. Each file is read once per version (cached)."""
+    or one exported ``model`` directory. Each file is described once per version of it and of
+    its sidecar (cached)."""
 
     def __init__(self, *, runs: Path | None = None, checkpoint: Path | None = None,
-                 model: Path | None = None, trust: bool = False) -> None:
+                 model: Path | None = None) -> None:
         given = [(k, Path(v)) for k, v in (("runs", runs), ("checkpoint", checkpoint),
                                            ("model", model)) if v is not None]
         if len(given) != 1:
@@ -118,8 +135,8 @@ class Catalog:
         if not expected[self.source](self.root):
             kind = "a file" if self.source == "checkpoint" else "a directory"
             raise ServeError(f"--{self.source} {self.root}: not found or not {kind}")
-        self.trust = trust
-        self._cache: dict[tuple[str, tuple[int, int]], CheckpointInfo] = {}
+        self._cache: dict[tuple[str, tuple[int, int], tuple[int, int] | None],
+                          CheckpointInfo] = {}
         self._lock = threading.Lock()
 
     def _files(self) -> list[tuple[str, str, Path]]:
@@ -146,22 +163,34 @@ class Catalog:
         kind: Literal["checkpoint", "export"] = "export" if self.source == "model" else (
             "checkpoint")
         out = []
+        seen = set()
         for cid, run, path in self._files():
             try:
-                key = (cid, _version(path if kind == "checkpoint" else path / "config.json"))
+                key = (cid, _version(path if kind == "checkpoint" else path / "config.json"),
+                       _sidecar_version(path) if kind == "checkpoint" else None)
+                with self._lock:
+                    info = self._cache.get(key)
+                if info is None:
+                    info = read_info(cid, path, run, kind, self.hide)
+                    with self._lock:
+                        self._cache[key] = info
             except OSError:  # removed since the scan (pruned by a training) or unreadable
                 continue
-            with self._lock:
-                info = self._cache.get(key)
-            if info is None:
-                info = read_info(cid, path, run, kind, self.trust)
-                with self._lock:
-                    self._cache[key] = info
             out.append(info)
+            seen.add(key)
         with self._lock:  # forget versions no longer on disk
-            keep = {(e.id, e.version) for e in out}
-            self._cache = {k: v for k, v in self._cache.items() if k in keep}
+            self._cache = {k: v for k, v in self._cache.items() if k in seen}
         return out
+
+    def hide(self, text: str) -> str:
+        """``text`` with the served directory's path taken out, so that no answer reveals where
+        on the machine it is: a file under it becomes its id, the directory its name."""
+        for root in dict.fromkeys((str(self.root.resolve()), str(self.root.absolute()),
+                                   str(self.root))):
+            if self.source == "runs":
+                text = text.replace(root + "/", "")
+            text = text.replace(root, self.root.name)
+        return text
 
     def find(self, cid: str, entries: list[CheckpointInfo] | None = None
              ) -> CheckpointInfo | None:
@@ -198,7 +227,8 @@ class ModelWorker:
     """One model, loaded on first use in its own thread, and ``threads`` threads running its
     jobs. At most ``threads + queue_size`` jobs are accepted at a time (running + waiting);
     one more raises :class:`QueueFull`. A job whose future was cancelled while waiting (the
-    request timed out) is dropped unrun."""
+    request timed out) is dropped unrun; a running job the request gave up on stops itself
+    (:class:`~tacotrain.cancel.Cancelled`, counted in ``status()["cancelled"]``)."""
 
     def __init__(self, entry: CheckpointInfo, load: Callable[[CheckpointInfo], Synthesizer],
                  threads: int, queue_size: int) -> None:
@@ -211,6 +241,7 @@ class ModelWorker:
         self._load_lock = threading.Lock()
         self._pending = 0  # accepted and not finished: waiting + running
         self._running = 0
+        self._cancelled = 0  # jobs that stopped half-way because their request gave up
         self._synth: Synthesizer | None = None
         self._threads = [threading.Thread(target=self._serve, daemon=True,
                                           name=f"serve:{entry.id}:{k}") for k in range(threads)]
@@ -246,6 +277,11 @@ class ModelWorker:
                     self._running += 1
                 try:
                     fut.set_result(job(self._synthesizer()))
+                except Cancelled as exc:
+                    log.info("%s: %s (the request gave up)", self.entry.id, exc)
+                    with self._lock:
+                        self._cancelled += 1
+                    fut.set_exception(exc)
                 except Exception as exc:
                     fut.set_exception(exc)
                 finally:
@@ -268,8 +304,9 @@ class ModelWorker:
     def status(self) -> dict[str, Any]:
         with self._lock:
             running, waiting = self._running, self._pending - self._running
+            cancelled = self._cancelled
         return {"id": self.entry.id, "loaded": self._synth is not None, "running": running,
-                "waiting": waiting}
+                "waiting": waiting, "cancelled": cancelled}
 
 
 class ModelCache:

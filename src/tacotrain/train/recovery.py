@@ -39,6 +39,7 @@ from tacotrain.infer.checkpoint import (
     numpy_rng_from_saved,
     numpy_rng_to_saved,
     prune,
+    sidecar_path,
     state_hash,
     step_checkpoints,
 )
@@ -238,6 +239,7 @@ class Recovery:
         for bad, reason in failed:
             moved = bad.with_name(bad.name + ".skipped")
             os.replace(bad, moved)
+            sidecar_path(bad).unlink(missing_ok=True)  # it describes a file no longer listed
             log.warning("--resume: skipped %s, renamed to %s; resumed from the older %s",
                         bad.name, moved.name, resumed_from.name)
             records.append(self.log(None, {

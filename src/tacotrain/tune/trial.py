@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tacotrain import metrics as M
-from tacotrain.infer.checkpoint import step_checkpoints
+from tacotrain.infer.checkpoint import remove_checkpoint, step_checkpoints
 from tacotrain.track.jsonl_sink import EVENTS_FILE
 from tacotrain.track.monitor import stop_process
 
@@ -216,7 +216,7 @@ def keep_best_checkpoint(run_dir: Path) -> list[Path]:
     removed = []
     for p in steps:
         if p != keep:
-            p.unlink(missing_ok=True)
+            remove_checkpoint(p)
             removed.append(p)
     return removed
 

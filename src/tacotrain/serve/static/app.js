@@ -33,7 +33,8 @@ function showError(message) {
 function optionLabel(c) {
   const where = c.run ? `${c.run} / ${c.name}` : c.name;
   const step = c.step === null ? '' : `, step ${c.step}`;
-  const verdict = c.error ? 'cannot be read' : (c.aligned ? 'aligned' : 'not aligned');
+  const verdict = c.error ? 'cannot be read' : c.aligned === true ? 'aligned' :
+    c.aligned === false ? 'not aligned' : 'no verdict';
   return `${where}${step}, ${when(c.written)}, ${verdict}`;
 }
 
@@ -45,6 +46,7 @@ function showCheckpoint() {
   const c = selected();
   $('language').textContent = c ? fmt(c.language) + (c.phonemes ? ' (phonemes)' : '') : '-';
   $('checkpoint-info').textContent = !c ? '' : c.error ? c.error :
+    c.step === null ? `written ${when(c.written)}; ${c.verdict}` :
     `step ${fmt(c.step)}, written ${when(c.written)}, trained ${minutes(c.elapsed_seconds)}; ` +
     `verdict: ${c.verdict}`;
 }
