@@ -187,14 +187,196 @@ needs_kokoro = pytest.mark.skipif(not kokoro.available(),
 @pytest.fixture(scope="module")
 def natural_en(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("mini-natural")
-    make_mini_corpus(out, "en", 7, seed=0, progress=False, engine="kokoro")
+    make_mini_corpus(out, "en", 6, seed=0, progress=False, engine="kokoro")
     return out
 
 
 @needs_kokoro
 def test_given_text_on_a_natural_voice(natural_en: Path):
-    rec = long_recording(natural_en, 6, seed=2)
+    rec = long_recording(natural_en, 5, seed=2)
     al = align(rec.samples, SR, " ".join(rec.texts), "en", CFG)
     exact, worst = _check_alignment(rec, al.clips)
     assert exact == 1.0 and worst <= TOLERANCE
     assert min(c.confidence for c in al.clips) > CFG.min_confidence
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chapter(espeak_en: Path, espeak_en_other: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A long recording (wav), its text, another chapter's text, and the truth."""
+    import soundfile as sf
+
+    d = tmp_path_factory.mktemp("chapter")
+    rec = long_recording(espeak_en, 14, seed=5)
+    sf.write(d / "chapter.wav", rec.samples, SR, subtype="PCM_16")
+    (d / "chapter.txt").write_text(" ".join(rec.texts) + "\n", encoding="utf-8")
+    other = long_recording(espeak_en_other, 14)
+    (d / "other.txt").write_text(" ".join(other.texts) + "\n", encoding="utf-8")
+    return d, rec
+
+
+def _build(*args: str) -> int:
+    from tacotrain.cli import main
+
+    return main(["corpus", "build", *args, "--quiet"])
+
+
+def test_build_writes_a_corpus_that_prepare_reads_and_accounts_for_every_second(chapter,
+                                                                                tmp_path):
+    import json
+
+    from tacotrain.config import Settings
+    from tacotrain.data.prepare import prepare
+
+    d, rec = chapter
+    out = tmp_path / "corpus"
+    assert _build(str(d / "chapter.wav"), "--text", str(d / "chapter.txt"), "--out",
+                  str(out)) == 0
+    report = json.loads((out / "build-report.json").read_text())
+    assert report["complete"] and report["summary"]["clips"] == \
+        {"kept": 14, "review": 0, "rejected": 0}
+    rows = [line.split("|") for line in (out / "metadata.csv").read_text().splitlines()]
+    by_id = {c["id"]: c for c in report["clips"]}
+    assert [r[1] for r in rows] == rec.texts
+    for cid, text, normalized in rows:
+        c = by_id[cid]
+        assert text == rec.text_between(c["cut_before"], c["cut_after"])
+        assert normalized == text.lower().replace("mr.", "mister").replace("dr.", "doctor") \
+            or normalized.islower()
+        seconds = load_audio(out / c["wav"], SR).duration
+        assert abs(seconds - (c["end"] - c["start"])) < 1e-3
+        assert c["cut_before"] <= c["start"] < c["end"] <= c["cut_after"]
+    assert max(rec.cut_error(c["cut_before"]) for c in report["clips"][1:]) <= TOLERANCE
+    s = report["summary"]["seconds"]
+    assert abs(s["kept"] + s["review"] + s["rejected"] + s["silence"] - s["total"]) < 0.01
+    assert abs(s["total"] - len(rec.samples) / SR) < 1e-3
+    page = (out / "index.html").read_text()
+    assert all(t.replace("'", "&#x27;") in page for t in rec.texts)
+    assert page.index("Set aside for review") < page.index("Rejected") < page.index("Kept")
+    result = prepare(out, tmp_path / "data", Settings(), progress=False)
+    assert result.report["summary"]["kept"] == 14
+
+
+def test_a_wrong_chapter_stops_the_build_without_a_corpus(chapter, tmp_path, capsys):
+    import json
+
+    d, _ = chapter
+    out = tmp_path / "corpus"
+    assert _build(str(d / "chapter.wav"), "--text", str(d / "other.txt"), "--out",
+                  str(out)) == 1
+    err = capsys.readouterr().err
+    assert "text does not match audio" in err and "other.txt" in err and "chapter.wav" in err
+    assert not (out / "metadata.csv").exists()
+    report = json.loads((out / "build-report.json").read_text())
+    assert report["complete"] is False
+    assert report["summary"]["clips"]["rejected"] > report["summary"]["clips"]["kept"]
+
+
+def test_clear_errors_name_the_file(chapter, tmp_path, capsys):
+    d, _ = chapter
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"RIFF not really a wave file")
+    assert _build(str(bad), "--text", str(d / "chapter.txt"), "--out", str(tmp_path / "a")) == 1
+    assert "broken.wav" in capsys.readouterr().err
+    empty = tmp_path / "empty.txt"
+    empty.write_text(" \n", encoding="utf-8")
+    assert _build(str(d / "chapter.wav"), "--text", str(empty), "--out", str(tmp_path / "b")) == 1
+    assert "empty.txt: the text is empty" in capsys.readouterr().err
+    short = tmp_path / "short.txt"
+    short.write_text("Only one short sentence here.", encoding="utf-8")
+    assert _build(str(d / "chapter.wav"), "--text", str(short), "--out", str(tmp_path / "c")) == 1
+    err = capsys.readouterr().err
+    assert "differ too much in length" in err and "short.txt" in err
+    assert _build(str(d / "chapter.wav"), str(d / "chapter.wav"), "--text",
+                  str(d / "chapter.txt"), "--out", str(tmp_path / "d")) == 2
+    assert "one --text per AUDIO" in capsys.readouterr().err
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "mine.txt").write_text("x")
+    assert _build(str(d / "chapter.wav"), "--text", str(d / "chapter.txt"), "--out",
+                  str(tmp_path / "e")) == 1
+    assert "not a corpus build" in capsys.readouterr().err
+
+
+def test_an_interrupted_build_never_looks_complete_and_a_rerun_reuses_its_work(
+        chapter, tmp_path, monkeypatch):
+    import json
+
+    from tacotrain.corpus_build import build as build_mod
+
+    d, rec = chapter
+    out = tmp_path / "corpus"
+    args = [str(d / "chapter.wav"), "--text", str(d / "chapter.txt"), "--out", str(out)]
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_mod, "write_page", interrupted)
+    assert _build(*args) == 130  # interrupted
+    assert not (out / "metadata.csv").exists() and not (out / "build-report.json").exists()
+    monkeypatch.undo()
+
+    def no_alignment(*a, **k):
+        raise AssertionError("the alignment should come from the cache")
+
+    monkeypatch.setattr(build_mod, "align", no_alignment)
+    assert _build(*args) == 0
+    report = json.loads((out / "build-report.json").read_text())
+    assert report["complete"] and report["inputs"][0]["reused"] is True
+    assert [r.split("|")[1] for r in (out / "metadata.csv").read_text().splitlines()] \
+        == rec.texts
+
+
+def test_without_text_clips_get_a_confidence_and_doubtful_ones_are_set_aside(chapter, tmp_path):
+    from tacotrain.corpus_build.build import Source, build
+
+    d, rec = chapter
+    heard = {}
+
+    def fake(samples: np.ndarray, rate: int) -> tuple[str, float]:
+        """A recogniser that is sure of long clips only."""
+        seconds = len(samples) / rate
+        heard[round(seconds, 2)] = True
+        return ("words", 0.9) if seconds > 2.5 else ("words", 0.2)
+
+    report = build([Source(d / "chapter.wav")], tmp_path / "out", "en", CFG, hear=fake,
+                   progress=False)
+    clips = report["clips"]
+    assert len(heard) == len(clips) and len(clips) >= 5
+    for c in clips:
+        speech = c["speech"][1] - c["speech"][0]
+        assert c["status"] == ("kept" if speech > 2.5 else "review")
+        assert c["wav"].startswith("wavs/" if c["status"] == "kept" else "review/")
+        assert c["cut_before"] == 0.0 or rec.cut_error(c["cut_before"]) <= TOLERANCE
+    kept = (tmp_path / "out" / "metadata.csv").read_text().splitlines()
+    assert len(kept) == report["summary"]["clips"]["kept"] < len(clips)
+    s = report["summary"]["seconds"]
+    assert abs(s["kept"] + s["review"] + s["rejected"] + s["silence"] - s["total"]) < 0.01
+
+
+@needs_kokoro
+@pytest.mark.skipif(not __import__("tacotrain.judge.asr", fromlist=["x"]).asr_available(),
+                    reason="needs pocketsphinx (tacotrain[asr])")
+def test_pocketsphinx_reads_a_natural_voice_and_hears_nothing_in_noise(natural_en, tmp_path):
+    import soundfile as sf
+
+    from tacotrain.corpus_build.build import Source, build
+    from tacotrain.judge.asr import error_rates, transcribe_scored
+
+    rec = long_recording(natural_en, 4, seed=2)
+    noise = np.random.default_rng(1).standard_normal(2 * SR).astype(np.float32) * 0.1
+    gap = np.zeros(SR, np.float32)
+    sf.write(tmp_path / "talk.wav", np.concatenate([rec.samples, gap, noise, gap]), SR)
+    report = build([Source(tmp_path / "talk.wav")], tmp_path / "out", "en", CFG,
+                   hear=transcribe_scored, progress=False)
+    clips = report["clips"]
+    assert clips[-1]["status"] == "rejected" and clips[-1]["reason"] == "no_words"
+    assert clips[-1]["start"] >= rec.speech[-1][1]
+    speech = clips[:-1]
+    assert all(0.0 < c["confidence"] <= 1.0 for c in speech)
+    assert {c["status"] for c in speech} <= {"kept", "review"}
+    for c in speech:
+        assert (c["status"] == "kept") == (c["confidence"] >= CFG.min_confidence)
+    words = " ".join(c["text"] for c in speech)
+    assert error_rates(" ".join(rec.texts), words)[0] < 0.9  # it hears words, not noise

@@ -106,6 +106,8 @@ class CorpusBuildConfig(Strict):
     pad: float = Field(0.1, ge=0.0)  # silence kept at each end of a clip, at most (s)
     min_clip: float = Field(1.0, gt=0.0)  # shorter clips are merged with a neighbour (s)
     max_clip: float = Field(11.0, gt=0.0)  # longer stretches are split at their weakest pause (s)
+    join_pause: float = Field(0.45, ge=0.0)  # no text: speech across shorter pauses stays one
+    # clip while it fits max_clip (a comma's pause is usually shorter than a sentence's)
     snap_seconds: float = Field(0.5, gt=0.0)  # a text boundary moves to a pause this close (s)
     min_confidence: float = Field(0.5, ge=0.0, le=1.0)  # clips below: rejected / set aside
     rate_ratio_min: float = Field(0.33, gt=0.0)  # speech seconds / espeak-ng reference seconds:
