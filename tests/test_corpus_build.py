@@ -380,3 +380,24 @@ def test_pocketsphinx_reads_a_natural_voice_and_hears_nothing_in_noise(natural_e
         assert (c["status"] == "kept") == (c["confidence"] >= CFG.min_confidence)
     words = " ".join(c["text"] for c in speech)
     assert error_rates(" ".join(rec.texts), words)[0] < 0.9  # it hears words, not noise
+
+
+@pytest.mark.slow
+def test_build_then_prepare_then_train_end_to_end(chapter, tmp_path):
+    """``corpus build`` -> ``prepare`` -> ``train`` (tiny preset, a few steps) on a recording."""
+    import json
+
+    from tacotrain.cli import main
+
+    d, _ = chapter
+    corpus, data, run = tmp_path / "corpus", tmp_path / "data", tmp_path / "run"
+    assert _build(str(d / "chapter.wav"), "--text", str(d / "chapter.txt"), "--out",
+                  str(corpus)) == 0
+    assert main(["prepare", str(corpus), "--out", str(data), "--quiet"]) == 0
+    prepared = json.loads((data / "report.json").read_text())
+    assert prepared["summary"]["kept"] == 14
+    assert main(["train", "--config", "tiny", "--data", str(data), "--out", str(run),
+                 "--max-steps", "3", "--set", "train.threads=1", "--set",
+                 "train.val_free_run_items=1", "--quiet"]) == 0
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*.pt")) == \
+        ["step-0000003.pt"]
