@@ -8,59 +8,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tacotrain.audio import load_audio, trim_silence
+from tacotrain.audio import load_audio
 from tacotrain.config import CorpusBuildConfig
 from tacotrain.corpus_build.align import AlignError, align
 from tacotrain.corpus_build.segment import group_spans, segment, weakest_point
 from tacotrain.data import kokoro
+from tacotrain.data.joined import JoinedRecording, joined_recording
 from tacotrain.data.mini import make_mini_corpus
-from tacotrain.text.sentences import split_sentences
 
 SR = 22050
 CFG = CorpusBuildConfig()
 TOLERANCE = 0.05  # a cut within 50 ms of a true pause
 
 
-class Recording:
-    """A long recording and its truth: each source clip's speech interval and text."""
-
-    def __init__(self, samples: np.ndarray, texts: list[str], speech: list[tuple[float, float]],
-                 clean: np.ndarray) -> None:
-        self.samples, self.texts, self.speech, self.clean = samples, texts, speech, clean
-
-    @property
-    def pauses(self) -> list[tuple[float, float]]:
-        return [(a[1], b[0]) for a, b in zip(self.speech[:-1], self.speech[1:], strict=True)]
-
-    def cut_error(self, t: float) -> float:
-        """Seconds from ``t`` to the nearest true pause (0 inside one)."""
-        return min(max(a - t, t - b, 0.0) for a, b in self.pauses)
-
-    def text_between(self, t0: float, t1: float) -> str:
-        return " ".join(x for x, (a, b) in zip(self.texts, self.speech, strict=True)
-                        if t0 <= 0.5 * (a + b) <= t1)
-
-
 def long_recording(corpus: Path, n: int, seed: int = 0, snr_db: float = 25.0,
-                   pauses: tuple[float, float] = (0.3, 1.5), lang: str = "en") -> Recording:
-    """The first ``n`` one-sentence clips of ``corpus`` joined by pauses drawn from ``pauses``,
-    0.5 s of silence at each end, white noise ``snr_db`` below the speech."""
-    rows = [line.split("|") for line in (corpus / "metadata.csv").read_text().splitlines()]
-    rows = [r for r in rows if len(split_sentences(r[1], lang, 10_000)) == 1][:n]
-    rng = np.random.default_rng(seed)
-    parts, speech, texts, t = [np.zeros(SR // 2, np.float32)], [], [], 0.5
-    for k, (cid, raw, _) in enumerate(rows):
-        x = load_audio(corpus / "wavs" / f"{cid}.wav", SR).samples
-        _, a, b = trim_silence(x, SR, 40.0, 512, 64)
-        speech.append((t + a / SR, t + b / SR))
-        texts.append(raw)
-        gap = int((rng.uniform(*pauses) if k < len(rows) - 1 else 0.5) * SR)
-        parts += [x, np.zeros(gap, np.float32)]
-        t += (len(x) + gap) / SR
-    clean = np.concatenate(parts)
-    level = np.sqrt(np.mean(np.concatenate(parts[1::2]) ** 2))
-    noise = rng.standard_normal(len(clean)).astype(np.float32) * level * 10 ** (-snr_db / 20)
-    return Recording((clean + noise).astype(np.float32), texts, speech, clean)
+                   lang: str = "en") -> JoinedRecording:
+    """``n`` one-sentence clips of ``corpus`` joined by pauses of 0.3-1.5 s, white noise."""
+    return joined_recording(corpus, n, lang=lang, seed=seed, snr_db=snr_db)
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +107,7 @@ def test_every_true_pause_is_found_in_noisy_joined_clips(espeak_en: Path):
 # --- given text ----------------------------------------------------------------------------
 
 
-def _check_alignment(rec: Recording, clips) -> tuple[float, float]:
+def _check_alignment(rec: JoinedRecording, clips) -> tuple[float, float]:
     """Exact-transcript share and the largest cut error of ``clips`` against ``rec``."""
     exact = sum(c.text == rec.text_between(c.cut_before, c.cut_after) for c in clips)
     errors = [rec.cut_error(c.cut_before) for c in clips[1:]]
