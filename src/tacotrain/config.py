@@ -108,7 +108,8 @@ class CorpusBuildConfig(Strict):
     max_clip: float = Field(11.0, gt=0.0)  # longer stretches are split at their weakest pause (s)
     join_pause: float = Field(0.45, ge=0.0)  # no text: speech across shorter pauses stays one
     # clip while it fits max_clip (a comma's pause is usually shorter than a sentence's)
-    snap_seconds: float = Field(0.5, gt=0.0)  # a text boundary moves to a pause this close (s)
+    snap_seconds: float = Field(0.5, gt=0.0)  # a sentence end moves to a pause this close (s)
+    snap_inside_sentence: float = Field(0.15, gt=0.0)  # a cut inside a long sentence: this close
     min_confidence: float = Field(0.5, ge=0.0, le=1.0)  # clips below: rejected / set aside
     rate_ratio_min: float = Field(0.33, gt=0.0)  # speech seconds / espeak-ng reference seconds:
     rate_ratio_max: float = Field(3.0, gt=0.0)  # outside these the text is not this audio's

@@ -13,7 +13,8 @@ How sure it is, per clip (each 0..1, the clip's confidence their minimum):
 - ``match``: the path's mean distance over the clip against the distance of unrelated frames
   of the same two recordings (``1 - ratio`` rescaled); a text that is not this audio finds no
   close path;
-- ``boundary``: how close the mapped boundaries fell to the pauses they were moved to;
+- ``boundary``: how close the mapped boundaries fell to the pauses they were moved to
+  (``1 - (miss / snap_seconds) ** 2``);
 - ``duration``: the clip's speech seconds against the reference's, at the recording's overall
   speaking rate.
 """
@@ -188,13 +189,13 @@ def dtw(a: np.ndarray, b: np.ndarray, band: int) -> tuple[np.ndarray, np.ndarray
     return np.array(path_i[::-1]), np.array(path_j[::-1])
 
 
-def _snap(estimates: list[float], seg: Segmentation, snap: float) -> list[int | None]:
+def _snap(estimates: list[float], seg: Segmentation, snaps: list[float]) -> list[int | None]:
     """For each boundary estimate (s, increasing), the index of the pause it moves to, or None:
-    the pause with the lowest cost (distance from the pause / ``snap``, plus a penalty for a
-    short pause) within ``snap``, each pause used once, in order."""
+    the pause with the lowest cost (distance from the pause / its ``snaps`` tolerance, plus a
+    penalty for a short pause) within that tolerance, each pause used once, in order."""
     chosen: list[int | None] = []
     last = -1
-    for t in estimates:
+    for t, snap in zip(estimates, snaps, strict=True):
         best, best_cost = None, math.inf
         for k, p in enumerate(seg.pauses):
             if k <= last:
@@ -259,7 +260,11 @@ def align(samples: np.ndarray, sample_rate: int, text: str, lang: str, cfg: Corp
         return 0.5 * (before + speech_idx[s]) * seg.hop
 
     estimates = [rec_time(p.ref_start) for p in ref_pieces[1:]]
-    snapped = _snap(estimates, seg, cfg.snap_seconds)
+    # a sentence end moves to a pause up to snap_seconds away; a cut the splitter made inside a
+    # long sentence only to a pause right where the path puts it
+    ends = [_SENTENCE_END.search(p) is not None for p in pieces[:-1]]
+    snapped = _snap(estimates, seg, [cfg.snap_seconds if e else cfg.snap_inside_sentence
+                                     for e in ends])
     cuts = [0] + [n + 1 for n, s in enumerate(snapped) if s is not None] + [len(pieces)]
     unsnapped = [pieces[n] for n, s in enumerate(snapped) if s is None]
     spans = []
@@ -285,7 +290,7 @@ def align(samples: np.ndarray, sample_rate: int, text: str, lang: str, cfg: Corp
         misses = [max(p.start - t, t - p.end, 0.0) for t, p in
                   ((estimates[c - 1], seg.pauses[snapped[c - 1]]) for c in (c0, c1)
                    if 0 < c < len(pieces) and snapped[c - 1] is not None)]
-        clip.scores["boundary"] = 1.0 - max(misses, default=0.0) / cfg.snap_seconds
+        clip.scores["boundary"] = 1.0 - (max(misses, default=0.0) / cfg.snap_seconds) ** 2
         lost = sum(_SENTENCE_END.search(pieces[n]) is not None for n in range(c0, c1 - 1))
         clip.scores["pauses"] = 0.0 if lost > 1 else (0.4 if lost else 1.0)
         r0, r1 = ref_pieces[c0].ref_start, ref_pieces[c1 - 1].ref_end
