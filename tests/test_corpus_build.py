@@ -84,6 +84,15 @@ def test_noise_does_not_hide_pauses_and_silence_has_no_speech():
     assert not quiet.speech.any() and quiet.pauses == [] and quiet.regions() == []
 
 
+def test_levels_in_blocks_equal_the_whole_signal_rms():
+    from tacotrain.audio import frame_rms
+    from tacotrain.corpus_build.segment import levels
+
+    x = np.random.default_rng(0).standard_normal(SR * 3 + 123).astype(np.float32)
+    whole = 20 * np.log10(frame_rms(x, 551, 220))
+    np.testing.assert_allclose(levels(x, SR, 0.01, block_seconds=0.7), whole, atol=1e-9)
+
+
 def test_short_spans_are_merged_within_the_longest_clip():
     spans = [(0.0, 3.0), (3.5, 3.9), (4.5, 9.0), (9.5, 10.0), (10.4, 21.0)]
     groups = group_spans(spans, min_len=1.0, max_len=11.0)

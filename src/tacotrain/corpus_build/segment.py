@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tacotrain.audio import frame_rms
 from tacotrain.config import CorpusBuildConfig
 
 _PEAK_PERCENTILE = 95.0
@@ -76,11 +75,32 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(change[::2].tolist(), change[1::2].tolist(), strict=True))
 
 
-def levels(samples: np.ndarray, sample_rate: int, frame_seconds: float) -> np.ndarray:
-    """Level in dB of frames ``frame_seconds`` apart (25 ms windows centred on each hop)."""
+def levels(samples: np.ndarray, sample_rate: int, frame_seconds: float,
+           block_seconds: float = 60.0) -> np.ndarray:
+    """Level in dB of frames ``frame_seconds`` apart (25 ms windows centred on each hop, as
+    ``audio.frame_rms``), a minute of frames at a time so an hour of audio needs no hour-long
+    float64 copies."""
+    x = np.asarray(samples).reshape(-1)
     hop = max(1, round(frame_seconds * sample_rate))
-    rms = frame_rms(samples, frame_length=max(hop, round(0.025 * sample_rate)), hop_length=hop)
+    length = max(hop, round(0.025 * sample_rate))
+    half = length // 2
+    n = 1 + len(x) // hop
+    block = max(1, round(block_seconds * sample_rate / hop))
+    rms = np.empty(n)
+    for f0 in range(0, n, block):
+        f1 = min(n, f0 + block)
+        lo, hi = f0 * hop - half, (f1 - 1) * hop - half + length  # samples the frames touch
+        piece = np.pad(x[max(lo, 0):min(hi, len(x))], (max(0, -lo), max(0, hi - len(x))))
+        rms[f0:f1] = _rms(piece, length, hop, f1 - f0)
     return np.maximum(20.0 * np.log10(np.maximum(rms, 1e-12)), _FLOOR_DB)
+
+
+def _rms(piece: np.ndarray, length: int, hop: int, frames: int) -> np.ndarray:
+    """RMS of ``frames`` windows of ``length`` samples starting every ``hop`` in ``piece``."""
+    csum = np.concatenate(([0.0], np.cumsum(np.square(piece, dtype=np.float64))))
+    starts = np.arange(frames) * hop
+    ends = np.minimum(starts + length, len(piece))
+    return np.sqrt(np.maximum(csum[ends] - csum[starts], 0.0) / length)
 
 
 def segment(samples: np.ndarray, sample_rate: int, cfg: CorpusBuildConfig) -> Segmentation:

@@ -74,3 +74,34 @@ def joined_recording(corpus: str | Path, n: int, lang: str = "en", seed: int = 0
     level = np.sqrt(np.mean(np.concatenate(parts[1::2]) ** 2))
     hiss = _noise(len(clean), noise, rng) * level * 10 ** (-snr_db / 20)
     return JoinedRecording((clean + hiss).astype(np.float32), clean, sr, texts, speech)
+
+
+def score_clips(rec: JoinedRecording, clips: list[dict], tolerance: float = 0.05) -> dict:
+    """How ``clips`` (in time order, each with ``cut_before``, ``cut_after``, ``text``) match the
+    truth. A cut within ``tolerance`` of a true pause ends a group; consecutive clips between
+    such cuts form one group, whose joined text must equal the texts of the source clips it
+    spans (``exact_share``, over groups). Cuts that are not at a true pause are ``inside``
+    cuts: inside one source clip, at its own pause (a comma, a second sentence); each is
+    ``sound`` when the clean audio is silent there (30 dB below the peak) and the text before
+    it ends in a punctuation mark. ``cut_errors_ms``: each group border's distance to the
+    nearest true pause."""
+    peak = float(np.abs(rec.clean).max())
+    sr = rec.sample_rate
+    groups: list[list[dict]] = [[]]
+    inside = sound = 0
+    for k, c in enumerate(clips):
+        groups[-1].append(c)
+        last = k == len(clips) - 1
+        if not last and rec.cut_error(c["cut_after"]) > tolerance:
+            inside += 1
+            i = int(c["cut_after"] * sr)
+            quiet = np.abs(rec.clean[max(0, i - sr // 100):i + sr // 100]).max() < peak * 0.03
+            sound += bool(quiet and c["text"].rstrip()[-1:] in ",;:.!?")
+        elif not last:
+            groups.append([])
+    exact = [" ".join(c["text"] for c in g) == rec.text_between(g[0]["cut_before"],
+                                                               g[-1]["cut_after"])
+             for g in groups if g]
+    errors = [rec.cut_error(g[0]["cut_before"]) * 1000 for g in groups[1:] if g]
+    return {"groups": len(exact), "exact_share": float(np.mean(exact)), "inside_cuts": inside,
+            "inside_cuts_sound": sound, "cut_errors_ms": errors}
