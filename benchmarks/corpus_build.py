@@ -75,7 +75,7 @@ def main() -> None:
                 build([Source(wav, txt)], Path(tmp) / "wrong", args.lang, cfg, progress=False)
                 result["wrong_text"] = "NOT caught"
             except BuildError as exc:
-                result["wrong_text"] = f"caught: {str(exc)[:100]}"
+                result["wrong_text"] = f"caught: {str(exc).rsplit(': ', 1)[-1]}"
     print(json.dumps(result, indent=1))
 
 

@@ -160,13 +160,13 @@ needs_kokoro = pytest.mark.skipif(not kokoro.available(),
 @pytest.fixture(scope="module")
 def natural_en(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("mini-natural")
-    make_mini_corpus(out, "en", 6, seed=0, progress=False, engine="kokoro")
+    make_mini_corpus(out, "en", 5, seed=0, progress=False, engine="kokoro")
     return out
 
 
 @needs_kokoro
 def test_given_text_on_a_natural_voice(natural_en: Path):
-    rec = long_recording(natural_en, 5, seed=2)
+    rec = long_recording(natural_en, 4, seed=2)
     al = align(rec.samples, SR, " ".join(rec.texts), "en", CFG)
     exact, worst = _check_alignment(rec, al.clips)
     assert exact == 1.0 and worst <= TOLERANCE
@@ -245,6 +245,8 @@ def test_a_wrong_chapter_stops_the_build_without_a_corpus(chapter, tmp_path, cap
     report = json.loads((out / "build-report.json").read_text())
     assert report["complete"] is False
     assert report["summary"]["clips"]["rejected"] > report["summary"]["clips"]["kept"]
+    item = report["inputs"][0]
+    assert item["sentence_ends_without_pause"] > CFG.max_unpaused_share * item["sentence_ends"]
 
 
 def test_clear_errors_name_the_file(chapter, tmp_path, capsys):

@@ -114,6 +114,8 @@ class CorpusBuildConfig(Strict):
     rate_ratio_min: float = Field(0.33, gt=0.0)  # speech seconds / espeak-ng reference seconds:
     rate_ratio_max: float = Field(3.0, gt=0.0)  # outside these the text is not this audio's
     max_rejected_share: float = Field(0.5, gt=0.0, le=1.0)  # more: "text does not match audio"
+    max_unpaused_share: float = Field(0.25, gt=0.0, le=1.0)  # sentence ends without a pause:
+    # more than this share of them, and the text does not match the audio either
 
     @model_validator(mode="after")
     def _check(self) -> CorpusBuildConfig:

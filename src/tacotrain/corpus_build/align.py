@@ -79,6 +79,8 @@ class Alignment:
     clips: list[AlignedClip]
     rate_ratio: float  # recording speech seconds / reference speech seconds
     unsnapped: list[str]  # text boundaries that found no pause (kept inside a clip)
+    sentence_ends: int  # sentence ends between pieces
+    ends_without_pause: int  # of which found no pause: many means the text is not this audio's
 
 
 def pieces_of(text: str, lang: str, max_clip: float) -> list[str]:
@@ -292,7 +294,7 @@ def align(samples: np.ndarray, sample_rate: int, text: str, lang: str, cfg: Corp
                    if 0 < c < len(pieces) and snapped[c - 1] is not None)]
         clip.scores["boundary"] = 1.0 - (max(misses, default=0.0) / cfg.snap_seconds) ** 2
         lost = sum(_SENTENCE_END.search(pieces[n]) is not None for n in range(c0, c1 - 1))
-        clip.scores["pauses"] = 0.0 if lost > 1 else (0.4 if lost else 1.0)
+        clip.scores["pauses"] = max(0.0, 1.0 - 0.4 * lost) if lost < 3 else 0.0
         r0, r1 = ref_pieces[c0].ref_start, ref_pieces[c1 - 1].ref_end
         spoken = float(seg.speech[seg.frame(start):seg.frame(end)].sum())
         expected = (r1 - r0) * rate_ratio
@@ -301,4 +303,5 @@ def align(samples: np.ndarray, sample_rate: int, text: str, lang: str, cfg: Corp
         clips.append(clip)
     log.debug("aligned %d pieces into %d spans, %d boundaries without a pause", len(pieces),
               len(clips), len(unsnapped))
-    return Alignment(clips, rate_ratio, unsnapped)
+    lost = sum(e and s is None for e, s in zip(ends, snapped, strict=True))
+    return Alignment(clips, rate_ratio, unsnapped, sum(ends), lost)

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 22050  # what prepare reads by default
 MARKER = ".tacotrain-corpus-build"
 COMPLETE_FILES = ("build-report.json", "metadata.csv", "index.html")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 _SAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -103,6 +103,7 @@ def _given_text(samples: np.ndarray, src: Source, lang: str, cfg: CorpusBuildCon
             clip.update(status="kept", reason=None)
         clips.append(clip)
     info = {"pauses": len(seg.pauses), "rate_ratio": round(al.rate_ratio, 3),
+            "sentence_ends": al.sentence_ends, "sentence_ends_without_pause": al.ends_without_pause,
             "boundaries_without_pause": al.unsnapped}
     return clips, info
 
@@ -128,6 +129,23 @@ def _no_text(samples: np.ndarray, hear: Hear, cfg: CorpusBuildConfig,
             clip.update(status="kept", reason=None)
         clips.append(clip)
     return clips, {"pauses": len(seg.pauses)}
+
+
+def _mismatch(src: Source, clips: list[dict[str, Any]], info: dict[str, Any],
+              cfg: CorpusBuildConfig) -> list[str]:
+    """Why the text of ``src`` is not its audio's, if it is not: most clips rejected, or many
+    sentence ends where the audio does not pause."""
+    rejected = sum(c["status"] == "rejected" for c in clips)
+    ends, lost = info["sentence_ends"], info["sentence_ends_without_pause"]
+    why = []
+    if rejected > cfg.max_rejected_share * max(len(clips), 1):
+        why.append(f"{rejected} of {len(clips)} clips disagree with their text")
+    if ends and lost > cfg.max_unpaused_share * ends:
+        why.append(f"{lost} of {ends} sentence ends fall where the audio does not pause")
+    if not why:
+        return []
+    return [f"{src.text} does not match {src.audio}: " + " and ".join(why)
+            + " (a wrong text, or another chapter?)"]
 
 
 def _extents(clips: list[dict[str, Any]], duration: float, pad: float) -> None:
@@ -193,10 +211,8 @@ def build(sources: list[Source], out: str | Path, lang: str, cfg: CorpusBuildCon
         for n, c in enumerate(these):
             c.update(id=f"{stem}-{n:04d}", source=str(src.audio))
             c["wav"] = f"{'wavs' if c['status'] == 'kept' else 'review'}/{c['id']}.wav"
-        rejected = sum(c["status"] == "rejected" for c in these)
-        if src.text is not None and rejected > cfg.max_rejected_share * max(len(these), 1):
-            failures.append(f"{src.text} does not match {src.audio}: {rejected} of {len(these)} "
-                            "clips disagree with their text (wrong text, or another chapter?)")
+        if src.text is not None:
+            failures += _mismatch(src, these, info, cfg)
         inputs.append({"audio": str(src.audio), "text": str(src.text) if src.text else None,
                        "duration": round(audio.duration, 4), "reused": reused, **info,
                        "accounting": rep.account(audio.duration, these)})
