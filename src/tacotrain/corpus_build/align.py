@@ -138,7 +138,8 @@ def _pool(x: np.ndarray, k: int) -> np.ndarray:
     return pad.reshape(n, k, -1).mean(axis=1)
 
 
-def dtw(a: np.ndarray, b: np.ndarray, band: int) -> tuple[np.ndarray, np.ndarray]:
+def dtw(a: np.ndarray, b: np.ndarray, band: int,
+        progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Dynamic time warping of ``a`` [N, C] against ``b`` [M, C] (Euclidean distance; steps
     right, down and diagonal) within ``band`` frames of the straight line from corner to corner.
     Returns the path as ``j_of_i``-style pairs ``(i [P], j [P])`` and each pair's distance is
@@ -156,7 +157,10 @@ def dtw(a: np.ndarray, b: np.ndarray, band: int) -> tuple[np.ndarray, np.ndarray
     prev = np.full(1, np.inf)
     prev_lo = 0
     inf = np.inf
-    for i in range(n):
+    from tqdm import tqdm
+
+    for i in tqdm(range(n), desc="aligning (DTW)", unit="frame", unit_scale=True,
+                  disable=not progress or n < 20_000, mininterval=1.0):
         cols = np.arange(lo[i], hi[i])
         cost = np.sqrt(((b[lo[i]:hi[i]] - a[i]) ** 2).sum(axis=1))
         if i == 0:
@@ -244,7 +248,7 @@ def align(samples: np.ndarray, sample_rate: int, text: str, lang: str, cfg: Corp
     while (len(rec) / k) * (2 * band_s / (seg.hop * k)) > DTW_CELLS:
         k *= 2
     a, b = _pool(rec, k), _pool(ref, k)
-    pi, pj = dtw(a, b, band=int(band_s / (seg.hop * k)))
+    pi, pj = dtw(a, b, band=int(band_s / (seg.hop * k)), progress=progress)
     dist = np.sqrt(((a[pi] - b[pj]) ** 2).sum(axis=1))
     rng = np.random.default_rng(0)
     # distance of frames that do not belong together
