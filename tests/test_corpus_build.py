@@ -123,6 +123,19 @@ def _check_alignment(rec: JoinedRecording, clips) -> tuple[float, float]:
     return exact / len(clips), max(errors)
 
 
+def test_dtw_follows_a_known_warp():
+    from tacotrain.corpus_build.align import dtw
+
+    rng = np.random.default_rng(0)
+    b = rng.standard_normal((60, 4)).cumsum(axis=0)  # a random walk: every frame distinct
+    warp = np.sort(np.concatenate([np.arange(60), np.arange(0, 60, 3)]))  # a slower reading
+    a = b[warp] + 0.01 * rng.standard_normal((len(warp), 4))
+    pi, pj = dtw(a, b, band=20)
+    assert (pi[0], pj[0], pi[-1], pj[-1]) == (0, 0, len(a) - 1, 59)
+    assert (np.diff(pi) >= 0).all() and (np.diff(pj) >= 0).all()
+    assert (pj[np.searchsorted(pi, np.arange(len(a)))] == warp).mean() > 0.95
+
+
 def test_given_english_text_is_cut_at_the_true_pauses(espeak_en: Path):
     rec = long_recording(espeak_en, 20)
     al = align(rec.samples, SR, " ".join(rec.texts), "en", CFG)

@@ -34,7 +34,7 @@ import soxr
 
 from tacotrain.config import CorpusBuildConfig
 from tacotrain.corpus_build import features
-from tacotrain.corpus_build.segment import Segmentation, segment
+from tacotrain.corpus_build.segment import Segmentation, levels, segment
 from tacotrain.text import clean_text
 from tacotrain.text.sentences import split_sentences
 
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 CHARS_PER_SECOND = 14.0  # a piece of text longer than max_clip at this rate is cut further
 DTW_CELLS = 200_000_000  # band cells at most (one byte each for the way back)
 _MATCH_GOOD, _MATCH_BAD = 1.2, 1.8  # a clip's path distance / the recording's median: 1 .. 0
+_REFERENCE_SPEECH_DB = 35.0  # espeak-ng's clean reading: speech within this of its peak
 _SENTENCE_END = re.compile(r"[.!?\u2026][\"'\u00bb\u201d)]*$")
 
 
@@ -111,8 +112,8 @@ def reference(pieces: list[str], lang: str, sample_rate: int, hop: int, workers:
     ceps, out, n = [], [], 0
     for text, audio in zip(pieces, audios, strict=True):
         c = features.mfcc(audio, sample_rate, hop)
-        level = features_level(audio, hop, len(c))
-        speech = level > level.max() - 35.0
+        level = levels(audio, sample_rate, hop / sample_rate)[:len(c)]
+        speech = level > level.max() - _REFERENCE_SPEECH_DB
         if not speech.any():
             speech[:] = True
         ceps.append(c[speech])
@@ -120,13 +121,6 @@ def reference(pieces: list[str], lang: str, sample_rate: int, hop: int, workers:
         n += int(speech.sum())
     allc = np.concatenate(ceps)
     return features.normalise(allc, np.ones(len(allc), bool)), out
-
-
-def features_level(audio: np.ndarray, hop: int, n: int) -> np.ndarray:
-    from tacotrain.audio import frame_rms
-
-    rms = frame_rms(audio, frame_length=max(hop, 2 * hop), hop_length=hop)[:n]
-    return 20 * np.log10(np.maximum(rms, 1e-12))
 
 
 def _pool(x: np.ndarray, k: int) -> np.ndarray:
@@ -142,8 +136,8 @@ def dtw(a: np.ndarray, b: np.ndarray, band: int,
         progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Dynamic time warping of ``a`` [N, C] against ``b`` [M, C] (Euclidean distance; steps
     right, down and diagonal) within ``band`` frames of the straight line from corner to corner.
-    Returns the path as ``j_of_i``-style pairs ``(i [P], j [P])`` and each pair's distance is
-    left to the caller. One row at a time in O(band) memory for the costs and one byte per cell
+    Returns the path from (0, 0) to (N - 1, M - 1) as two index arrays ``(i [P], j [P])``,
+    both non-decreasing. One row at a time in O(band) memory for the costs and one byte per cell
     for the way back; a row's left-to-right dependency is solved with a running minimum."""
     n, m = len(a), len(b)
     centre = (np.arange(n) * (m - 1) / max(n - 1, 1)).round().astype(int)
