@@ -44,6 +44,7 @@ CHARS_PER_SECOND = 14.0  # a piece of text longer than max_clip at this rate is 
 DTW_CELLS = 200_000_000  # band cells at most (one byte each for the way back)
 _MATCH_GOOD, _MATCH_BAD = 1.2, 1.8  # a clip's path distance / the recording's median: 1 .. 0
 _REFERENCE_SPEECH_DB = 35.0  # espeak-ng's clean reading: speech within this of its peak
+_DURATION_SCALE = 0.7  # duration score exp(-|ln(observed / expected)| / this): 0.5 at 1.6x
 _SENTENCE_END = re.compile(r"[.!?\u2026][\"'\u00bb\u201d)]*$")
 
 
@@ -297,7 +298,7 @@ def align(samples: np.ndarray, sample_rate: int, text: str, lang: str, cfg: Corp
         spoken = float(seg.speech[seg.frame(start):seg.frame(end)].sum())
         expected = (r1 - r0) * rate_ratio
         clip.scores["duration"] = float(math.exp(-abs(math.log(max(spoken, 1) / max(expected, 1)))
-                                                 / 0.5))
+                                                 / _DURATION_SCALE))
         clips.append(clip)
     log.debug("aligned %d pieces into %d spans, %d boundaries without a pause", len(pieces),
               len(clips), len(unsnapped))
