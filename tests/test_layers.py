@@ -23,6 +23,7 @@ NEVER = {
     "model": ABOVE_TRAINING | {"judge", "infer"},
     "evaluate": {"train", "tune", "demo", "cli", "serve"},
     "serve": {"train", "tune", "demo", "cli", "evaluate"},
+    "corpus_build": ABOVE_TRAINING | {"infer", "model"},  # makes corpora: no model needed
 }
 
 

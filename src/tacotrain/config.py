@@ -94,6 +94,38 @@ class PrepareConfig(Strict):
         return self
 
 
+class CorpusBuildConfig(Strict):
+    """``tacotrain corpus build``: cutting long recordings into clips (corpus_build/)."""
+
+    frame_seconds: float = Field(0.01, gt=0.0, le=0.05)  # hop of the energy and feature frames
+    noise_percentile: float = Field(10.0, ge=0.0, le=50.0)  # frame level taken as the noise floor
+    speech_margin_db: float = Field(8.0, gt=0.0)  # speech: this far above the noise floor...
+    speech_fraction: float = Field(0.25, ge=0.0, le=1.0)  # ...or this share of floor-to-peak
+    min_speech: float = Field(0.06, ge=0.0)  # shorter bursts above threshold count as pause (s)
+    min_pause: float = Field(0.25, gt=0.0)  # a run of non-speech at least this long is a pause (s)
+    pad: float = Field(0.1, ge=0.0)  # silence kept at each end of a clip, at most (s)
+    min_clip: float = Field(1.0, gt=0.0)  # shorter clips are merged with a neighbour (s)
+    max_clip: float = Field(11.0, gt=0.0)  # longer stretches are split at their weakest pause (s)
+    join_pause: float = Field(0.45, ge=0.0)  # no text: speech across shorter pauses stays one
+    # clip while it fits max_clip (a comma's pause is usually shorter than a sentence's)
+    snap_seconds: float = Field(0.5, gt=0.0)  # a sentence end moves to a pause this close (s)
+    snap_inside_sentence: float = Field(0.15, gt=0.0)  # a cut inside a long sentence: this close
+    min_confidence: float = Field(0.5, ge=0.0, le=1.0)  # clips below: rejected / set aside
+    rate_ratio_min: float = Field(0.33, gt=0.0)  # speech seconds / espeak-ng reference seconds:
+    rate_ratio_max: float = Field(3.0, gt=0.0)  # outside these the text is not this audio's
+    max_rejected_share: float = Field(0.5, gt=0.0, le=1.0)  # more: "text does not match audio"
+    max_unpaused_share: float = Field(0.25, gt=0.0, le=1.0)  # sentence ends without a pause:
+    # more than this share of them, and the text does not match the audio either
+
+    @model_validator(mode="after")
+    def _check(self) -> CorpusBuildConfig:
+        if self.min_clip >= self.max_clip:
+            raise ValueError("corpus_build.min_clip must be < corpus_build.max_clip")
+        if self.rate_ratio_min >= self.rate_ratio_max:
+            raise ValueError("corpus_build.rate_ratio_min must be < corpus_build.rate_ratio_max")
+        return self
+
+
 class Settings(Strict):
     """The part of the config that ``prepare`` uses (and stores with the prepared data)."""
 

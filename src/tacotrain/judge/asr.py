@@ -78,6 +78,17 @@ def transcribe(wav: np.ndarray, sample_rate: int) -> str:
     return hypothesis.hypstr.lower().strip() if hypothesis is not None else ""
 
 
+def transcribe_scored(wav: np.ndarray, sample_rate: int) -> tuple[str, float]:
+    """:func:`transcribe` and its confidence: the mean posterior probability of the words heard
+    (from the decoder's word lattice; silences and fillers left out), 0 when no word is heard."""
+    text = transcribe(wav, sample_rate)
+    decoder = _decoder()
+    decoder.get_prob()  # computes the lattice posteriors that seg() then reports
+    words = [w.prob for w in decoder.seg()
+             if not w.word.startswith(("<", "[", "++")) and w.word != "<sil>"]
+    return text, float(np.mean(words)) if words and text else 0.0
+
+
 class Vosk:
     """A Vosk (Kaldi) recogniser from a local model directory that the user names
     (``alignment.asr: vosk``, ``alignment.asr_model``): any language Vosk has a model for.
@@ -98,11 +109,20 @@ class Vosk:
 
     def transcribe(self, wav: np.ndarray, sample_rate: int) -> str:
         """Lower-case transcript of ``wav`` (float in [-1, 1], mono)."""
+        return self.transcribe_scored(wav, sample_rate)[0]
+
+    def transcribe_scored(self, wav: np.ndarray, sample_rate: int) -> tuple[str, float]:
+        """Lower-case transcript and its confidence: the mean of Vosk's word confidences (0
+        when no word is heard)."""
         from vosk import KaldiRecognizer
 
         recogniser = KaldiRecognizer(_vosk_model(str(self.path)), ASR_SAMPLE_RATE)
+        recogniser.SetWords(True)
         recogniser.AcceptWaveform(_pcm16(wav, sample_rate).tobytes())
-        return str(json.loads(recogniser.FinalResult()).get("text", "")).lower().strip()
+        result = json.loads(recogniser.FinalResult())
+        text = str(result.get("text", "")).lower().strip()
+        confs = [float(w.get("conf", 0.0)) for w in result.get("result", [])]
+        return text, float(np.mean(confs)) if confs and text else 0.0
 
 
 @cache
