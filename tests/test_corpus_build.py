@@ -136,6 +136,25 @@ def test_dtw_follows_a_known_warp():
     assert (pj[np.searchsorted(pi, np.arange(len(a)))] == warp).mean() > 0.95
 
 
+def test_a_sentence_cut_by_its_length_in_characters_is_joined_when_it_fits():
+    from tacotrain.corpus_build.align import AlignedClip, pieces_of, whole_sentences
+
+    def clip(start, end, text):
+        return AlignedClip(start, end, start - 0.2, end + 0.2, text, [0], {"match": 0.9})
+
+    parts = [clip(0.0, 4.0, "A long sentence, cut at its comma;"), clip(4.5, 9.0, "it ends."),
+             clip(10.0, 14.0, "Another one, far too long;"), clip(14.5, 22.0, "so it stays cut.")]
+    joined = whole_sentences(parts, max_clip=11.0)
+    assert [c.text for c in joined] == ["A long sentence, cut at its comma; it ends.",
+                                        "Another one, far too long;", "so it stays cut."]
+    assert (joined[0].cut_before, joined[0].cut_after) == (-0.2, 9.2)
+    # an abbreviation before a capital is a boundary, but not a sentence end
+    pieces, ends, maybe = pieces_of("We met on Baker St. The teacher sang. Then we left.", "en",
+                                    11.0)
+    assert pieces == ["We met on Baker St.", "The teacher sang.", "Then we left."]
+    assert ends == [False, True] and maybe == [True, False]
+
+
 def test_given_english_text_is_cut_at_the_true_pauses(espeak_en: Path):
     rec = long_recording(espeak_en, 20)
     al = align(rec.samples, SR, " ".join(rec.texts), "en", CFG)

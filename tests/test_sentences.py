@@ -145,3 +145,15 @@ def test_one_sentence_is_read_in_one_piece(synth):
     res = synth.synthesize("We waited quietly, after dinner.", seed=1)
     assert [p.text for p in res.pieces] == ["we waited quietly,", "after dinner."]
     synth.cfg.synth.max_sentence_chars = 150
+
+
+def test_abbreviation_splits_leave_the_choice_to_whoever_hears_the_audio():
+    from tacotrain.text.sentences import abbreviation_splits
+
+    assert abbreviation_splits("We met on Baker St. The teacher came with Dr. Smith.", "en") == [
+        "We met on Baker St.", "The teacher came with Dr. Smith."]
+    # titles before a name, and no capital after the dot: no choice to make
+    assert abbreviation_splits("Mr. and Mrs. Brown saw Ann Lee Jr. and her.", "en") == [
+        "Mr. and Mrs. Brown saw Ann Lee Jr. and her."]
+    assert abbreviation_splits("Мы жили на Тверской ул. Потом уехали.", "ru") == [
+        "Мы жили на Тверской ул.", "Потом уехали."]

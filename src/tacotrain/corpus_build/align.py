@@ -36,7 +36,7 @@ from tacotrain.config import CorpusBuildConfig
 from tacotrain.corpus_build import features
 from tacotrain.corpus_build.segment import Segmentation, levels, segment
 from tacotrain.text import clean_text
-from tacotrain.text.sentences import split_sentences
+from tacotrain.text.sentences import abbreviation_splits, split_sentences
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,20 @@ class Alignment:
     ends_without_pause: int  # of which found no pause: many means the text is not this audio's
 
 
-def pieces_of(text: str, lang: str, max_clip: float) -> list[str]:
-    pieces = split_sentences(text, lang, max_chars=max(20, int(max_clip * CHARS_PER_SECOND)))
-    return [p for p in pieces if clean_text(p, lang)]
+def pieces_of(text: str, lang: str, max_clip: float
+              ) -> tuple[list[str], list[bool], list[bool]]:
+    """The text's pieces (sentences, long ones cut at clause marks) and, for each boundary
+    between two, whether it is a sentence end and whether it is an abbreviation that may end
+    one ("Baker St. The"): such a boundary is not taken for a sentence end, only a pause right
+    there makes it a cut, and none there is no fault."""
+    pieces, weak = [], []
+    for p in split_sentences(text, lang, max_chars=max(20, int(max_clip * CHARS_PER_SECOND))):
+        parts = [q for q in abbreviation_splits(p, lang) if clean_text(q, lang)]
+        pieces += parts
+        weak += [True] * (len(parts) - 1) + [False]
+    ends = [_SENTENCE_END.search(p) is not None and not w
+            for p, w in zip(pieces[:-1], weak[:-1], strict=True)]
+    return pieces, ends, weak[:-1]
 
 
 def _espeak(text: str, lang: str, sample_rate: int) -> np.ndarray:
@@ -221,7 +232,7 @@ def align(samples: np.ndarray, sample_rate: int, text: str, lang: str, cfg: Corp
     for an empty text, a recording without speech, or a text far too long or short for the
     audio (``names`` says which files, in the message)."""
     seg = seg or segment(samples, sample_rate, cfg)
-    pieces = pieces_of(text, lang, cfg.max_clip)
+    pieces, ends, maybe = pieces_of(text, lang, cfg.max_clip)
     if not pieces:
         raise AlignError(f"{names}: the text is empty (nothing to read)")
     if not seg.speech.any():
@@ -263,11 +274,10 @@ def align(samples: np.ndarray, sample_rate: int, text: str, lang: str, cfg: Corp
     estimates = [rec_time(p.ref_start) for p in ref_pieces[1:]]
     # a sentence end moves to a pause up to snap_seconds away; a cut the splitter made inside a
     # long sentence only to a pause right where the path puts it
-    ends = [_SENTENCE_END.search(p) is not None for p in pieces[:-1]]
     snapped = _snap(estimates, seg, [cfg.snap_seconds if e else cfg.snap_inside_sentence
                                      for e in ends])
     cuts = [0] + [n + 1 for n, s in enumerate(snapped) if s is not None] + [len(pieces)]
-    unsnapped = [pieces[n] for n, s in enumerate(snapped) if s is None]
+    unsnapped = [pieces[n] for n, s in enumerate(snapped) if s is None and not maybe[n]]
     spans = []
     for c0, c1 in zip(cuts[:-1], cuts[1:], strict=True):
         p0 = snapped[c0 - 1] if c0 > 0 else None
@@ -292,7 +302,7 @@ def align(samples: np.ndarray, sample_rate: int, text: str, lang: str, cfg: Corp
                   ((estimates[c - 1], seg.pauses[snapped[c - 1]]) for c in (c0, c1)
                    if 0 < c < len(pieces) and snapped[c - 1] is not None)]
         clip.scores["boundary"] = 1.0 - (max(misses, default=0.0) / cfg.snap_seconds) ** 2
-        lost = sum(_SENTENCE_END.search(pieces[n]) is not None for n in range(c0, c1 - 1))
+        lost = sum(ends[n] for n in range(c0, c1 - 1))
         clip.scores["pauses"] = max(0.0, 1.0 - 0.4 * lost) if lost < 3 else 0.0
         r0, r1 = ref_pieces[c0].ref_start, ref_pieces[c1 - 1].ref_end
         spoken = float(seg.speech[seg.frame(start):seg.frame(end)].sum())
@@ -300,7 +310,27 @@ def align(samples: np.ndarray, sample_rate: int, text: str, lang: str, cfg: Corp
         clip.scores["duration"] = float(math.exp(-abs(math.log(max(spoken, 1) / max(expected, 1)))
                                                  / _DURATION_SCALE))
         clips.append(clip)
+    clips = whole_sentences(clips, cfg.max_clip)
     log.debug("aligned %d pieces into %d spans, %d boundaries without a pause", len(pieces),
               len(clips), len(unsnapped))
     lost = sum(e and s is None for e, s in zip(ends, snapped, strict=True))
     return Alignment(clips, rate_ratio, unsnapped, sum(ends), lost)
+
+
+def whole_sentences(clips: list[AlignedClip], max_clip: float) -> list[AlignedClip]:
+    """Clips cut inside a sentence joined again wherever the whole stays within ``max_clip``
+    seconds: the text was split by its length in characters (a guess at its duration), the
+    recording says how long the sentence really is, and a clip should end where its sentence
+    does wherever it can."""
+    out: list[AlignedClip] = []
+    for clip in clips:
+        prev = out[-1] if out else None
+        if prev is not None and not _SENTENCE_END.search(prev.text) \
+                and clip.end - prev.start <= max_clip:
+            out[-1] = AlignedClip(prev.start, clip.end, prev.cut_before, clip.cut_after,
+                                  f"{prev.text} {clip.text}", prev.pieces + clip.pieces,
+                                  {k: min(v, clip.scores.get(k, v))
+                                   for k, v in prev.scores.items()})
+        else:
+            out.append(clip)
+    return out

@@ -75,6 +75,23 @@ def _ends_sentence(word: str, following: list[str], language: str) -> bool:
     return True
 
 
+def abbreviation_splits(piece: str, language: str) -> list[str]:
+    """``piece`` cut after each abbreviation that ends a name and that a capitalised word
+    follows ("on Baker St. The teacher", "John Smith Jr. Then": it may end the sentence or
+    not; a title before a name, "with Dr. Smith", does not). The text alone cannot tell; a
+    caller that hears the audio can (a pause there or not)."""
+    words = piece.split()
+    out: list[list[str]] = [[]]
+    for i, word in enumerate(words):
+        out[-1].append(word)
+        core, before = _core(word), _core(words[i - 1]) if i else ""
+        if 0 < i < len(words) - 1 and core.lower() in _NEVER_ENDS[language] \
+                and before[:1].isupper() and before.isalpha() \
+                and _first_letter(words[i + 1:]).isupper():
+            out.append([])
+    return [" ".join(w) for w in out if w]
+
+
 def _sentences(text: str, language: str) -> list[list[str]]:
     """Words grouped into sentences."""
     matches = list(_WORD_RE.finditer(text))
