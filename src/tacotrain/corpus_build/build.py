@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 22050  # what prepare reads by default
 MARKER = ".tacotrain-corpus-build"
 COMPLETE_FILES = ("build-report.json", "metadata.csv", "index.html")
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # raised whenever what a cached step computes changes
 _SAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
