@@ -24,6 +24,8 @@ from tacotrain.infer.checkpoint import load_checkpoint
 from tacotrain.judge.freerun import judge, nearest_in_length, synthesize
 from tacotrain.model import Tacotron2
 
+import _common
+
 
 def judge_items(model: Tacotron2, cfg: Config, items, train: TextMelDataset):
     torch.manual_seed(0)
@@ -79,4 +81,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with _common.machine_report():
+        main()
