@@ -24,6 +24,8 @@ from tacotrain.data.loader import PreparedData
 from tacotrain.judge.asr import transcribe
 from tacotrain.judge.intelligibility import Listener, hear
 
+import _common
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -59,4 +61,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with _common.machine_report():
+        main()

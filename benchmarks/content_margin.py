@@ -31,6 +31,8 @@ from tacotrain.infer.synth import Synthesizer
 from tacotrain.judge.freerun import synthesize
 from tacotrain.judge.verdict import cepstral_distance, mel_cepstra
 
+import _common
+
 
 def margins(dist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For a round's square distance matrix ``[N, N]`` (synthesis i, recording j): per item the
@@ -86,4 +88,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with _common.machine_report():
+        main()

@@ -28,6 +28,8 @@ from tacotrain.infer.checkpoint import load_checkpoint
 from tacotrain.judge.asr import transcribe
 from tacotrain.judge.intelligibility import hear
 
+import _common
+
 
 def raw_wer(heldout: Path) -> float:
     """The recordings' own WER, straight from their wav files (no mel, no vocoder)."""
@@ -99,4 +101,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with _common.machine_report():
+        main()

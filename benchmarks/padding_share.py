@@ -15,6 +15,7 @@ import numpy as np
 
 from tacotrain.data.loader import BucketBatchSampler, PreparedData, padding_share
 
+import _common
 from _common import prepared
 
 
@@ -51,4 +52,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with _common.machine_report():
+        main()

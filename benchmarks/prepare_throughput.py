@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tacotrain.data.prepare import prepare
 
+import _common
 from _common import mini_corpus
 
 
@@ -51,4 +52,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with _common.machine_report():
+        main()

@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import _common
+
 REPO = Path(__file__).resolve().parents[1]
 CHILD = """
 import hashlib, sys, tempfile
@@ -68,4 +70,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with _common.machine_report():
+        sys.exit(main())

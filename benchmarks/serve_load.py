@@ -299,4 +299,5 @@ def _give_up_round(base: str, seconds: float) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with _common.machine_report():
+        sys.exit(main())

@@ -135,8 +135,9 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--one", preset, "--shape", args.shape,
                "--steps", str(args.steps), "--batch", str(args.batch),
                "--threads", str(args.threads)] + (["--impl", args.impl] if args.impl else [])
-        line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        res = json.loads(line.strip().splitlines()[-1])
+        lines = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        res = json.loads(next(x for x in lines.splitlines() if x.startswith("{")))
+        preset_machine = next(x for x in lines.splitlines() if x.startswith("machine:"))
         print(f"{preset} ({args.shape}, {res['impl']}): {res['params_M']}M params, "
               f"{res['seconds_per_step']:.2f} s/step at batch {args.batch} "
               f"({res['real_mel_frames_per_second']:.0f} real mel frames/s), "
@@ -144,8 +145,10 @@ def main() -> None:
         if "rtf_model" in res:
             print(f"  synthesis RTF {res['rtf_model']:.3f} (model) / "
                   f"{res['rtf_with_griffin_lim']:.3f} (with Griffin-Lim)")
-        print(json.dumps(res), flush=True)
+        print(json.dumps(res))
+        print(f"  {preset} process's {preset_machine}", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    with _common.machine_report():
+        main()

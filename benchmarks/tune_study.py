@@ -72,4 +72,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with _common.machine_report():
+        sys.exit(main())

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 import pytest
@@ -136,12 +136,35 @@ CHROMIUM_ARGS = [
 ]
 
 
+def required(what: str) -> bool:
+    """Whether ``TACOTRAIN_REQUIRE`` (comma-separated; `make test` sets it) names ``what``:
+    ``postgres``, ``browser``, ``espeak``, ``extras`` (the packages of ``.[dev]``) or ``lock``."""
+    return what in {w.strip() for w in os.environ.get("TACOTRAIN_REQUIRE", "").split(",")}
+
+
+def skip_unless_required(what: str, reason: str) -> NoReturn:
+    """Skip the test, or fail it when ``what`` is required: under `make test`, which installs
+    every one of them, a missing dependency is a broken install, never a silent skip."""
+    if required(what):
+        pytest.fail(f"{reason} (TACOTRAIN_REQUIRE names {what!r}: `make test` installs it)",
+                    pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``@pytest.mark.needs(what, available, reason)``: a skipif that fails when required."""
+    for mark in item.iter_markers("needs"):
+        what, available, reason = mark.args
+        if not available:
+            skip_unless_required(what, reason)
+
+
 def launch_chromium(pw: Any) -> Any:
     """Debian's Chromium driven by Playwright, never Playwright's own download (there is no
-    network to fetch it). Fails, never skips, when it cannot start: `make test` installs it."""
+    network to fetch it). A Chromium that is there but does not start always fails."""
     exe = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(exe).exists():
-        pytest.fail(f"Chromium not found ({exe}); `make browser` installs it", pytrace=False)
+        skip_unless_required("browser", f"Chromium not found ({exe}); `make browser` installs it")
     try:
         return pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, timeout=60_000)
     except Exception as exc:
@@ -149,11 +172,11 @@ def launch_chromium(pw: Any) -> Any:
 
 
 def import_playwright() -> Any:
-    """``playwright.sync_api.sync_playwright``; fails, never skips, when it is not installed."""
+    """``playwright.sync_api.sync_playwright`` (a dev extra)."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as exc:
-        pytest.fail(f"playwright is not installed ({exc}); `make test` installs it", pytrace=False)
+        skip_unless_required("extras", f"playwright is not installed ({exc})")
     return sync_playwright
 
 

@@ -44,8 +44,8 @@ def test_asr_available_is_a_bool() -> None:
     assert isinstance(asr_available(), bool)
 
 
-@pytest.mark.skipif(not asr_available(), reason="pocketsphinx not installed (tacotrain[asr])")
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+@pytest.mark.needs("extras", asr_available(), "pocketsphinx not installed (tacotrain[asr])")
+@pytest.mark.needs("espeak", shutil.which("espeak-ng") is not None, "espeak-ng not installed")
 def test_transcribes_espeak_speech(tmp_path: Path) -> None:
     # espeak-ng at 22050 Hz exercises the resampling. Its voice is far from the real speech the
     # acoustic model was trained on: observed "will you see the ads" (WER 1.0, CER 0.69), so

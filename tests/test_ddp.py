@@ -517,3 +517,57 @@ def test_signalled_or_killed_rank_under_torchrun_resumes_exactly(tiny_data, tmp_
         assert got.keys() == expected.keys()
         for k in expected:
             assert torch.equal(got[k], expected[k]), (how, k)
+
+
+@pytest.mark.parametrize("ending", ["stop", "crash", "guard", "done"])
+def test_the_trainer_is_freed_before_the_process_group_is_left(ending, monkeypatch, tiny_data):
+    """`tacotrain train` frees the trainer (its DDP wrapper and gloo's work objects) before it
+    leaves the process group, on every way out: one still alive after the group, or at
+    interpreter exit, can abort the process (SIGABRT). An exception's traceback holds fit's
+    frame, and with it the trainer, unless the CLI clears it."""
+    import contextlib
+    import weakref
+    from types import SimpleNamespace
+
+    import tacotrain.train.ddp as ddp_module
+    import tacotrain.train.trainer as trainer_module
+    from tacotrain.cli import main
+
+    made: list[weakref.ref] = []
+    alive_at_leave: list[bool] = []
+
+    class FakeTrainer:
+        def __init__(self, *args, **kwargs) -> None:
+            made.append(weakref.ref(self))
+
+        def request_stop(self) -> None:
+            pass
+
+        def fit(self, max_steps=None):
+            me = self  # noqa: F841  (a frame that holds the trainer, as the real fit's does)
+            if ending == "stop":
+                raise trainer_module.StopRequested(tiny_data / "none.pt")
+            if ending == "crash":
+                raise RuntimeError("peer lost")
+            if ending == "guard":
+                raise GuardStop("too many rollbacks")
+            return SimpleNamespace(last_val=None, step=1, stop_reason="max_steps",
+                                   wall_seconds=1.0, aligned=False, verdict="",
+                                   last_checkpoint=None)
+
+    @contextlib.contextmanager
+    def group(device, timeout_minutes=30.0):
+        try:
+            yield ddp_module.SINGLE
+        finally:
+            alive_at_leave.append(made[-1]() is not None)
+
+    monkeypatch.setattr(trainer_module, "Trainer", FakeTrainer)
+    monkeypatch.setattr(ddp_module, "process_group", group)
+    argv = ["train", "--config", "tiny", "--data", str(tiny_data), "--out", "unused", "--quiet"]
+    if ending == "crash":
+        with pytest.raises(RuntimeError, match="peer lost"):
+            main(argv)
+    else:
+        assert main(argv) == {"stop": 130, "guard": 3, "done": 0}[ending]
+    assert alive_at_leave == [False]

@@ -15,7 +15,7 @@ from tacotrain.data.prepare import prepare
 from tacotrain.evaluate.robustness import CATEGORIES
 from tacotrain.train.trainer import Trainer
 
-from conftest import launch_chromium, tiny_cfg
+from conftest import import_playwright, launch_chromium, tiny_cfg
 
 ITEM_KEYS = {"id", "source", "category", "text", "aligned", "reasons", "stopped_by_gate",
              "frames", "length_ratio", "skipped_tokens", "repeated_tokens", "diagonality",
@@ -95,8 +95,7 @@ def test_bad_input_is_a_clear_error(evaluated, tiny_data, tmp_path, capsys):
 
 
 def test_report_page_in_a_browser(evaluated, tmp_path):
-    from playwright.sync_api import sync_playwright
-
+    sync_playwright = import_playwright()
     out, rep, _ = evaluated
     with sync_playwright() as pw:
         browser = launch_chromium(pw)

@@ -6,6 +6,7 @@ installs both, and a skipped test would hide a page that no longer plays or sort
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +162,25 @@ def test_report_in_browser(report_dir: Path, tmp_path: Path) -> None:
             assert all(u.startswith(("file:", "data:")) for u in requests), requests
         finally:
             browser.close()
+
+
+def test_the_content_tested_count_says_what_the_test_establishes(tmp_path: Path) -> None:
+    """The content test identifies which sentence a synthesis says, told apart by recordings of
+    several sentences: the count is not "items with ground truth" (an item with a recording
+    among too few sentences is not tested) nor a comparison of sound with its recording."""
+    from tacotrain.evaluate.run import format_summary
+
+    summary = {"items": 5, "content_tested_items": 3, "aligned_share": 0.6,
+               "gate_stop_share": 1.0, "median_length_ratio": 1.0, "median_mcd_dtw_db": 4.0,
+               "gt_resynthesis_mcd_dtw_db": 3.5, "rtf": 0.2, "robustness_failure_rate": {},
+               "by_source": {"validation": {"items": 5, "aligned_share": 0.6}}}
+    report = {"checkpoint": "c.pt", "summary": summary, "items": []}
+    page = write_report_html(report, tmp_path / "eval").read_text()
+    label = re.search(r"<li>(items tested for content[^<]*): 3</li>", page)
+    assert label, page
+    words = label.group(1)
+    assert "own sentence" in words and "not how near its sound" in words
+    line = format_summary(report).splitlines()[0]
+    assert line.startswith("5 items (3 tested for content: identified as their own sentence")
+    for text in (page, format_summary(report)):
+        assert "with ground truth" not in text

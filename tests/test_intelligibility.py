@@ -26,6 +26,8 @@ from tacotrain.judge.intelligibility import (
 )
 from tacotrain.text import clean_text, phonemize_many
 
+from conftest import skip_unless_required
+
 CFG = AlignmentConfig()
 FRAME_MS = AudioConfig().frame_ms
 
@@ -91,7 +93,7 @@ SENTENCES = ["She learned to play the piano when she was seven years old.",
 @pytest.fixture(scope="module")
 def natural_mels():
     if not (kokoro.available() and asr_available()):
-        pytest.skip("needs the natural and asr extras (make test installs them)")
+        skip_unless_required("extras", "needs the natural and asr extras")
     audio = AudioConfig()
     voice = kokoro.Kokoro()
     texts = [clean_text(s, "en") for s in SENTENCES]

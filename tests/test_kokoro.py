@@ -10,8 +10,8 @@ from tacotrain.data import english, kokoro
 from tacotrain.extras import MissingExtra
 from tacotrain.text import clean_text, phonemize_many, symbols_for
 
-needs_kokoro = pytest.mark.skipif(not kokoro.available(),
-                                  reason="needs the natural extra (make test installs it)")
+needs_kokoro = pytest.mark.needs("extras", kokoro.available(),
+                                 "needs the natural extra (make test installs it)")
 
 
 def test_espeak_ipa_is_rewritten_into_kokoro_symbols():

@@ -8,6 +8,8 @@ import soundfile as sf
 from tacotrain.data.mini import make_mini_corpus, sentence
 from tacotrain.text import clean_text, unknown_characters
 
+from conftest import skip_unless_required
+
 
 def _digest(root):
     h = hashlib.sha256((root / "metadata.csv").read_bytes())
@@ -64,7 +66,7 @@ def test_natural_mini_corpus_is_deterministic_and_records_what_it_covers(tmp_pat
     from tacotrain.data.mini import MiniCorpusError
 
     if not kokoro.available():
-        pytest.skip("needs the natural extra (make test installs it)")
+        skip_unless_required("extras", "needs the natural extra")
     a = make_mini_corpus(tmp_path / "a", "en", size=3, seed=5, progress=False,
                          engine="kokoro").parent
     rows = [line.split("|") for line in (a / "metadata.csv").read_text().splitlines()]

@@ -1,8 +1,10 @@
-"""Packaging: torch as a range (pinned only for CI), extras for what only some users need, no
-base dependency that nothing imports, and a clear message when an extra is missing."""
+"""Packaging: torch as a range (pinned, with every other version, by requirements.lock for
+`make` and CI), extras for what only some users need, no base dependency that nothing imports,
+and a clear message when an extra is missing."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import re
 import tomllib
@@ -12,6 +14,8 @@ import pytest
 
 from tacotrain import extras
 from tacotrain.cli import main
+
+from conftest import required
 
 ROOT = Path(__file__).resolve().parents[1]
 # distribution name -> the module the code imports
@@ -32,7 +36,57 @@ def test_torch_is_a_range_in_the_package_and_pinned_for_ci():
     assert "==" not in torch_req and ">=" in torch_req
     pins = (ROOT / "constraints.txt").read_text().split()
     assert "torch==2.13.0" in pins
-    assert "-c constraints.txt" in (ROOT / "Makefile").read_text()
+    assert _lock()["torch"] == "2.13.0"
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _lock() -> dict[str, str]:
+    """requirements.lock as {canonical name: version}; every line ``name==version``."""
+    lines = [x for x in (ROOT / "requirements.lock").read_text().splitlines()
+             if x.strip() and not x.startswith("#")]
+    pairs = [x.split("==") for x in lines]
+    assert all(len(p) == 2 and p[0] and p[1] for p in pairs), lines
+    return {_canonical(n): v for n, v in pairs}
+
+
+def _installed() -> dict[str, str]:
+    """Every distribution in this environment but tacotrain itself, {canonical name: version},
+    without a local version label (torch's ``+cpu``: the lock's ==2.13.0 takes that wheel)."""
+    found = {_canonical(d.metadata["Name"]): d.version.split("+")[0]
+             for d in importlib.metadata.distributions()}
+    found.pop("tacotrain", None)
+    return found
+
+
+def test_the_install_uses_the_lock():
+    make = (ROOT / "Makefile").read_text()
+    stamp = next(x for x in make.splitlines() if x.startswith("$(STAMP):"))
+    assert "requirements.lock" in stamp.split(":", 1)[1]  # a new lock reinstalls
+    installs = [x for x in make.splitlines() if "pip install" in x and "LOCK_ENV" not in x]
+    assert len(installs) == 2 and all("-c requirements.lock" in x for x in installs), installs
+
+
+def test_the_lock_holds_every_dependency_of_the_dev_set():
+    lock = _lock()
+    project = _project()
+    reqs = [*project["dependencies"], *(r for name, group in
+                                        project["optional-dependencies"].items()
+                                        for r in group if not r.startswith("tacotrain["))]
+    assert [r for r in reqs if _canonical(_name(r)) not in lock] == []
+    assert {"pip", "setuptools", "wheel"} <= lock.keys()  # make installs those too
+
+
+def test_installed_versions_are_the_locked_ones():
+    """Under `make test` (TACOTRAIN_REQUIRE names ``lock``) the environment is exactly the lock:
+    the same distributions at the same versions. Elsewhere the environment is the user's."""
+    if not required("lock"):
+        pytest.skip("not under `make test`: the environment is not the one the lock describes")
+    lock, installed = _lock(), _installed()
+    assert {k: (installed.get(k), v) for k, v in lock.items() if installed.get(k) != v} == {}
+    assert sorted(installed.keys() - lock.keys()) == []
 
 
 def test_every_base_dependency_is_imported_by_the_package():

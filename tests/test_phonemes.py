@@ -32,8 +32,8 @@ from tacotrain.train.trainer import Trainer
 
 from conftest import tiny_cfg, tone, write
 
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
-                                  reason="espeak-ng is not installed")
+needs_espeak = pytest.mark.needs("espeak", shutil.which("espeak-ng") is not None,
+                                 "espeak-ng is not installed")
 MARKS = set("!(),-.:;?\"'")
 VOWELS = set("аеёиоуыэюя")
 

@@ -3,6 +3,7 @@ a dead tracking server costs one warning, and `track sync` / `monitor` work on r
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -38,9 +39,10 @@ from tacotrain.track.monitor import (
 from tacotrain.train.inject import InjectedCrash
 from tacotrain.train.trainer import Trainer
 
-from conftest import tiny_cfg
+from conftest import skip_unless_required, tiny_cfg
 
-pytest.importorskip("mlflow")
+if importlib.util.find_spec("mlflow") is None:
+    skip_unless_required("extras", "mlflow is not installed (tacotrain[mlflow])")
 from mlflow import MlflowClient  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")

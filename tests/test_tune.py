@@ -34,7 +34,7 @@ from tacotrain.tune.space import ObjectiveSpec, SearchSpace, suggest, yaml_value
 from tacotrain.tune.study import claimed_trials
 from tacotrain.tune.trial import run_training
 
-from conftest import free_port
+from conftest import free_port, skip_unless_required
 
 # every trial: tiny, one thread, validation at steps 3 and 6, no warm-up (so a huge learning
 # rate shows at once), no TensorBoard (start-up time)
@@ -418,8 +418,8 @@ def postgres_url():
     """A throw-away PostgreSQL cluster on 127.0.0.1 (trust auth), with a database ``tune``."""
     bindir = _pg_bin()
     if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: install the Debian "
-                    "package postgresql (`make postgres`)")
+        skip_unless_required("postgres", "PostgreSQL server binaries (initdb, pg_ctl) not found: "
+                             "install the Debian package postgresql (`make postgres`)")
     root = Path(tempfile.mkdtemp(prefix="tacotrain-pg-"))
     as_user: list[str] = []
     if os.geteuid() == 0:  # the server refuses to run as root
@@ -427,7 +427,8 @@ def postgres_url():
             shutil.chown(root, "postgres")
         except LookupError:
             shutil.rmtree(root)
-            pytest.skip("running as root and there is no 'postgres' user to run the server")
+            skip_unless_required("postgres", "running as root and there is no 'postgres' user to "
+                                 "run the server")
         as_user = ["runuser", "-u", "postgres", "--"]
     data, port = root / "data", free_port()
 
@@ -438,14 +439,15 @@ def postgres_url():
               "-E", "UTF8", "--no-sync")
     if done.returncode:
         shutil.rmtree(root, ignore_errors=True)
-        pytest.skip(f"initdb failed: {done.stderr.strip()[-300:]}")
+        skip_unless_required("postgres", f"initdb failed: {done.stderr.strip()[-300:]}")
     opts = f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off -c full_page_writes=off"
     done = pg(str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"),
               "-w", "-t", "60", "start")
     if done.returncode:
         log = (root / "log").read_text(errors="replace")[-500:] if (root / "log").exists() else ""
         shutil.rmtree(root, ignore_errors=True)
-        pytest.skip(f"PostgreSQL did not start: {done.stderr.strip()[-300:]} {log}")
+        skip_unless_required("postgres", f"PostgreSQL did not start: {done.stderr.strip()[-300:]} "
+                                         f"{log}")
     try:
         import psycopg2
 

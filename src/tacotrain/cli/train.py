@@ -7,6 +7,7 @@ import gc
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 from tacotrain import metrics as M
@@ -89,15 +90,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         try:
             with signals_request_stop(trainer.request_stop, dist.is_main()):
                 result = trainer.fit(max_steps=args.max_steps)
-        except GuardStop as exc:  # agreed by every rank: every process exits 3
-            if dist.is_main():
+        except BaseException as exc:
+            # the traceback's frames hold the trainer (fit's ``self``): cleared, so that the
+            # ``finally`` below frees it on this way out too (a stop, a crash, the guard)
+            traceback.clear_frames(exc.__traceback__)
+            if not isinstance(exc, GuardStop):
+                raise
+            if dist.is_main():  # agreed by every rank: every process exits 3
                 print(f"error: {exc}", file=sys.stderr)
                 print(f"resume from the last good checkpoint with: tacotrain train --resume "
                       f"--out {args.out} ... (consider a lower optim.lr)", file=sys.stderr)
             return EXIT_GUARD
         finally:
             # the DDP wrapper holds gloo's work objects: freed while the group and the
-            # interpreter are alive, not at interpreter exit (seen once: SIGABRT at exit)
+            # interpreter are alive, not after the group or at interpreter exit (SIGABRT)
             del trainer
             gc.collect()
     if not dist.is_main():

@@ -43,11 +43,16 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("mel_png", "mel: ground truth above, synthesis below", "melimg"),
 ]
 
+# what the content test establishes: which sentence the synthesis says, told apart by recordings
+# of several sentences; not how near its sound comes to its own recording (MCD-DTW says that)
+CONTENT_TESTED = ("items tested for content (each synthesis identified as its own sentence among "
+                  "the recordings of other sentences: what it says, not how near its sound is to "
+                  "its recording; the others are judged on attention and the gate alone)")
+
 # (key, words, unit) of the scalar summary figures; shares also get their "(k/n)" count.
 SUMMARY: list[tuple[str, str, str]] = [
     ("items", "items", ""),
-    ("content_tested_items", "items with ground truth (content test applied; the others are "
-     "judged on attention and the gate alone)", ""),
+    ("content_tested_items", CONTENT_TESTED, ""),
     ("aligned_share", "aligned share", ""),
     ("gate_stop_share", "stopped by the gate", ""),
     ("median_length_ratio", "median length ratio (output / expected)", ""),

@@ -285,11 +285,12 @@ def summarize(records: list[dict[str, Any]], floor: float | None) -> dict[str, A
 def format_summary(report: dict[str, Any]) -> str:
     """A few lines in words for the terminal."""
     s = report["summary"]
-    lines = [f"{s['items']} items ({s['content_tested_items']} with ground truth: content "
-             f"tested), aligned share {s['aligned_share']}, stopped by gate "
-             f"{s['gate_stop_share']}; median length ratio {s['median_length_ratio']}, median "
-             f"MCD-DTW {s['median_mcd_dtw_db']} dB (ground-truth resynthesis floor "
-             f"{s['gt_resynthesis_mcd_dtw_db']} dB); median RTF {s['rtf']}"]
+    lines = [f"{s['items']} items ({s['content_tested_items']} tested for content: identified "
+             f"as their own sentence among recorded ones), aligned share {s['aligned_share']}, "
+             f"stopped by gate {s['gate_stop_share']}; median length ratio "
+             f"{s['median_length_ratio']}, median MCD-DTW {s['median_mcd_dtw_db']} dB "
+             f"(ground-truth resynthesis floor {s['gt_resynthesis_mcd_dtw_db']} dB); median RTF "
+             f"{s['rtf']}"]
     for src, b in s["by_source"].items():
         fails: dict[str, int] = {}
         for r in report["items"]:
@@ -307,9 +308,9 @@ def format_summary(report: dict[str, Any]) -> str:
         elif heard:
             lines.append(f"    recogniser: untested ({heard['note']})")
     if s["content_tested_items"] < s["items"]:
-        lines.append("  note: items without ground truth (sentences, robustness) are judged on "
-                     "attention and the gate alone; whether they are really said needs a "
-                     "recording")
+        lines.append("  note: items not tested for content (sentences, robustness, too few "
+                     "recorded sentences) are judged on attention and the gate alone; whether "
+                     "they are really said needs recordings to tell sentences apart")
     if s["robustness_failure_rate"]:
         lines.append("  robustness failure rate: " + ", ".join(
             f"{k} {v:.2f}" for k, v in s["robustness_failure_rate"].items()))
