@@ -27,6 +27,8 @@ from tacotrain.config import CorpusBuildConfig
 from tacotrain.corpus_build.build import BuildError, Source, build
 from tacotrain.data.joined import joined_recording, score_clips
 
+import _common
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -80,4 +82,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with _common.machine_report():
+        main()
