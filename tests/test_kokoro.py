@@ -8,6 +8,7 @@ import pytest
 
 from tacotrain.data import english, kokoro
 from tacotrain.extras import MissingExtra
+from tacotrain.fsutil import file_sha256
 from tacotrain.text import clean_text, phonemize_many, symbols_for
 
 needs_kokoro = pytest.mark.needs("extras", kokoro.available(),
@@ -49,9 +50,9 @@ def test_every_russian_phoneme_has_a_kokoro_token():
 @needs_kokoro
 def test_the_model_is_assembled_once_and_checked(tmp_path, monkeypatch):
     path = kokoro.model_path(tmp_path)
-    assert path.stat().st_size > 80e6 and kokoro._sha256(path) == kokoro._expected_sha256()
+    assert path.stat().st_size > 80e6 and file_sha256(path) == kokoro._expected_sha256()
     path.write_bytes(b"truncated")  # a damaged cache is rebuilt, never used
-    assert kokoro._sha256(kokoro.model_path(tmp_path)) == kokoro._expected_sha256()
+    assert file_sha256(kokoro.model_path(tmp_path)) == kokoro._expected_sha256()
     monkeypatch.setattr(kokoro, "_expected_sha256", lambda: "0" * 64)
     with pytest.raises(kokoro.KokoroError, match="do not match their checksum"):
         kokoro.model_path(tmp_path / "other")

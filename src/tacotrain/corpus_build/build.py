@@ -31,7 +31,7 @@ from tacotrain.corpus_build.align import AlignError, align
 from tacotrain.corpus_build.page import write_page
 from tacotrain.corpus_build.segment import group_spans, segment
 from tacotrain.corpus_build.transcribe import Hear, spans
-from tacotrain.fsutil import atomic_write_json, atomic_write_text
+from tacotrain.fsutil import atomic_write_json, atomic_write_text, file_sha256
 from tacotrain.text import clean_text
 
 log = logging.getLogger(__name__)
@@ -53,16 +53,10 @@ class Source:
     text: Path | None = None
 
 
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _cache_key(src: Source, lang: str, cfg: CorpusBuildConfig, reader: str) -> str:
-    parts = [str(CACHE_VERSION), _sha(src.audio), _sha(src.text) if src.text else "-", lang,
+    parts = [str(CACHE_VERSION), file_sha256(src.audio),
+             file_sha256(src.text) if src.text else "-", lang,
              reader, json.dumps(cfg.model_dump(mode="json"), sort_keys=True)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from tacotrain.extras import require
+from tacotrain.fsutil import file_sha256
 
 SAMPLE_RATE = 24_000
 """Kokoro's output sample rate."""
@@ -88,13 +89,6 @@ def to_kokoro_ipa(ipa: str, language: str = "en") -> str:
     return " ".join(out.split())
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _expected_sha256() -> str:
     text = (resources.files(_DATA_PACKAGE) / "data" / "model.sha256").read_text(encoding="utf-8")
@@ -108,7 +102,7 @@ def model_path(root: Path | None = None) -> Path:
     expected = _expected_sha256()
     root = root or cache_dir()
     out = root / _MODEL_NAME
-    if out.exists() and _sha256(out) == expected:
+    if out.exists() and file_sha256(out) == expected:
         return out
     root.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")

@@ -53,7 +53,7 @@ from tacotrain.config import (
     load_config,
     validate_as,
 )
-from tacotrain.fsutil import atomic_write_bytes, atomic_write_json
+from tacotrain.fsutil import atomic_write_bytes, atomic_write_json, file_sha256
 from tacotrain.infer.checkpoint import MAGIC, Checkpoint
 from tacotrain.model import Tacotron2
 
@@ -124,13 +124,6 @@ class SourceModel:
                 f"{len(self.symbols)} symbols)")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def _strip_ddp(state: dict[str, Any]) -> dict[str, Any]:
     """Remove the ``module.`` prefix DistributedDataParallel puts on every name."""
@@ -163,7 +156,7 @@ def _read_tacotrain(path: Path, trust: bool) -> SourceModel:
         symbols=list(ck.data.symbols), language=ck.data.language, phonemes=ck.data.phonemes,
         audio=AudioConfig.model_validate(ck.data.audio), model=cfg.model,
         r=ck.reduction(cfg.model), synth=cfg.synth,
-        alignment=cfg.alignment, sha256=_sha256(path))
+        alignment=cfg.alignment, sha256=file_sha256(path))
 
 
 def _read_nvidia(path: Path, trust: bool) -> SourceModel:
