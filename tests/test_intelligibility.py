@@ -226,6 +226,7 @@ def test_whether_the_recogniser_judges_is_decided_on_the_corpus_not_the_rounds_i
     assert intel.floor_wer == pytest.approx(0.4)  # the round's own floor sets the bound
     assert not intel.tested and listener.judge_floor() == pytest.approx(
         (2 * 4 + 22 * 8) / 240)
+    assert "floor WER 0.77 on a corpus sample" in intel.describe()  # what decided, not 0.40
     # decided once: a second round hears no more ground truths than its own
     heard_before = listener.floors_heard
     judge(good, gts, cfg, FRAME_MS, texts=texts, listener=listener)

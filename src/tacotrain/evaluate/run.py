@@ -226,8 +226,10 @@ def _intelligibility(verdict, listened: bool) -> dict[str, Any]:
     if i is None or not i.tested:
         why = ("not listened (--no-asr or alignment.asr: off)" if not listened
                else "no recogniser for this language, or no item has ground truth" if i is None
-               else f"the recogniser cannot read the ground truth: floor WER {i.floor_wer:.3f} "
-                    f"above alignment.max_floor_wer")
+               else f"the recogniser cannot read the ground truth: floor WER "
+                    f"{i.deciding_floor:.3f}"
+                    + (" on a corpus sample" if i.judge_floor is not None else "")
+                    + " above alignment.max_floor_wer")
         return {"tested": False, "note": why,
                 "floor_wer": None if i is None else round(i.floor_wer, 4)}
     return {"tested": True, "intelligible": i.passed, "wer": round(i.wer, 4),

@@ -67,6 +67,13 @@ class Intelligibility:
     bound: float  # the WER the round may reach: max_wer_ratio x max(floor, min_floor_wer)
     items: int
     tested: bool  # False: the floor is above max_floor_wer, the recogniser is no judge
+    judge_floor: float | None = None  # the corpus sample's floor that decided ``tested``
+
+    @property
+    def deciding_floor(self) -> float:
+        """The floor that decided whether the recogniser judges: the corpus sample's where one
+        was heard, else this round's."""
+        return self.floor_wer if self.judge_floor is None else self.judge_floor
 
     @property
     def passed(self) -> bool:
@@ -81,8 +88,9 @@ class Intelligibility:
 
     def describe(self) -> str:
         if not self.tested:
+            where = f"{self.items} items" if self.judge_floor is None else "a corpus sample"
             return (f"untested: the recogniser cannot read the ground truth (floor WER "
-                    f"{self.floor_wer:.2f} above alignment.max_floor_wer, {self.items} items)")
+                    f"{self.deciding_floor:.2f} on {where}, above alignment.max_floor_wer)")
         return (f"WER {self.wer:.2f} against the resynthesis floor {self.floor_wer:.2f} "
                 f"(bound {self.bound:.2f}, {self.items} items)")
 
@@ -105,9 +113,9 @@ def round_intelligibility(synth: Sequence[Heard] | None, floor: Sequence[Heard],
     floor_wer = sum(h.word_errors for h in floor) / words
     bound = cfg.max_wer_ratio * max(floor_wer, cfg.min_floor_wer)
     if (floor_wer if judge_floor is None else judge_floor) > cfg.max_floor_wer:
-        return Intelligibility(None, floor_wer, bound, len(floor), tested=False)
+        return Intelligibility(None, floor_wer, bound, len(floor), False, judge_floor)
     wer = None if synth is None else sum(h.word_errors for h in synth) / words
-    return Intelligibility(wer, floor_wer, bound, len(floor), tested=True)
+    return Intelligibility(wer, floor_wer, bound, len(floor), True, judge_floor)
 
 
 class Listener:
